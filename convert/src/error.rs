@@ -1,0 +1,85 @@
+//! The converter's one error type. Each variant names the file, tensor, line or setting at fault so
+//! the user can fix the input without reading the source.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A JSON file that is not valid JSON or lacks a required field.
+    #[error("{path}: {reason}")]
+    BadJson { path: PathBuf, reason: String },
+    /// config.json holds a setting this converter does not handle (rope scaling kind, sliding
+    /// window, ...), or one that contradicts another.
+    #[error("{path}: unsupported or inconsistent config: {reason}")]
+    UnsupportedConfig { path: PathBuf, reason: String },
+    #[error(
+        "unknown architecture {found:?}: this converter handles LlamaForCausalLM (model_type llama) \
+         and Qwen2ForCausalLM (model_type qwen2)"
+    )]
+    UnknownArchitecture { found: String },
+    #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
+    MissingWeights { dir: PathBuf },
+    #[error("tensor {name:?} is missing from {source_desc}")]
+    MissingTensor { name: String, source_desc: String },
+    #[error("unexpected tensor {name:?} in {source_desc}: it is not part of the {arch} layout (is the config right?)")]
+    UnexpectedTensor { name: String, source_desc: String, arch: String },
+    #[error("tensor {name:?} has shape {found:?}, but the config implies {expected:?}")]
+    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor {name:?} has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    DtypeUnsupported { name: String, dtype: String },
+    #[error("{path} is truncated: {reason}")]
+    TruncatedSafetensors { path: PathBuf, reason: String },
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    InvalidSafetensors { path: PathBuf, reason: String },
+    #[error("no tokenizer.json in {dir}: the GGUF needs the tokenizer (copy tokenizer.json, tokenizer_config.json from the model repo)")]
+    MissingTokenizer { dir: PathBuf },
+    #[error("unsupported tokenizer in {path}: {reason}")]
+    UnsupportedTokenizer { path: PathBuf, reason: String },
+    /// The HF tokenizer given to `pack` is not the one inside the model GGUF.
+    #[error("the tokenizer {path} does not match the model: {reason}")]
+    TokenizerMismatch { path: PathBuf, reason: String },
+    #[error("tokenization failed: {0}")]
+    Tokenize(String),
+    /// A catalog line the pack cannot use; `line` is 1-based in the input file.
+    #[error("{path}:{line}: {}{reason}", id.as_ref().map(|i| format!("item {i:?}: ")).unwrap_or_default())]
+    Catalog { path: PathBuf, line: usize, id: Option<String>, reason: String },
+    #[error(
+        "soft prompt {name:?} is {width} wide but the model's hidden size (n_embd) is {n_embd}: \
+         it was trained for another base model"
+    )]
+    SoftPromptWidth { name: String, width: usize, n_embd: usize },
+    #[error("soft prompt {path}: {reason}")]
+    SoftPrompt { path: PathBuf, reason: String },
+    #[error("LoRA adapter {path}: {reason}")]
+    Lora { path: PathBuf, reason: String },
+    #[error("the models given to pack differ: {0}")]
+    ModelMismatch(String),
+    #[error("quantization failed: {0}")]
+    Quantize(String),
+    #[error("llama.cpp refused {path}: {reason}")]
+    LlamaLoad { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Runtime(#[from] delrec_runtime::Error),
+}
+
+impl ConvertError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ConvertError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub(crate) fn json(path: &Path, reason: impl Into<String>) -> Self {
+        ConvertError::BadJson { path: path.to_path_buf(), reason: reason.into() }
+    }
+}
+
+/// Reads and parses a JSON file.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConvertError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ConvertError::json(path, format!("invalid JSON: {e}")))
+}

@@ -1,0 +1,184 @@
+//! Candidate scoring plans over a decoded prefix.
+//!
+//! Scores are exact log-likelihoods: score(c) = Σ ln p(t | prefix, earlier tokens of c) over the
+//! candidate's title tokens followed by the template's terminator tokens.
+//!
+//! The shared plan puts the candidates of a group in a prefix trie: a title prefix common to several
+//! candidates is one trie node, decoded once, whose KV cell belongs to every candidate sequence below
+//! it (llama.cpp lets one token carry several sequence ids in a unified KV cache). A node attends to
+//! the shared prompt prefix and its own ancestors only, which is exactly the one-prompt-per-candidate
+//! computation. All nodes of a group go through llama.cpp in as few batches as `n_batch` allows.
+
+use std::collections::HashMap;
+
+/// Log-softmax helper over one logits row: ln p(token) = logit - lse.
+pub(crate) fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !m.is_finite() {
+        return m;
+    }
+    let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+    m + s.ln()
+}
+
+/// One node of a candidate trie: a token at a depth below the prompt prefix.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub token: i32,
+    pub depth: u32,
+    pub parent: Option<u32>,
+    pub children: Vec<u32>,
+    /// Candidate slots (positions in the group) whose sequence passes through this node.
+    pub cands: Vec<u32>,
+    /// ln p(token | prefix, ancestors), filled in while decoding.
+    pub logp: f64,
+}
+
+/// A prefix trie over the token sequences of a group of candidates, nodes in depth-first order
+/// (each node after its parent, each candidate's nodes at increasing positions: what llama.cpp's
+/// batch checks require of a sequence).
+#[derive(Debug)]
+pub(crate) struct Trie {
+    pub nodes: Vec<Node>,
+    /// Leaf node of each candidate slot.
+    pub leaf: Vec<u32>,
+    /// Top-level nodes (depth 0), predicted by the prefix's last row.
+    pub roots: Vec<u32>,
+}
+
+impl Trie {
+    pub fn build(seqs: &[&[i32]]) -> Trie {
+        // Insert in an index structure first, then lay the nodes out in DFS order.
+        struct Tmp {
+            token: i32,
+            children: Vec<usize>,
+            cands: Vec<u32>,
+        }
+        let mut tmp: Vec<Tmp> = vec![Tmp { token: -1, children: vec![], cands: vec![] }];
+        let mut child_of: HashMap<(usize, i32), usize> = HashMap::new();
+        let mut tmp_leaf = Vec::with_capacity(seqs.len());
+        for (c, seq) in seqs.iter().enumerate() {
+            let mut at = 0usize;
+            for &t in seq.iter() {
+                let next = match child_of.get(&(at, t)) {
+                    Some(&n) => n,
+                    None => {
+                        tmp.push(Tmp { token: t, children: vec![], cands: vec![] });
+                        let n = tmp.len() - 1;
+                        tmp[at].children.push(n);
+                        child_of.insert((at, t), n);
+                        n
+                    }
+                };
+                tmp[next].cands.push(c as u32);
+                at = next;
+            }
+            tmp_leaf.push(at);
+        }
+        let mut nodes = Vec::with_capacity(tmp.len().saturating_sub(1));
+        let mut new_id = vec![u32::MAX; tmp.len()];
+        let mut stack: Vec<(usize, Option<u32>, u32)> = tmp[0].children.iter().rev().map(|&c| (c, None, 0)).collect();
+        while let Some((t, parent, depth)) = stack.pop() {
+            let id = nodes.len() as u32;
+            new_id[t] = id;
+            nodes.push(Node { token: tmp[t].token, depth, parent, children: vec![], cands: std::mem::take(&mut tmp[t].cands), logp: 0.0 });
+            if let Some(p) = parent {
+                nodes[p as usize].children.push(id);
+            }
+            for &c in tmp[t].children.iter().rev() {
+                stack.push((c, Some(id), depth + 1));
+            }
+        }
+        let roots = tmp[0].children.iter().map(|&c| new_id[c]).collect();
+        let leaf = tmp_leaf.into_iter().map(|l| new_id[l]).collect();
+        Trie { nodes, leaf, roots }
+    }
+
+    /// Sum of log-probabilities along a candidate's path, and its token count.
+    pub fn score(&self, slot: usize) -> (f64, u32) {
+        let mut at = Some(self.leaf[slot]);
+        let mut sum = 0.0;
+        let mut n = 0;
+        while let Some(i) = at {
+            let node = &self.nodes[i as usize];
+            sum += node.logp;
+            n += 1;
+            at = node.parent;
+        }
+        (sum, n)
+    }
+}
+
+/// Splits candidate sequences (given sorted so that neighbours share prefixes) into groups that fit
+/// `max_seqs` sequences and `max_nodes` trie nodes (KV cells). Returns ranges over the input, or the
+/// length of a sequence that alone does not fit.
+pub(crate) fn group(seqs: &[&[i32]], max_seqs: usize, max_nodes: usize) -> Result<Vec<std::ops::Range<usize>>, usize> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut nodes = 0usize;
+    for i in 0..seqs.len() {
+        if seqs[i].len() > max_nodes {
+            return Err(seqs[i].len());
+        }
+        let shared = if i > start { common_prefix(seqs[i - 1], seqs[i]) } else { 0 };
+        let add = seqs[i].len() - shared;
+        if i > start && (i - start >= max_seqs || nodes + add > max_nodes) {
+            groups.push(start..i);
+            start = i;
+            nodes = seqs[i].len();
+        } else {
+            nodes += add;
+        }
+    }
+    if start < seqs.len() {
+        groups.push(start..seqs.len());
+    }
+    Ok(groups)
+}
+
+pub(crate) fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trie_shares_prefixes_in_dfs_order() {
+        let a = [1, 2, 3];
+        let b = [1, 2, 4, 5];
+        let c = [7];
+        let d = [1, 2, 3];
+        let t = Trie::build(&[&a, &b, &c, &d]);
+        // nodes: 1,2,3,4,5,7
+        assert_eq!(t.nodes.len(), 6);
+        assert_eq!(t.roots.len(), 2);
+        assert_eq!(t.leaf[0], t.leaf[3], "identical sequences share a leaf");
+        for (i, n) in t.nodes.iter().enumerate() {
+            if let Some(p) = n.parent {
+                assert!((p as usize) < i, "parent after child");
+                assert_eq!(t.nodes[p as usize].depth + 1, n.depth);
+                assert!(n.cands.iter().all(|c| t.nodes[p as usize].cands.contains(c)));
+            }
+        }
+        let two = t.nodes.iter().find(|n| n.token == 2).unwrap();
+        assert_eq!(two.cands, vec![0, 1, 3]);
+        assert_eq!(t.score(1).1, 4);
+    }
+
+    #[test]
+    fn groups_respect_limits() {
+        let s: Vec<Vec<i32>> = vec![vec![1, 2], vec![1, 3], vec![1, 4], vec![5, 6, 7]];
+        let r: Vec<&[i32]> = s.iter().map(|v| v.as_slice()).collect();
+        assert_eq!(group(&r, 2, 100).unwrap(), vec![0..2, 2..4]);
+        assert_eq!(group(&r, 10, 4).unwrap(), vec![0..3, 3..4]);
+        assert_eq!(group(&r, 10, 2), Err(3));
+    }
+
+    #[test]
+    fn lse_is_stable() {
+        let v = [1000.0f32, 1000.0];
+        assert!((log_sum_exp(&v) - (1000.0 + 2f64.ln())).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Independent numpy reference for delrec-mobile parity tests.
+
+Implements the Hugging Face LlamaForCausalLM / Qwen2ForCausalLM forward pass (float64
+internally), PEFT LoRA merging, PEFT prompt-tuning soft prompts and the delrec scoring
+template contract.  Depends only on numpy (+ `tokenizers` for text).
+
+CLI (every subcommand prints one JSON object on stdout):
+
+  reference.py logits   --model-dir D --tokens 1,2,3 [--lora-dir L]
+        -> {"logits": [[vocab floats] per position]}
+  reference.py tokenize --tokenizer T/tokenizer.json --strings FILE.json
+        -> {"ids": [[...], ...]}                       (add_special_tokens=False)
+  reference.py score    --model-dir D --tokenizer T/tokenizer.json --catalog catalog.csv|.jsonl
+                        --template TEMPLATE [--soft NAME=PEFT_DIR ...] [--lora-dir L]
+                        [--item-prefix " "] [--history-sep ","] [--add-bos]
+                        --history id,id,... --candidates id,id,...
+        -> {"scores": [{"id", "score", "n_tokens", "mean"}, ...]}   (candidate order)
+
+Template contract: literal text with placeholders {soft:NAME}, {history}, {candidate};
+{history} exactly once, {candidate} exactly once and after {history}, soft placeholders
+only before {candidate}.  Input rows = [BOS if --add-bos] + for each part in order:
+literal -> encode(text) (each literal part separately, no special tokens); {soft:NAME} ->
+the prompt_embeddings rows as input embeddings; {history} -> for item i (oldest first):
+encode(history_sep) if i > 0, then encode(item_prefix + title); {candidate} ->
+encode(item_prefix + title); the literal after {candidate} is the terminator.
+score = sum over candidate-title tokens + terminator tokens of
+log_softmax(logits[previous position])[token].  "{{" / "}}" are literal braces; any other
+brace use is an error (as in docs/format.md).  Soft prompt names match [A-Za-z0-9_.-]{1,64}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import struct
+import sys
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------
+# safetensors reading (own decoder: handles BF16 without torch)
+# --------------------------------------------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """name -> float32 ndarray (BF16/F16 decoded exactly)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + hlen].decode("utf-8"))
+    base = 8 + hlen
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = info["dtype"]
+        if dt not in _ST_DTYPES:
+            raise ValueError(f"{path}: unsupported dtype {dt} for {name}")
+        s, e = info["data_offsets"]
+        arr = np.frombuffer(data, dtype=_ST_DTYPES[dt], count=(e - s) // _ST_DTYPES[dt].itemsize, offset=base + s)
+        if dt == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        arr = arr.astype(np.float32).reshape(info["shape"])
+        out[name] = arr
+    return out
+
+
+def load_hf_weights(model_dir: str) -> dict[str, np.ndarray]:
+    idx = os.path.join(model_dir, "model.safetensors.index.json")
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(idx):
+        with open(idx, encoding="utf-8") as f:
+            wmap = json.load(f)["weight_map"]
+        weights = {}
+        for fn in sorted(set(wmap.values())):
+            part = read_safetensors(os.path.join(model_dir, fn))
+            for k, v in part.items():
+                if wmap.get(k) != fn:
+                    raise ValueError(f"{fn}: tensor {k} not mapped to this shard in the index")
+                weights[k] = v
+        missing = set(wmap) - set(weights)
+        if missing:
+            raise ValueError(f"index names tensors missing from shards: {sorted(missing)[:5]}")
+        return weights
+    if os.path.exists(single):
+        return read_safetensors(single)
+    raise FileNotFoundError(f"no model.safetensors(.index.json) in {model_dir}")
+
+
+# --------------------------------------------------------------------------------------
+# PEFT adapters
+# --------------------------------------------------------------------------------------
+
+
+def merge_lora(weights: dict[str, np.ndarray], lora_dir: str) -> dict[str, np.ndarray]:
+    """W += scale * B @ A for every lora_A/lora_B pair; scale = alpha/r (rslora: alpha/sqrt(r))."""
+    with open(os.path.join(lora_dir, "adapter_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{lora_dir}: peft_type {cfg.get('peft_type')} is not LORA")
+    if cfg.get("fan_in_fan_out"):
+        raise NotImplementedError("fan_in_fan_out LoRA")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise NotImplementedError("rank_pattern/alpha_pattern")
+    if cfg.get("use_dora"):
+        raise NotImplementedError("DoRA")
+    if cfg.get("bias", "none") != "none":
+        raise NotImplementedError("LoRA bias")
+    r = cfg["r"]
+    alpha = cfg["lora_alpha"]
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    ad = read_safetensors(os.path.join(lora_dir, "adapter_model.safetensors"))
+    out = {k: v.astype(np.float64) for k, v in weights.items()}
+    pat = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_A(?:\.[^.]+)?\.weight$")
+    n = 0
+    for name, a in ad.items():
+        m = pat.match(name)
+        if not m:
+            if ".lora_B" in name:
+                continue
+            raise ValueError(f"unexpected adapter tensor {name}")
+        target = m.group(1) + ".weight"
+        b_name = name.replace(".lora_A", ".lora_B")
+        b = ad[b_name]
+        if target not in out:
+            raise KeyError(f"LoRA target {target} not in base model")
+        delta = scale * (b.astype(np.float64) @ a.astype(np.float64))
+        if delta.shape != out[target].shape:
+            raise ValueError(f"LoRA delta shape {delta.shape} != {out[target].shape} for {target}")
+        out[target] = out[target] + delta
+        n += 1
+    if n == 0:
+        raise ValueError(f"{lora_dir}: no LoRA pairs found")
+    return out
+
+
+def load_soft_prompt(peft_dir: str) -> np.ndarray:
+    with open(os.path.join(peft_dir, "adapter_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise ValueError(f"{peft_dir}: peft_type {cfg.get('peft_type')} is not PROMPT_TUNING")
+    if cfg.get("num_transformer_submodules", 1) != 1:
+        raise NotImplementedError("num_transformer_submodules != 1")
+    t = read_safetensors(os.path.join(peft_dir, "adapter_model.safetensors"))["prompt_embeddings"]
+    nv = cfg["num_virtual_tokens"]
+    if t.shape[0] != nv:
+        raise ValueError(f"prompt_embeddings rows {t.shape[0]} != num_virtual_tokens {nv}")
+    return t.astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------
+
+
+class Model:
+    SUPPORTED = {"llama", "qwen2"}
+
+    def __init__(self, model_dir: str, lora_dir: str | None = None):
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            self.cfg = cfg = json.load(f)
+        if cfg["model_type"] not in self.SUPPORTED:
+            raise NotImplementedError(cfg["model_type"])
+        if cfg.get("rope_scaling"):
+            raise NotImplementedError("rope_scaling")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise NotImplementedError(cfg.get("hidden_act"))
+        if cfg.get("use_sliding_window"):
+            raise NotImplementedError("sliding window attention")
+        w = load_hf_weights(model_dir)
+        if lora_dir:
+            w = merge_lora(w, lora_dir)
+        self.w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
+        self.hidden = cfg["hidden_size"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
+        self.head_dim = cfg.get("head_dim") or self.hidden // self.n_heads
+        self.n_layers = cfg["num_hidden_layers"]
+        self.eps = float(cfg["rms_norm_eps"])
+        self.theta = float(cfg.get("rope_theta", 10000.0))
+        self.vocab = cfg["vocab_size"]
+        self.embed = self.w["model.embed_tokens.weight"]
+        if self.embed.shape[0] != self.vocab:
+            raise ValueError(f"embed rows {self.embed.shape[0]} != vocab_size {self.vocab}")
+        tied = cfg.get("tie_word_embeddings", False)
+        if tied:
+            if "lm_head.weight" in self.w:
+                raise ValueError("tie_word_embeddings=true but lm_head.weight present")
+            self.lm_head = self.embed
+        else:
+            self.lm_head = self.w["lm_head.weight"]
+        self.bos_token_id = cfg.get("bos_token_id")
+
+    # -- pieces -------------------------------------------------------------------------
+    def rmsnorm(self, x, weight):
+        var = np.mean(x * x, axis=-1, keepdims=True)
+        return weight * (x / np.sqrt(var + self.eps))
+
+    def linear(self, x, name):
+        y = x @ self.w[name + ".weight"].T
+        b = self.w.get(name + ".bias")
+        if b is not None:
+            y = y + b
+        return y
+
+    def rope(self, x):
+        """x: [heads, n, d]; HF rotate_half convention, positions 0..n-1."""
+        d = self.head_dim
+        n = x.shape[1]
+        inv_freq = 1.0 / (self.theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float64) / d))
+        pos = np.arange(n, dtype=np.float64)
+        freqs = np.outer(pos, inv_freq)  # [n, d/2]
+        emb = np.concatenate([freqs, freqs], axis=-1)  # [n, d]
+        cos, sin = np.cos(emb), np.sin(emb)
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+        rot = np.concatenate([-x2, x1], axis=-1)
+        return x * cos + rot * sin
+
+    def attention(self, h, i):
+        n = h.shape[0]
+        p = f"model.layers.{i}.self_attn."
+        q = self.linear(h, p + "q_proj").reshape(n, self.n_heads, self.head_dim).transpose(1, 0, 2)
+        k = self.linear(h, p + "k_proj").reshape(n, self.n_kv, self.head_dim).transpose(1, 0, 2)
+        v = self.linear(h, p + "v_proj").reshape(n, self.n_kv, self.head_dim).transpose(1, 0, 2)
+        q, k = self.rope(q), self.rope(k)
+        rep = self.n_heads // self.n_kv
+        k = np.repeat(k, rep, axis=0)  # head j uses kv head j // rep (HF repeat_kv)
+        v = np.repeat(v, rep, axis=0)
+        s = (q @ k.transpose(0, 2, 1)) / math.sqrt(self.head_dim)
+        mask = np.triu(np.ones((n, n), dtype=bool), k=1)
+        s = np.where(mask[None], -np.inf, s)
+        s = s - s.max(axis=-1, keepdims=True)
+        pr = np.exp(s)
+        pr /= pr.sum(axis=-1, keepdims=True)
+        o = (pr @ v).transpose(1, 0, 2).reshape(n, self.n_heads * self.head_dim)
+        return self.linear(o, p + "o_proj")
+
+    def mlp(self, h, i):
+        p = f"model.layers.{i}.mlp."
+        g = self.linear(h, p + "gate_proj")
+        u = self.linear(h, p + "up_proj")
+        return self.linear((g / (1.0 + np.exp(-g))) * u, p + "down_proj")
+
+    # -- forward ------------------------------------------------------------------------
+    def embed_tokens(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
+            raise ValueError(f"token id out of range [0, {self.vocab})")
+        return self.embed[ids]
+
+    def forward_embeds(self, x):
+        """x: [n, hidden] input embeddings -> logits [n, vocab] (float64)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.hidden:
+            raise ValueError(f"input embeddings shape {x.shape}, hidden {self.hidden}")
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            x = x + self.attention(self.rmsnorm(x, self.w[p + "input_layernorm.weight"]), i)
+            x = x + self.mlp(self.rmsnorm(x, self.w[p + "post_attention_layernorm.weight"]), i)
+        x = self.rmsnorm(x, self.w["model.norm.weight"])
+        return x @ self.lm_head.T
+
+    def forward_tokens(self, ids):
+        return self.forward_embeds(self.embed_tokens(ids))
+
+
+def log_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------------------
+# tokenizer, catalog, template
+# --------------------------------------------------------------------------------------
+
+
+def load_tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def encode(tok, text: str) -> list[int]:
+    if text == "":
+        return []
+    return list(tok.encode(text, add_special_tokens=False).ids)
+
+
+def load_catalog(path: str) -> dict[str, dict]:
+    items = {}
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    for r in rows:
+        if r["id"] in items:
+            raise ValueError(f"duplicate catalog id {r['id']}")
+        items[r["id"]] = r
+    return items
+
+
+_SOFT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def parse_template(template: str) -> list[tuple[str, str]]:
+    """-> list of (kind, value) with kind in {"text","soft","history","candidate"}.
+
+    `{{` and `}}` are literal braces; any other `{...}` than the three placeholders, and any
+    unpaired brace, is an error.  Adjacent literal text is merged into one part."""
+    parts: list[tuple[str, str]] = []
+    buf: list[str] = []
+    i, n = 0, len(template)
+
+    def flush():
+        if buf:
+            parts.append(("text", "".join(buf)))
+            buf.clear()
+
+    while i < n:
+        c = template[i]
+        if c == "{" and template.startswith("{{", i):
+            buf.append("{")
+            i += 2
+        elif c == "}" and template.startswith("}}", i):
+            buf.append("}")
+            i += 2
+        elif c == "{":
+            j = template.find("}", i)
+            if j < 0:
+                raise ValueError(f"unclosed '{{' at offset {i}")
+            body = template[i + 1 : j]
+            flush()
+            if body == "history":
+                parts.append(("history", ""))
+            elif body == "candidate":
+                parts.append(("candidate", ""))
+            elif body.startswith("soft:") and _SOFT_NAME.fullmatch(body[5:]):
+                parts.append(("soft", body[5:]))
+            else:
+                raise ValueError(f"unknown placeholder {{{body}}} (use {{{{ and }}}} for literal braces)")
+            i = j + 1
+        elif c == "}":
+            raise ValueError(f"unpaired '}}' at offset {i} (use }}}} for a literal brace)")
+        else:
+            buf.append(c)
+            i += 1
+    flush()
+    kinds = [k for k, _ in parts]
+    if kinds.count("history") != 1:
+        raise ValueError("template must contain {history} exactly once")
+    if kinds.count("candidate") != 1:
+        raise ValueError("template must contain {candidate} exactly once")
+    ci = kinds.index("candidate")
+    if kinds.index("history") > ci:
+        raise ValueError("{history} must come before {candidate}")
+    if any(k != "text" for k in kinds[ci + 1 :]):
+        raise ValueError("only literal text may follow {candidate} ({soft:NAME} must come before it)")
+    return parts
+
+
+def build_rows(model: Model, tok, parts, softs, history_titles, cand_title,
+               item_prefix=" ", history_sep=",", add_bos=False):
+    """Returns (embeds [n, hidden] float64, ids_or_None per row, scored_positions)."""
+    rows: list[np.ndarray] = []
+    ids: list[int | None] = []
+
+    def add_tokens(t):
+        for x in t:
+            rows.append(model.embed_tokens([x])[0])
+            ids.append(x)
+
+    if add_bos:
+        if model.bos_token_id is None:
+            raise ValueError("--add-bos but config has no bos_token_id")
+        add_tokens([model.bos_token_id])
+    scored: list[int] = []
+    seen_candidate = False
+    for kind, val in parts:
+        if kind == "text":
+            t = encode(tok, val)
+            if seen_candidate:
+                scored.extend(range(len(ids), len(ids) + len(t)))
+            add_tokens(t)
+        elif kind == "soft":
+            if val not in softs:
+                raise KeyError(f"template uses {{soft:{val}}} but no --soft {val}=DIR given")
+            sp = softs[val]
+            if sp.shape[1] != model.hidden:
+                raise ValueError(f"soft prompt {val} width {sp.shape[1]} != hidden {model.hidden}")
+            for r in sp:
+                rows.append(r)
+                ids.append(None)
+        elif kind == "history":
+            for i, title in enumerate(history_titles):
+                if i > 0:
+                    add_tokens(encode(tok, history_sep))
+                add_tokens(encode(tok, item_prefix + title))
+        elif kind == "candidate":
+            t = encode(tok, item_prefix + cand_title)
+            scored.extend(range(len(ids), len(ids) + len(t)))
+            add_tokens(t)
+            seen_candidate = True
+    if scored and scored[0] == 0:
+        raise ValueError("nothing precedes the candidate: its first token has no previous position")
+    if not scored:
+        raise ValueError("candidate and terminator tokenize to nothing")
+    return np.stack(rows), ids, scored
+
+
+def score_candidates(model: Model, tok, catalog, template, softs, history, candidates,
+                     item_prefix=" ", history_sep=",", add_bos=False):
+    parts = parse_template(template)
+    hist_titles = [catalog[h]["title"] for h in history]
+    res = []
+    for c in candidates:
+        emb, ids, scored = build_rows(model, tok, parts, softs, hist_titles, catalog[c]["title"],
+                                      item_prefix, history_sep, add_bos)
+        lp = log_softmax(model.forward_embeds(emb))  # naive: one full forward per candidate
+        s = float(sum(lp[p - 1, ids[p]] for p in scored))
+        res.append({"id": c, "score": s, "n_tokens": len(scored), "mean": s / len(scored)})
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def _ids(s: str) -> list[str]:
+    return [x for x in s.split(",") if x != ""] if s else []
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("logits")
+    a.add_argument("--model-dir", required=True)
+    a.add_argument("--tokens", required=True)
+    a.add_argument("--lora-dir")
+
+    t = sub.add_parser("tokenize")
+    t.add_argument("--tokenizer", required=True)
+    t.add_argument("--strings", required=True)
+
+    s = sub.add_parser("score")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--catalog", required=True)
+    s.add_argument("--template", required=True)
+    s.add_argument("--soft", action="append", default=[], metavar="NAME=PEFT_DIR")
+    s.add_argument("--lora-dir")
+    s.add_argument("--item-prefix", default=" ")
+    s.add_argument("--history-sep", default=",")
+    s.add_argument("--add-bos", action="store_true")
+    s.add_argument("--history", required=True)
+    s.add_argument("--candidates", required=True)
+
+    args = ap.parse_args(argv)
+    if args.cmd == "logits":
+        m = Model(args.model_dir, args.lora_dir)
+        toks = [int(x) for x in args.tokens.split(",") if x.strip() != ""]
+        out = {"logits": m.forward_tokens(toks).tolist()}
+    elif args.cmd == "tokenize":
+        tok = load_tokenizer(args.tokenizer)
+        with open(args.strings, encoding="utf-8") as f:
+            strings = json.load(f)
+        out = {"ids": [encode(tok, x) for x in strings]}
+    else:
+        m = Model(args.model_dir, args.lora_dir)
+        tok = load_tokenizer(args.tokenizer)
+        cat = load_catalog(args.catalog)
+        softs = {}
+        for spec in args.soft:
+            name, _, d = spec.partition("=")
+            if not d:
+                raise SystemExit(f"--soft expects NAME=PEFT_DIR, got {spec!r}")
+            softs[name] = load_soft_prompt(d)
+        out = {"scores": score_candidates(m, tok, cat, args.template, softs, _ids(args.history),
+                                          _ids(args.candidates), args.item_prefix, args.history_sep,
+                                          args.add_bos)}
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+//! Engine behaviour on converted fixture models: the shared-prefix plan against the naive plan,
+//! sessions against fresh ranks, concurrency, cancellation, and bad input.
+//! (Parity against the independent numpy reference lives in tests/parity.)
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use delrec_runtime::{CancelToken, Engine, EngineConfig, Error, KvType, Plan, RankRequest, Ranking};
+use delrec_tests::{catalog_ids, model, pack};
+
+fn f32_cfg() -> EngineConfig {
+    EngineConfig { kv_type: KvType::F32, threads: 2, ..Default::default() }
+}
+
+fn tiny() -> (PathBuf, PathBuf) {
+    let m = model("llama-tiny", "f32");
+    let p = pack(&m, "llama-tiny", "prompt-llama");
+    (m, p)
+}
+
+fn req(history: &[&str], candidates: Option<&[String]>) -> RankRequest {
+    RankRequest {
+        history: history.iter().map(|s| s.to_string()).collect(),
+        candidates: candidates.map(|c| c.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// Scores by id.
+fn by_id(r: &Ranking) -> std::collections::BTreeMap<String, (f64, u32)> {
+    r.items.iter().map(|i| (i.id.clone(), (i.logprob, i.n_tokens))).collect()
+}
+
+fn assert_close(a: &Ranking, b: &Ranking, tol: f64) {
+    let (a, b) = (by_id(a), by_id(b));
+    assert_eq!(a.len(), b.len());
+    for (id, (sa, na)) in &a {
+        let (sb, nb) = b[id];
+        assert_eq!(*na, nb, "{id}: token counts differ");
+        assert!((sa - sb).abs() < tol, "{id}: {sa} vs {sb} (|Δ| = {})", (sa - sb).abs());
+    }
+}
+
+#[test]
+fn shared_prefix_equals_naive_on_the_whole_catalog() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    let mut r = req(&[&ids[0], &ids[3], &ids[7]], None);
+    let shared = e.rank(&r).unwrap();
+    r.plan = Plan::Naive;
+    let naive = e.rank(&r).unwrap();
+    assert_eq!(shared.items.len(), ids.len());
+    assert_close(&shared, &naive, 1e-4);
+    // The trie really shares work: fewer rows than one prompt per candidate.
+    assert!(shared.stats.decoded_rows < naive.stats.decoded_rows / 4, "{:?} vs {:?}", shared.stats, naive.stats);
+    // Ranked best first.
+    assert!(shared.items.windows(2).all(|w| w[0].score >= w[1].score));
+}
+
+#[test]
+fn small_groups_and_batches_give_the_same_scores() {
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    let r = req(&[&ids[1], &ids[2]], None);
+    let big = Engine::open(&m, &p, f32_cfg()).unwrap().rank(&r).unwrap();
+    // 3 sequences (2 candidates per group), 8-row batches, a 96-cell context: many groups, many decodes.
+    let cfg = EngineConfig { max_sequences: 3, batch_size: 8, context_size: 96, ..f32_cfg() };
+    let small = Engine::open(&m, &p, cfg).unwrap().rank(&r).unwrap();
+    assert_close(&big, &small, 1e-4);
+    assert!(small.stats.decode_calls > big.stats.decode_calls);
+}
+
+#[test]
+fn top_k_and_candidates() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    let cands: Vec<String> = ids[5..17].to_vec();
+    let all = e.rank(&req(&[&ids[0]], Some(&cands))).unwrap();
+    assert_eq!(all.items.len(), 12);
+    assert!(all.items.iter().all(|i| cands.contains(&i.id)));
+    let mut r = req(&[&ids[0]], Some(&cands));
+    r.top_k = Some(3);
+    let top = e.rank(&r).unwrap();
+    assert_eq!(top.items, all.items[..3].to_vec());
+    for i in &all.items {
+        assert!((i.mean_logprob - i.logprob / i.n_tokens as f64).abs() < 1e-12);
+        assert!(i.logprob < 0.0);
+    }
+}
+
+#[test]
+fn session_incremental_equals_fresh_rank() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    let cands: Vec<String> = ids[10..30].to_vec();
+    let mut s = e.session(None).unwrap();
+    let mut hist: Vec<&str> = vec![];
+    for (step, h) in [&ids[0], &ids[4], &ids[9], &ids[2]].into_iter().enumerate() {
+        s.push(h).unwrap();
+        hist.push(h);
+        let inc = s.rank(&req(&[], Some(&cands))).unwrap();
+        let fresh = e.rank(&req(&hist, Some(&cands))).unwrap();
+        assert_close(&inc, &fresh, 1e-4);
+        if step > 0 {
+            // Only the new item and the tail of the template were decoded for the prefix.
+            // (8 soft rows, the template's head and the earlier items stay in the cache.)
+            assert!(inc.stats.prefix_reused > 8, "step {step}: {:?}", inc.stats);
+            assert!(inc.stats.prefix_reused >= fresh.stats.prefix_rows / 2, "step {step}: {:?}", inc.stats);
+        }
+    }
+    // Ranking again without changes decodes no prefix row at all.
+    let again = s.rank(&req(&[], Some(&cands))).unwrap();
+    assert_eq!(again.stats.prefix_reused, again.stats.prefix_rows);
+    assert!(matches!(s.push("no-such-item"), Err(Error::UnknownItem(_))));
+}
+
+#[test]
+fn concurrent_ranks_equal_serial_results() {
+    let (m, p) = tiny();
+    let cfg = EngineConfig { max_contexts: 4, threads: 1, ..f32_cfg() };
+    let e = Arc::new(Engine::open(&m, &p, cfg).unwrap());
+    let ids = catalog_ids();
+    let requests: Vec<RankRequest> = (0..8)
+        .map(|t| {
+            let mut r = req(&[&ids[t], &ids[(t * 7 + 3) % ids.len()]], Some(&ids[(t + 10)..(t + 18)]));
+            r.top_k = Some(5);
+            r
+        })
+        .collect();
+    let serial: Vec<Ranking> = requests.iter().map(|r| e.rank(r).unwrap()).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (e, r, want) = (e.clone(), requests[t].clone(), serial[t].clone());
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let got = e.rank(&r).unwrap();
+                    assert_close(&got, &want, 1e-5);
+                    assert_eq!(got.items.iter().map(|i| &i.id).collect::<Vec<_>>(), want.items.iter().map(|i| &i.id).collect::<Vec<_>>());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a ranking thread panicked");
+    }
+}
+
+#[test]
+fn cancellation_and_deadline_return_promptly() {
+    let m = model("llama-wide", "f16");
+    let p = pack(&m, "llama-wide", "prompt-llama-wide");
+    let e = Arc::new(Engine::open(&m, &p, EngineConfig { threads: 2, batch_size: 16, ..Default::default() }).unwrap());
+    let ids = catalog_ids();
+    // Cancelled before it starts.
+    let token = CancelToken::new();
+    token.cancel();
+    let mut r = req(&[&ids[0]], None);
+    r.cancel = Some(token);
+    assert!(matches!(e.rank(&r), Err(Error::Cancelled)));
+    // Cancelled while running, from another thread.
+    let token = CancelToken::new();
+    let mut r = req(&[&ids[0], &ids[1]], None);
+    r.plan = Plan::Naive;
+    r.cancel = Some(token.clone());
+    let t0 = Instant::now();
+    let worker = {
+        let e = e.clone();
+        std::thread::spawn(move || e.rank(&r))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    token.cancel();
+    let res = worker.join().expect("no panic");
+    assert!(matches!(res, Err(Error::Cancelled)), "{res:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "cancellation took {:?}", t0.elapsed());
+    // A deadline.
+    let mut r = req(&[&ids[0]], None);
+    r.plan = Plan::Naive;
+    r.timeout = Some(Duration::from_millis(1));
+    assert!(matches!(e.rank(&r), Err(Error::DeadlineExceeded)));
+    // The engine still works afterwards.
+    let ok = e.rank(&req(&[&ids[0]], Some(&ids[1..4]))).unwrap();
+    assert_eq!(ok.items.len(), 3);
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    assert!(matches!(e.rank(&req(&[], None)), Err(Error::EmptyHistory)));
+    assert!(matches!(e.rank(&req(&["nope"], None)), Err(Error::UnknownItem(i)) if i == "nope"));
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&[]))), Err(Error::EmptyCandidates)));
+    let dup = vec![ids[1].clone(), ids[2].clone(), ids[1].clone()];
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&dup))), Err(Error::DuplicateCandidate(d)) if d == ids[1]));
+    let unknown = vec![ids[1].clone(), "zzz".into()];
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&unknown))), Err(Error::UnknownItem(_))));
+    let mut r = req(&[&ids[0]], None);
+    r.top_k = Some(0);
+    assert!(matches!(e.rank(&r), Err(Error::InvalidInput(_))));
+    let mut r = req(&[&ids[0]], None);
+    r.soft_prompt = Some("missing".into());
+    assert!(matches!(e.rank(&r), Err(Error::UnknownSoftPrompt(..))));
+    // A history longer than the context: a typed error, not an abort.
+    let small = Engine::open(&m, &p, EngineConfig { context_size: 32, batch_size: 16, ..f32_cfg() }).unwrap();
+    let long: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+    assert!(matches!(small.rank(&req(&long, None)), Err(Error::ContextTooSmall { .. })));
+    // Still usable after errors.
+    assert_eq!(e.rank(&req(&[&ids[0]], Some(&ids[1..3]))).unwrap().items.len(), 2);
+}
+
+#[test]
+fn wrong_or_broken_files_are_typed_errors() {
+    let (m, p) = tiny();
+    let q = model("qwen2-tiny", "f32");
+    let qp = pack(&q, "qwen2-tiny", "prompt-qwen2");
+    // A pack for another model.
+    assert!(matches!(Engine::open(&m, &qp, f32_cfg()), Err(Error::PackMismatch { .. })));
+    assert!(matches!(Engine::open(&q, &p, f32_cfg()), Err(Error::PackMismatch { .. })));
+    // Checksum verification: the pack records the F32 file it was built from.
+    assert!(Engine::open(&m, &p, EngineConfig { verify_checksum: true, ..f32_cfg() }).is_ok());
+    let m8 = model("llama-tiny", "q8_0");
+    let e = Engine::open(&m8, &p, EngineConfig { verify_checksum: true, ..f32_cfg() });
+    assert!(matches!(e, Err(Error::PackMismatch { ref what, .. }) if what.contains("sha256")), "{:?}", e.err());
+    // The same pack without verification works with the quantized model (same tokenizer/width).
+    assert!(Engine::open(&m8, &p, f32_cfg()).is_ok());
+    // Truncated and non-GGUF files.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&m).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    for at in [0, 3, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        assert!(matches!(Engine::open(&cut, &p, f32_cfg()), Err(Error::InvalidFile { .. })), "model cut at {at}");
+    }
+    let pbytes = std::fs::read(&p).unwrap();
+    for at in [0, 10, pbytes.len() / 2, pbytes.len() - 1] {
+        std::fs::write(&cut, &pbytes[..at]).unwrap();
+        assert!(matches!(Engine::open(&m, &cut, f32_cfg()), Err(Error::InvalidFile { .. })), "pack cut at {at}");
+    }
+    let txt = dir.path().join("x.gguf");
+    std::fs::write(&txt, b"hello, not a model").unwrap();
+    assert!(matches!(Engine::open(&txt, &p, f32_cfg()), Err(Error::InvalidFile { .. })));
+    assert!(matches!(Engine::open(&m, &m, f32_cfg()), Err(Error::InvalidFile { .. })), "a model is not a pack");
+    assert!(matches!(Engine::open(dir.path().join("absent.gguf"), &p, f32_cfg()), Err(Error::Io { .. })));
+}
+
+#[test]
+fn kv_f16_stays_close_to_f32() {
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    let r = req(&[&ids[0], &ids[1]], Some(&ids[2..22]));
+    let a = Engine::open(&m, &p, f32_cfg()).unwrap().rank(&r).unwrap();
+    let b = Engine::open(&m, &p, EngineConfig { kv_type: KvType::F16, ..f32_cfg() }).unwrap().rank(&r).unwrap();
+    assert_close(&a, &b, 0.05);
+}
