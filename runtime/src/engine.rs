@@ -27,6 +27,8 @@ pub struct EngineConfig {
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
+    /// llama.cpp flash attention (faster on some GPUs; less precise on CPU).
+    pub flash_attention: bool,
     /// Hash the whole model file and require it to be one the pack was built for.
     pub verify_checksum: bool,
 }
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             max_contexts: 2,
             gpu_layers: 0,
             kv_type: KvType::F16,
+            flash_attention: false,
             verify_checksum: false,
         }
     }
@@ -206,6 +209,7 @@ impl Engine {
             n_seq_max: cfg.max_sequences,
             threads: threads as i32,
             kv_type: cfg.kv_type,
+            flash_attention: cfg.flash_attention,
         };
         let engine = Engine { model: Arc::new(m), pack, soft, cfg, ctx_params, pool: Mutex::new((vec![], 0)), freed: Condvar::new() };
         // Create one context now: configuration errors surface at open, not at the first rank.

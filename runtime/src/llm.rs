@@ -150,6 +150,9 @@ pub struct ContextParams {
     pub n_seq_max: u32,
     pub threads: i32,
     pub kv_type: KvType,
+    /// llama.cpp's flash attention. Off by default: on CPU it computes attention at about half
+    /// precision even with an F32 KV cache (|Δ logits| ~1e-2 on the test models).
+    pub flash_attention: bool,
 }
 
 /// Cancellation state read by llama.cpp's abort callback during a decode.
@@ -199,11 +202,19 @@ impl Context {
             c.n_batch = p.n_batch;
             c.n_ubatch = p.n_batch;
             c.n_seq_max = p.n_seq_max;
+            // llama.cpp sizes its output buffer for max(outputs, n_seq_max) rows and asserts (aborts)
+            // when that exceeds n_outputs_max, which defaults to n_batch.
+            c.n_outputs_max = p.n_batch.max(p.n_seq_max);
             c.n_threads = p.threads;
             c.n_threads_batch = p.threads;
             c.type_k = kv;
             c.type_v = kv;
             c.kv_unified = true;
+            c.flash_attn_type = if p.flash_attention {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
             c.no_perf = true;
             c.abort_callback = Some(abort_cb);
             c.abort_callback_data = (&mut *abort) as *mut AbortState as *mut c_void;

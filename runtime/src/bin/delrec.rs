@@ -106,6 +106,9 @@ struct EngineArgs {
     verify: bool,
     #[arg(long, default_value_t = 0)]
     gpu_layers: i32,
+    /// Use llama.cpp flash attention.
+    #[arg(long)]
+    flash_attn: bool,
 }
 
 impl EngineArgs {
@@ -118,6 +121,7 @@ impl EngineArgs {
             max_contexts: 1,
             gpu_layers: self.gpu_layers,
             kv_type: kv_type(&self.kv)?,
+            flash_attention: self.flash_attn,
             verify_checksum: self.verify,
         })
     }
@@ -232,7 +236,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             let m = Arc::new(Model::load(&model, ModelParams::default())?);
             let n = tokens.len() as u32;
-            let params = ContextParams { n_ctx: n.max(16), n_batch: n.max(16), n_seq_max: 1, threads: 2, kv_type: KvType::F32 };
+            let params = ContextParams { n_ctx: n.max(16), n_batch: n.max(16), n_seq_max: 1, threads: 2, kv_type: KvType::F32, flash_attention: false };
             let mut ctx = Context::new(m, &params)?;
             let mut b = Batch::tokens();
             for (i, &t) in tokens.iter().enumerate() {
