@@ -185,10 +185,14 @@ impl Engine {
         pack.base.check_matches(&identity)?;
         if cfg.verify_checksum {
             let sum = file_sha256(model)?;
-            if !pack.model_sha256.iter().any(|s| *s == sum) {
+            if !pack.model_sha256.contains(&sum) {
                 return Err(Error::PackMismatch {
                     what: "model file sha256".into(),
-                    pack: if pack.model_sha256.is_empty() { "(none recorded)".into() } else { pack.model_sha256.join(" | ") },
+                    pack: if pack.model_sha256.is_empty() {
+                        "(none recorded)".into()
+                    } else {
+                        pack.model_sha256.join(" | ")
+                    },
                     model: sum,
                 });
             }
@@ -202,7 +206,8 @@ impl Engine {
             });
         }
         let soft = (0..pack.soft_prompts.len()).map(|i| pack.soft_prompt_values(i)).collect::<Result<Vec<_>>>()?;
-        let threads = if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+        let threads =
+            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
         let ctx_params = ContextParams {
             n_ctx: cfg.context_size,
             n_batch: cfg.batch_size.min(cfg.context_size),
@@ -211,7 +216,15 @@ impl Engine {
             kv_type: cfg.kv_type,
             flash_attention: cfg.flash_attention,
         };
-        let engine = Engine { model: Arc::new(m), pack, soft, cfg, ctx_params, pool: Mutex::new((vec![], 0)), freed: Condvar::new() };
+        let engine = Engine {
+            model: Arc::new(m),
+            pack,
+            soft,
+            cfg,
+            ctx_params,
+            pool: Mutex::new((vec![], 0)),
+            freed: Condvar::new(),
+        };
         // Create one context now: configuration errors surface at open, not at the first rank.
         let ctx = Context::new(engine.model.clone(), &engine.ctx_params)?;
         engine.release(ctx, true);
@@ -295,7 +308,9 @@ impl Engine {
                 Part::Text(toks) => rows.extend(toks.iter().map(|&x| Row::Tok(x))),
                 Part::Soft(idx) => {
                     let p = soft_override.unwrap_or(*idx);
-                    rows.extend((0..self.pack.soft_prompts[p].n_virtual as u32).map(|row| Row::Soft { prompt: p as u32, row }));
+                    rows.extend(
+                        (0..self.pack.soft_prompts[p].n_virtual as u32).map(|row| Row::Soft { prompt: p as u32, row }),
+                    );
                 }
                 Part::History => {
                     for (i, &h) in history.iter().enumerate() {
@@ -311,41 +326,39 @@ impl Engine {
         rows
     }
 
-    /// Decodes `rows` at positions `start..` into `seqs`, in batches of one kind (tokens or
+    /// Decodes `rows` at positions `start..` into sequence 0, in batches of one kind (tokens or
     /// embeddings) of at most `n_batch` rows; `want(i)` marks rows whose logits go to `on_logits`.
     fn decode_rows(
         &self,
         ctx: &mut Context,
         rows: &[Row],
         start: usize,
-        seqs: &[i32],
         want: &dyn Fn(usize) -> bool,
         on_logits: &mut dyn FnMut(usize, &[f32]),
-        stats: &mut RankStats,
-        guard: &Guard,
+        call: &mut Call,
     ) -> Result<()> {
         let n_batch = ctx.n_batch();
         let width = self.model.n_embd();
         let mut i = 0;
         while i < rows.len() {
-            guard.check()?;
+            call.check()?;
             let is_soft = matches!(rows[i], Row::Soft { .. });
             let mut b = if is_soft { Batch::embeddings(width) } else { Batch::tokens() };
             let first = i;
             while i < rows.len() && b.len() < n_batch && matches!(rows[i], Row::Soft { .. }) == is_soft {
                 let pos = i32::try_from(start + i).map_err(|_| Error::InvalidInput("position overflow".into()))?;
                 match rows[i] {
-                    Row::Tok(t) => b.add_token(t, pos, seqs, want(i)),
+                    Row::Tok(t) => b.add_token(t, pos, &[0], want(i)),
                     Row::Soft { prompt, row } => {
                         let (p, r) = (prompt as usize, row as usize);
-                        b.add_embedding(&self.soft[p][r * width..(r + 1) * width], pos, seqs, want(i))?;
+                        b.add_embedding(&self.soft[p][r * width..(r + 1) * width], pos, &[0], want(i))?;
                     }
                 }
                 i += 1;
             }
             ctx.decode(&mut b)?;
-            stats.decode_calls += 1;
-            stats.decoded_rows += b.len();
+            call.stats.decode_calls += 1;
+            call.stats.decoded_rows += b.len();
             for j in 0..b.len() {
                 if want(first + j) {
                     on_logits(first + j, ctx.logits(&b, j)?);
@@ -357,7 +370,7 @@ impl Engine {
 
     /// Brings sequence 0 of `ctx` to hold `rows`, reusing the longest common prefix already there,
     /// and returns the last row's logits.
-    fn ensure_prefix(&self, ctx: &mut Context, state: &mut PrefixState, rows: &[Row], stats: &mut RankStats, guard: &Guard) -> Result<()> {
+    fn ensure_prefix(&self, ctx: &mut Context, state: &mut PrefixState, rows: &[Row], call: &mut Call) -> Result<()> {
         if rows.is_empty() {
             return Err(Error::InvalidInput("the template produces an empty prompt prefix".into()));
         }
@@ -366,7 +379,7 @@ impl Engine {
         }
         let lcp = common_prefix(&state.rows, rows);
         if lcp == rows.len() && lcp == state.rows.len() && state.last.is_some() {
-            stats.prefix_reused = lcp;
+            call.stats.prefix_reused = lcp;
             return Ok(());
         }
         // Re-decode at least the last row: its logits are needed.
@@ -374,15 +387,15 @@ impl Engine {
         if !ctx.seq_rm(0, keep as i32) {
             ctx.clear();
             state.rows.clear();
-            return self.ensure_prefix(ctx, state, rows, stats, guard);
+            return self.ensure_prefix(ctx, state, rows, call);
         }
         state.rows.truncate(keep);
         state.last = None;
-        stats.prefix_reused = keep;
+        call.stats.prefix_reused = keep;
         let mut last = None;
         let tail = &rows[keep..];
         let last_i = tail.len() - 1;
-        let r = self.decode_rows(ctx, tail, keep, &[0], &|i| i == last_i, &mut |_, l| last = Some(l.to_vec()), stats, guard);
+        let r = self.decode_rows(ctx, tail, keep, &|i| i == last_i, &mut |_, l| last = Some(l.to_vec()), call);
         if let Err(e) = r {
             // Part of the tail may be in the cache: forget it all.
             ctx.clear();
@@ -397,14 +410,20 @@ impl Engine {
     }
 
     fn rank_in(&self, ctx: &mut Context, state: &mut PrefixState, req: &RankRequest) -> Result<Ranking> {
-        let guard = Guard::new(ctx, req);
-        let r = self.rank_inner(ctx, state, req, &guard);
+        let mut call = Call::new(ctx, req);
+        let r = self.rank_inner(ctx, state, req, &mut call);
         ctx.abort.cancel = None;
         ctx.abort.deadline = None;
         r
     }
 
-    fn rank_inner(&self, ctx: &mut Context, state: &mut PrefixState, req: &RankRequest, guard: &Guard) -> Result<Ranking> {
+    fn rank_inner(
+        &self,
+        ctx: &mut Context,
+        state: &mut PrefixState,
+        req: &RankRequest,
+        call: &mut Call,
+    ) -> Result<Ranking> {
         if req.history.is_empty() {
             return Err(Error::EmptyHistory);
         }
@@ -432,9 +451,9 @@ impl Engine {
         if cands.is_empty() {
             return Err(Error::EmptyCandidates);
         }
-        let mut stats = RankStats { candidates: cands.len(), ..Default::default() };
+        call.stats.candidates = cands.len();
         let rows = self.prefix_rows(&history, soft_override);
-        stats.prefix_rows = rows.len();
+        call.stats.prefix_rows = rows.len();
         let terminator = self.pack.template.terminator();
         let seqs: Vec<Vec<i32>> = cands
             .iter()
@@ -446,10 +465,10 @@ impl Engine {
             .collect();
         let scores = match req.plan {
             Plan::SharedPrefix => {
-                self.ensure_prefix(ctx, state, &rows, &mut stats, guard)?;
-                self.score_shared(ctx, state, rows.len(), &seqs, &mut stats, guard)?
+                self.ensure_prefix(ctx, state, &rows, call)?;
+                self.score_shared(ctx, state, rows.len(), &seqs, call)?
             }
-            Plan::Naive => self.score_naive(ctx, state, &rows, &seqs, &mut stats, guard)?,
+            Plan::Naive => self.score_naive(ctx, state, &rows, &seqs, call)?,
         };
         let mode = self.pack.scoring;
         let mut items: Vec<ScoredItem> = cands
@@ -473,7 +492,7 @@ impl Engine {
         if let Some(k) = req.top_k {
             items.truncate(k);
         }
-        Ok(Ranking { items, stats })
+        Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
     }
 
     /// Shared-prefix plan: sequence 0 holds the prefix; each group of candidates gets sequences
@@ -484,8 +503,7 @@ impl Engine {
         state: &PrefixState,
         prefix_len: usize,
         seqs: &[Vec<i32>],
-        stats: &mut RankStats,
-        guard: &Guard,
+        call: &mut Call,
     ) -> Result<Vec<(f64, u32)>> {
         let (last, lse) = state.last.as_ref().ok_or_else(|| Error::Backend("prefix not decoded".into()))?;
         let mut order: Vec<usize> = (0..seqs.len()).collect();
@@ -509,16 +527,21 @@ impl Engine {
             let result = (|| -> Result<()> {
                 let mut start = 0;
                 while start < trie.nodes.len() {
-                    guard.check()?;
+                    call.check()?;
                     let end = (start + n_batch).min(trie.nodes.len());
                     let mut b = Batch::tokens();
                     for node in &trie.nodes[start..end] {
                         let seq_ids: Vec<i32> = node.cands.iter().map(|&c| c as i32 + 1).collect();
-                        b.add_token(node.token, (prefix_len + node.depth as usize) as i32, &seq_ids, !node.children.is_empty());
+                        b.add_token(
+                            node.token,
+                            (prefix_len + node.depth as usize) as i32,
+                            &seq_ids,
+                            !node.children.is_empty(),
+                        );
                     }
                     ctx.decode(&mut b)?;
-                    stats.decode_calls += 1;
-                    stats.decoded_rows += b.len();
+                    call.stats.decode_calls += 1;
+                    call.stats.decoded_rows += b.len();
                     for j in 0..end - start {
                         let id = start + j;
                         if trie.nodes[id].children.is_empty() {
@@ -553,8 +576,7 @@ impl Engine {
         state: &mut PrefixState,
         rows: &[Row],
         seqs: &[Vec<i32>],
-        stats: &mut RankStats,
-        guard: &Guard,
+        call: &mut Call,
     ) -> Result<Vec<(f64, u32)>> {
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
@@ -572,11 +594,9 @@ impl Engine {
                 ctx,
                 &full,
                 0,
-                &[0],
                 &|i| i + 1 >= p && i + 1 < full.len(),
                 &mut |i, logits| sum += logits[seq[i + 1 - p] as usize] as f64 - log_sum_exp(logits),
-                stats,
-                guard,
+                call,
             );
             ctx.clear();
             r?;
@@ -586,18 +606,20 @@ impl Engine {
     }
 }
 
-/// Cancellation and deadline of one request, also handed to llama.cpp's abort callback.
-struct Guard {
+/// One request in flight: its cancellation and deadline (also handed to llama.cpp's abort
+/// callback) and its counters.
+struct Call {
     cancel: Option<CancelToken>,
     deadline: Option<Instant>,
+    stats: RankStats,
 }
 
-impl Guard {
+impl Call {
     fn new(ctx: &mut Context, req: &RankRequest) -> Self {
         let deadline = req.timeout.map(|t| Instant::now() + t);
         ctx.abort.cancel = req.cancel.as_ref().map(|c| c.0.clone());
         ctx.abort.deadline = deadline;
-        Guard { cancel: req.cancel.clone(), deadline }
+        Call { cancel: req.cancel.clone(), deadline, stats: RankStats::default() }
     }
 
     fn check(&self) -> Result<()> {

@@ -116,7 +116,7 @@ impl TensorType {
     /// Bytes of a tensor with `n_elements` whose rows are `ne0` long.
     pub fn size_of(self, ne0: u64, n_elements: u64) -> Option<u64> {
         let (bs, bb) = self.block()?;
-        if ne0 % bs != 0 {
+        if !ne0.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(bb)
@@ -500,7 +500,11 @@ impl GgufFile {
             let offset = data_start.checked_add(rel).ok_or_else(|| c.bad("offset overflows"))?;
             let size = ty.size_of(dims[0], n_el);
             if ty.block().is_some() && size.is_none() {
-                return Err(c.bad(format!("tensor {name:?}: row length {} does not fit {} blocks", dims[0], ty.name())));
+                return Err(c.bad(format!(
+                    "tensor {name:?}: row length {} does not fit {} blocks",
+                    dims[0],
+                    ty.name()
+                )));
             }
             if let Some(size) = size {
                 if offset.checked_add(size).is_none_or(|end| end > file_len) {
@@ -581,7 +585,11 @@ impl GgufFile {
 pub enum TensorData {
     Owned(Vec<u8>),
     /// A byte range of a file, streamed at write time (keeps big models out of memory).
-    FileRange { path: PathBuf, offset: u64, len: u64 },
+    FileRange {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl TensorData {
@@ -634,7 +642,8 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad("added twice".into()));
         }
-        let n_el = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
+        let n_el =
+            dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
         let want = ty.size_of(dims[0], n_el).ok_or_else(|| bad(format!("size unknown for {}", ty.name())))?;
         if want != data.len() {
             return Err(bad(format!("{} bytes given, {} expected for {:?} {}", data.len(), want, dims, ty.name())));
@@ -705,7 +714,10 @@ impl GgufWriter {
                     f.seek(SeekFrom::Start(*offset)).map_err(|e| Error::io(path, e))?;
                     let copied = std::io::copy(&mut f.take(*len), w).map_err(|e| Error::io(path, e))?;
                     if copied != *len {
-                        return Err(Error::InvalidFile { path: path.clone(), reason: "truncated while copying a tensor".into() });
+                        return Err(Error::InvalidFile {
+                            path: path.clone(),
+                            reason: "truncated while copying a tensor".into(),
+                        });
                     }
                 }
             }
@@ -806,7 +818,8 @@ mod tests {
         w.set("a.u32", Value::U32(7));
         w.set("a.strs", Value::Array(Array::Str(vec!["x".into(), "héllo".into()])));
         w.set("a.f32s", Value::Array(Array::F32(vec![1.5, -2.0])));
-        w.add_tensor("t.f32", &[3, 2], TensorType::F32, TensorData::Owned(f32_bytes(&[1., 2., 3., 4., 5., 6.]))).unwrap();
+        w.add_tensor("t.f32", &[3, 2], TensorType::F32, TensorData::Owned(f32_bytes(&[1., 2., 3., 4., 5., 6.])))
+            .unwrap();
         w.add_tensor("t.i32", &[5], TensorType::I32, TensorData::Owned(i32_bytes(&[9, 8, 7, 6, 5]))).unwrap();
         w.write_atomic(path, &mut |_, _| {}).unwrap();
     }

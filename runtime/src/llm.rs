@@ -112,13 +112,29 @@ impl Model {
         unsafe {
             let vocab = sys::llama_model_get_vocab(self.ptr.as_ptr());
             let mut buf = vec![0i32; text.len() + 4];
-            let mut n = sys::llama_tokenize(vocab, text.as_ptr() as *const c_char, len, buf.as_mut_ptr(), buf.len() as i32, false, false);
+            let mut n = sys::llama_tokenize(
+                vocab,
+                text.as_ptr() as *const c_char,
+                len,
+                buf.as_mut_ptr(),
+                buf.len() as i32,
+                false,
+                false,
+            );
             if n < 0 {
                 if n == i32::MIN {
                     return Err(Error::InvalidInput("tokenization overflow".into()));
                 }
                 buf.resize((-n) as usize, 0);
-                n = sys::llama_tokenize(vocab, text.as_ptr() as *const c_char, len, buf.as_mut_ptr(), buf.len() as i32, false, false);
+                n = sys::llama_tokenize(
+                    vocab,
+                    text.as_ptr() as *const c_char,
+                    len,
+                    buf.as_mut_ptr(),
+                    buf.len() as i32,
+                    false,
+                    false,
+                );
                 if n < 0 {
                     return Err(Error::Backend("llama_tokenize failed".into()));
                 }
@@ -220,10 +236,12 @@ impl Context {
             c.abort_callback_data = (&mut *abort) as *mut AbortState as *mut c_void;
             sys::llama_init_from_model(model.ptr.as_ptr(), c)
         };
-        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Backend("could not create a context (out of memory?)".into()))?;
+        let ptr =
+            NonNull::new(ptr).ok_or_else(|| Error::Backend("could not create a context (out of memory?)".into()))?;
         // SAFETY: live context.
-        let (n_ctx, n_batch, n_seq_max) =
-            unsafe { (sys::llama_n_ctx(ptr.as_ptr()), sys::llama_n_batch(ptr.as_ptr()), sys::llama_n_seq_max(ptr.as_ptr())) };
+        let (n_ctx, n_batch, n_seq_max) = unsafe {
+            (sys::llama_n_ctx(ptr.as_ptr()), sys::llama_n_batch(ptr.as_ptr()), sys::llama_n_seq_max(ptr.as_ptr()))
+        };
         Ok(Self { ptr, model, abort, n_ctx, n_batch, n_seq_max })
     }
 
@@ -288,7 +306,10 @@ impl Context {
             return Err(Error::InvalidInput(format!("batch of {n} rows exceeds n_batch {}", self.n_batch)));
         }
         if b.embd.is_some() && b.width != self.model.n_embd {
-            return Err(Error::InvalidInput(format!("embedding rows of width {} for a model of width {}", b.width, self.model.n_embd)));
+            return Err(Error::InvalidInput(format!(
+                "embedding rows of width {} for a model of width {}",
+                b.width, self.model.n_embd
+            )));
         }
         let n_vocab = self.model.n_vocab as i32;
         if b.tokens.iter().any(|&t| t < 0 || t >= n_vocab) {

@@ -227,7 +227,9 @@ impl Pack {
         if version != PACK_VERSION as u64 {
             return Err(bad_file(f, format!("pack version {version}; this build reads version {PACK_VERSION}")));
         }
-        let u32_of = |k: &str| -> Result<u32> { u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows"))) };
+        let u32_of = |k: &str| -> Result<u32> {
+            u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
+        };
         let base = BaseIdentity {
             architecture: f.req_str(K_ARCH)?.to_string(),
             n_embd: u32_of(K_EMBD)?,
@@ -265,10 +267,16 @@ impl Pack {
             let tname = soft_tensor(name);
             let t = f.tensor(&tname).ok_or_else(|| bad_file(f, format!("tensor {tname} is missing")))?;
             if !matches!(t.ty, TensorType::F32 | TensorType::F16) || t.dims.len() != 2 {
-                return Err(bad_file(f, format!("{tname}: expected a 2-D F32/F16 tensor, found {:?} {}", t.dims, t.ty.name())));
+                return Err(bad_file(
+                    f,
+                    format!("{tname}: expected a 2-D F32/F16 tensor, found {:?} {}", t.dims, t.ty.name()),
+                ));
             }
             if t.dims[0] != base.n_embd as u64 {
-                return Err(bad_file(f, format!("{tname}: width {} but the base model's n_embd is {}", t.dims[0], base.n_embd)));
+                return Err(bad_file(
+                    f,
+                    format!("{tname}: width {} but the base model's n_embd is {}", t.dims[0], base.n_embd),
+                ));
             }
             let n_virtual = usize::try_from(t.dims[1]).map_err(|_| bad_file(f, "soft prompt too long"))?;
             if n_virtual == 0 {
@@ -289,10 +297,9 @@ impl Pack {
                 "candidate" => (Piece::Candidate, Part::Candidate),
                 other => match other.strip_prefix("soft:") {
                     Some(n) => {
-                        let idx = soft_prompts
-                            .iter()
-                            .position(|s| s.name == n)
-                            .ok_or_else(|| bad_file(f, format!("template uses soft prompt {n:?}, which the pack lacks")))?;
+                        let idx = soft_prompts.iter().position(|s| s.name == n).ok_or_else(|| {
+                            bad_file(f, format!("template uses soft prompt {n:?}, which the pack lacks"))
+                        })?;
                         (Piece::Soft(n.into()), Part::Soft(idx))
                     }
                     None => return Err(bad_file(f, format!("unknown template part {other:?}"))),
@@ -322,11 +329,16 @@ impl Pack {
         let titles = f.req_str_array(K_TITLES)?.to_vec();
         let texts = match f.get(K_TEXTS) {
             None => None,
-            Some(v) => Some(v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_TEXTS} is not a string array")))?.to_vec()),
+            Some(v) => {
+                Some(v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_TEXTS} is not a string array")))?.to_vec())
+            }
         };
         let n = ids.len();
         if n == 0 || titles.len() != n || texts.as_ref().is_some_and(|t| t.len() != n) || n >= u32::MAX as usize {
-            return Err(bad_file(f, format!("catalog arrays disagree or are empty ({n} ids, {} titles)", titles.len())));
+            return Err(bad_file(
+                f,
+                format!("catalog arrays disagree or are empty ({n} ids, {} titles)", titles.len()),
+            ));
         }
         let mut index = HashMap::with_capacity(n);
         for (i, id) in ids.iter().enumerate() {
@@ -336,7 +348,11 @@ impl Pack {
         }
         let t_off = f.tensor(T_OFFSETS).ok_or_else(|| bad_file(f, "catalog.offsets is missing"))?;
         let t_tok = f.tensor(T_TOKENS).ok_or_else(|| bad_file(f, "catalog.tokens is missing"))?;
-        if t_off.ty != TensorType::I32 || t_tok.ty != TensorType::I32 || t_off.dims != [n as u64 + 1] || t_tok.dims.len() != 1 {
+        if t_off.ty != TensorType::I32
+            || t_tok.ty != TensorType::I32
+            || t_off.dims != [n as u64 + 1]
+            || t_tok.dims.len() != 1
+        {
             return Err(bad_file(f, "catalog tensors have the wrong type or shape"));
         }
         let off_bytes = f.tensor_bytes(t_off).ok_or_else(|| bad_file(f, "catalog.offsets unreadable"))?;
@@ -348,7 +364,12 @@ impl Pack {
             let o = o as i64;
             let first_ok = i > 0 || o == 0;
             if !first_ok || (i > 0 && o <= prev) || o > n_tok as i64 {
-                return Err(bad_file(f, format!("catalog.offsets[{i}] = {o} is not increasing inside 0..={n_tok} (an item without tokens?)")));
+                return Err(bad_file(
+                    f,
+                    format!(
+                        "catalog.offsets[{i}] = {o} is not increasing inside 0..={n_tok} (an item without tokens?)"
+                    ),
+                ));
             }
             prev = o;
             offsets.push(o as u32);
@@ -412,7 +433,10 @@ impl Pack {
 
     pub fn soft_prompt_index(&self, name: &str) -> Result<usize> {
         self.soft_prompts.iter().position(|s| s.name == name).ok_or_else(|| {
-            Error::UnknownSoftPrompt(name.into(), self.soft_prompts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+            Error::UnknownSoftPrompt(
+                name.into(),
+                self.soft_prompts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            )
         })
     }
 
@@ -524,7 +548,9 @@ impl PackBuilder {
             match p {
                 Piece::Text(t) => w.set(&part_key(i), Value::Array(Array::I32(tok("template text", t)?))),
                 Piece::Soft(n) if !self.soft.iter().any(|s| &s.0 == n) => {
-                    return Err(Error::InvalidInput(format!("the template uses soft prompt {n:?}, which was not given")));
+                    return Err(Error::InvalidInput(format!(
+                        "the template uses soft prompt {n:?}, which was not given"
+                    )));
                 }
                 _ => {}
             }
@@ -558,7 +584,10 @@ impl PackBuilder {
                 return Err(Error::InvalidInput(format!("catalog item {line}: empty id")));
             }
             if let Some(prev) = seen.insert(it.id.as_str(), line) {
-                return Err(Error::InvalidInput(format!("catalog: duplicate id {:?} (items {prev} and {line})", it.id)));
+                return Err(Error::InvalidInput(format!(
+                    "catalog: duplicate id {:?} (items {prev} and {line})",
+                    it.id
+                )));
             }
             if it.title.trim().is_empty() {
                 return Err(Error::InvalidInput(format!("catalog item {:?}: empty title", it.id)));
@@ -577,8 +606,18 @@ impl PackBuilder {
             let texts = self.items.iter().map(|i| i.text.clone().unwrap_or_default()).collect();
             w.set(K_TEXTS, Value::Array(Array::Str(texts)));
         }
-        w.add_tensor(T_TOKENS, &[tokens.len() as u64], TensorType::I32, TensorData::Owned(crate::gguf::i32_bytes(&tokens)))?;
-        w.add_tensor(T_OFFSETS, &[offsets.len() as u64], TensorType::I32, TensorData::Owned(crate::gguf::i32_bytes(&offsets)))?;
+        w.add_tensor(
+            T_TOKENS,
+            &[tokens.len() as u64],
+            TensorType::I32,
+            TensorData::Owned(crate::gguf::i32_bytes(&tokens)),
+        )?;
+        w.add_tensor(
+            T_OFFSETS,
+            &[offsets.len() as u64],
+            TensorType::I32,
+            TensorData::Owned(crate::gguf::i32_bytes(&offsets)),
+        )?;
         w.write_atomic(path, &mut |_, _| {})
     }
 }

@@ -81,7 +81,14 @@ impl Trie {
         while let Some((t, parent, depth)) = stack.pop() {
             let id = nodes.len() as u32;
             new_id[t] = id;
-            nodes.push(Node { token: tmp[t].token, depth, parent, children: vec![], cands: std::mem::take(&mut tmp[t].cands), logp: 0.0 });
+            nodes.push(Node {
+                token: tmp[t].token,
+                depth,
+                parent,
+                children: vec![],
+                cands: std::mem::take(&mut tmp[t].cands),
+                logp: 0.0,
+            });
             if let Some(p) = parent {
                 nodes[p as usize].children.push(id);
             }

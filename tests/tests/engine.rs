@@ -139,7 +139,10 @@ fn concurrent_ranks_equal_serial_results() {
                 for _ in 0..100 {
                     let got = e.rank(&r).unwrap();
                     assert_close(&got, &want, 1e-5);
-                    assert_eq!(got.items.iter().map(|i| &i.id).collect::<Vec<_>>(), want.items.iter().map(|i| &i.id).collect::<Vec<_>>());
+                    assert_eq!(
+                        got.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+                        want.items.iter().map(|i| &i.id).collect::<Vec<_>>()
+                    );
                 }
             })
         })

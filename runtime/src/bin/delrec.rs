@@ -165,7 +165,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         serde_json::Value::Null => Ok(None),
                         serde_json::Value::Array(a) => a
                             .iter()
-                            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("line {}: {key} holds a non-string", n + 1)))
+                            .map(|x| {
+                                x.as_str()
+                                    .map(str::to_string)
+                                    .ok_or_else(|| format!("line {}: {key} holds a non-string", n + 1))
+                            })
                             .collect::<Result<Vec<_>, _>>()
                             .map(Some),
                         _ => Err(format!("line {}: {key} must be a list of ids", n + 1)),
@@ -181,7 +185,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 };
                 let t = Instant::now();
                 let out = match engine.rank(&req) {
-                    Ok(r) => json!({"user": v["user"], "items": items_json(&r), "rank_ms": t.elapsed().as_secs_f64() * 1e3}),
+                    Ok(r) => {
+                        json!({"user": v["user"], "items": items_json(&r), "rank_ms": t.elapsed().as_secs_f64() * 1e3})
+                    }
                     Err(e) => json!({"user": v["user"], "error": e.to_string()}),
                 };
                 println!("{out}");
@@ -236,14 +242,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             let m = Arc::new(Model::load(&model, ModelParams::default())?);
             let n = tokens.len() as u32;
-            let params = ContextParams { n_ctx: n.max(16), n_batch: n.max(16), n_seq_max: 1, threads: 2, kv_type: KvType::F32, flash_attention: false };
+            let params = ContextParams {
+                n_ctx: n.max(16),
+                n_batch: n.max(16),
+                n_seq_max: 1,
+                threads: 2,
+                kv_type: KvType::F32,
+                flash_attention: false,
+            };
             let mut ctx = Context::new(m, &params)?;
             let mut b = Batch::tokens();
             for (i, &t) in tokens.iter().enumerate() {
                 b.add_token(t, i as i32, &[0], true);
             }
             ctx.decode(&mut b)?;
-            let rows = (0..tokens.len()).map(|i| ctx.logits(&b, i).map(|l| l.to_vec())).collect::<Result<Vec<_>, _>>()?;
+            let rows =
+                (0..tokens.len()).map(|i| ctx.logits(&b, i).map(|l| l.to_vec())).collect::<Result<Vec<_>, _>>()?;
             if json {
                 println!("{}", json!({ "logits": rows }));
             } else {
