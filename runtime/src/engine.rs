@@ -679,3 +679,14 @@ impl Drop for Session<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Engine>();
+        fn send<T: Send>() {}
+        send::<super::Session<'static>>();
+    }
+}
