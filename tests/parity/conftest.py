@@ -34,23 +34,23 @@ def pytest_configure(config):
     )
 
 
-def _fixtures_version() -> str:
+def _fixtures_stale(manifest_path: Path) -> bool:
+    """Stale when missing, from another fixtures version, or made by a different generator."""
     spec = importlib.util.spec_from_file_location("make_fixtures", pu.FIXTURE_SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.FIXTURES_VERSION
+    if not manifest_path.exists():
+        return True
+    with open(manifest_path, encoding="utf-8") as f:
+        m = json.load(f)
+    return (m.get("version") != mod.FIXTURES_VERSION
+            or m.get("generator_sha256") != mod.sha256_file(str(pu.FIXTURE_SCRIPT)))
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     d = pu.FIXTURES_DIR
-    manifest = d / "MANIFEST.json"
-    want = _fixtures_version()
-    have = None
-    if manifest.exists():
-        with open(manifest, encoding="utf-8") as f:
-            have = json.load(f).get("version")
-    if have != want:
+    if _fixtures_stale(d / "MANIFEST.json"):
         p = subprocess.run([sys.executable, str(pu.FIXTURE_SCRIPT), str(d)], capture_output=True, text=True)
         if p.returncode != 0:
             pytest.fail(f"make_fixtures.py failed (rc={p.returncode}):\n{p.stderr}", pytrace=False)
@@ -86,9 +86,16 @@ def _bins_session() -> Bins:
 
 @pytest.fixture
 def bins(_bins_session) -> Bins:
-    """The project's binaries. Missing binaries are a test FAILURE, never a skip."""
-    _bins_session.check()
+    """The project's binaries (checked when a `requires_binaries` test runs, see below)."""
     return _bins_session
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    # Checked in the call phase so that a missing binary reports the test as FAILED (not as a
+    # setup ERROR, and never as skipped).
+    if item.get_closest_marker("requires_binaries"):
+        Bins(pu.BIN_DIR).check()
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ def describe_max_diff(expected: np.ndarray, got: np.ndarray) -> str:
     per_pos = d.max(axis=1)
     return (f"max |delta| = {d.max():.3e} at position {pos}, token {tok} "
             f"(reference {expected[pos, tok]:.6f}, runtime {got[pos, tok]:.6f}); "
-            f"per-position max: {np.array2string(per_pos, precision=2, max_line_width=200)}")
+            f"per-position max: {np.array2string(per_pos, formatter={'float_kind': lambda v: f'{v:.0e}'}, max_line_width=160)}")
 
 
 PROBE_TEXT = ("Recently watched: Star Wars (1977), Toy Story (1995), Amélie (2001).\n"
