@@ -27,9 +27,16 @@ impl Arch {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1 frequency smoothing, written as a `rope_freqs` tensor.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_context: f64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,7 +74,8 @@ impl HfConfig {
 
     pub fn from_json(path: &Path, json: J) -> Result<Self> {
         let bad = |reason: String| ConvertError::UnsupportedConfig { path: path.to_path_buf(), reason };
-        let arch_name = json.get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()).and_then(|a| a.as_str());
+        let arch_name =
+            json.get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()).and_then(|a| a.as_str());
         let model_type = json.get("model_type").and_then(|a| a.as_str());
         let arch = match (arch_name, model_type) {
             (Some("LlamaForCausalLM"), None | Some("llama")) | (None, Some("llama")) => Arch::Llama,
@@ -98,15 +106,29 @@ impl HfConfig {
         let opt_b = |k: &str| -> Result<Option<bool>> {
             match json.get(k) {
                 None | Some(J::Null) => Ok(None),
-                Some(v) => v.as_bool().map(Some).ok_or_else(|| ConvertError::json(path, format!("{k:?} is not a boolean"))),
+                Some(v) => {
+                    v.as_bool().map(Some).ok_or_else(|| ConvertError::json(path, format!("{k:?} is not a boolean")))
+                }
             }
         };
         let hidden_size = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
-        let n_head_kv = if json.get("num_key_value_heads").is_some_and(|v| !v.is_null()) { req("num_key_value_heads")? } else { n_head };
-        let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) { req("head_dim")? } else { hidden_size / n_head };
+        let n_head_kv = if json.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
+            req("num_key_value_heads")?
+        } else {
+            n_head
+        };
+        let head_dim =
+            if json.get("head_dim").is_some_and(|v| !v.is_null()) { req("head_dim")? } else { hidden_size / n_head };
+        if json.get("head_dim").is_none_or(|v| v.is_null()) && hidden_size % n_head != 0 {
+            return Err(bad(format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head} and head_dim is not given"
+            )));
+        }
         if n_head % n_head_kv != 0 {
-            return Err(bad(format!("num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}")));
+            return Err(bad(format!(
+                "num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}"
+            )));
         }
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(bad(format!("head dimension {head_dim} must be even and non-zero (rope rotates pairs)")));
@@ -115,10 +137,16 @@ impl HfConfig {
             return Err(bad("qwen2 in llama.cpp needs head_dim * num_attention_heads == hidden_size".into()));
         }
         if json.get("hidden_act").and_then(|v| v.as_str()).is_some_and(|a| a != "silu") {
-            return Err(bad(format!("hidden_act {:?}: llama.cpp's {} graph uses silu", json["hidden_act"], arch.gguf_name())));
+            return Err(bad(format!(
+                "hidden_act {:?}: llama.cpp's {} graph uses silu",
+                json["hidden_act"],
+                arch.gguf_name()
+            )));
         }
         if arch == Arch::Qwen2 && opt_b("use_sliding_window")? == Some(true) {
-            return Err(bad("use_sliding_window = true is not supported (llama.cpp's qwen2 attends to the full context)".into()));
+            return Err(bad(
+                "use_sliding_window = true is not supported (llama.cpp's qwen2 attends to the full context)".into(),
+            ));
         }
         let rope_theta = opt_f("rope_theta", 10000.0)?;
         let rope_scaling = match json.get("rope_scaling") {
@@ -135,7 +163,12 @@ impl HfConfig {
                         high_freq_factor: f("high_freq_factor", 4.0),
                         original_context: f("original_max_position_embeddings", 8192.0),
                     },
-                    (_, other) => return Err(bad(format!("rope_scaling type {other:?} is not supported for {}", arch.gguf_name()))),
+                    (_, other) => {
+                        return Err(bad(format!(
+                            "rope_scaling type {other:?} is not supported for {}",
+                            arch.gguf_name()
+                        )))
+                    }
                 }
             }
         };
@@ -153,7 +186,11 @@ impl HfConfig {
             n_head_kv,
             head_dim,
             vocab_size: req("vocab_size")?,
-            context_length: if json.get("max_position_embeddings").is_some() { req("max_position_embeddings")? } else { 2048 },
+            context_length: if json.get("max_position_embeddings").is_some() {
+                req("max_position_embeddings")?
+            } else {
+                2048
+            },
             rms_norm_eps: opt_f("rms_norm_eps", 1e-6)?,
             rope_theta,
             rope_scaling,
@@ -191,7 +228,10 @@ mod tests {
         let p = Path::new("config.json");
         let c = HfConfig::from_json(p, cfg(serde_json::json!({}))).unwrap();
         assert_eq!((c.arch, c.head_dim, c.n_head_kv, c.rope_theta), (Arch::Llama, 16, 2, 10000.0));
-        let e = HfConfig::from_json(p, cfg(serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral"})));
+        let e = HfConfig::from_json(
+            p,
+            cfg(serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral"})),
+        );
         assert!(matches!(e, Err(ConvertError::UnknownArchitecture { found }) if found.contains("Mistral")));
         let e = HfConfig::from_json(p, cfg(serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})));
         assert!(matches!(e, Err(ConvertError::UnsupportedConfig { .. })));

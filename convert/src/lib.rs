@@ -1,1 +1,21 @@
+//! delrec-convert: Hugging Face checkpoints → llama.cpp GGUF models (with LoRA merged and
+//! llama.cpp's own quantizer), and recommender packs (catalog, template, soft prompts) for them.
+//!
+//! The binary `delrec-convert` is a thin CLI over [`model::convert_model`],
+//! [`quant::quantize_file`], [`pack::build_pack`] and [`inspect`].
 
+pub mod error;
+pub mod hf;
+pub mod inspect;
+pub mod llama;
+pub mod lora;
+pub mod model;
+pub mod pack;
+pub mod progress;
+pub mod quant;
+pub mod st;
+#[doc(hidden)]
+pub mod testing;
+pub mod vocab;
+
+pub use error::{ConvertError, Result};

@@ -49,11 +49,18 @@ impl Lora {
         if peft_type != "LORA" {
             return Err(bad(format!("peft_type is {peft_type:?}; --lora takes a LORA adapter")));
         }
-        let r = cfg.get("r").and_then(|v| v.as_u64()).filter(|&r| r > 0).ok_or_else(|| bad("r is missing or not a positive integer".into()))? as usize;
-        let alpha = cfg.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("lora_alpha is missing".into()))?;
+        let r = cfg
+            .get("r")
+            .and_then(|v| v.as_u64())
+            .filter(|&r| r > 0)
+            .ok_or_else(|| bad("r is missing or not a positive integer".into()))? as usize;
+        let alpha =
+            cfg.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("lora_alpha is missing".into()))?;
         let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
         if flag("fan_in_fan_out") {
-            return Err(bad("fan_in_fan_out = true (Conv1D layers) does not apply to llama/qwen2 linear layers".into()));
+            return Err(
+                bad("fan_in_fan_out = true (Conv1D layers) does not apply to llama/qwen2 linear layers".into()),
+            );
         }
         if flag("use_dora") {
             return Err(bad("DoRA adapters (use_dora = true) are not supported".into()));
@@ -113,11 +120,18 @@ impl Lora {
                 (Some(a), Some(b)) => (a, b),
                 (a, _) => {
                     let missing = if a.is_none() { "lora_A" } else { "lora_B" };
-                    return Err(ConvertError::MissingTensor { name: format!("{missing} for {base}"), source_desc: weights.display().to_string() });
+                    return Err(ConvertError::MissingTensor {
+                        name: format!("{missing} for {base}"),
+                        source_desc: weights.display().to_string(),
+                    });
                 }
             };
             if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != r || b.shape[1] != r {
-                return Err(ConvertError::ShapeMismatch { name: format!("{base} lora_A/lora_B"), expected: vec![r], found: [a.shape.clone(), b.shape.clone()].concat() });
+                return Err(ConvertError::ShapeMismatch {
+                    name: format!("{base} lora_A/lora_B"),
+                    expected: vec![r],
+                    found: [a.shape.clone(), b.shape.clone()].concat(),
+                });
             }
             pairs.insert(base, LoraPair { a, b });
         }

@@ -1,1 +1,215 @@
-fn main() {}
+//! The `delrec-convert` command line. Errors are printed with their causes and the process exits
+//! with status 1 (2 for usage errors, from clap); no partial output file is ever left behind.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use delrec_convert::model::{convert_model, ModelOptions, OutType};
+use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions};
+use delrec_convert::quant::{quantize_file, QuantType};
+use delrec_convert::{inspect, ConvertError};
+use delrec_runtime::pack::ScoringMode;
+
+#[derive(Parser)]
+#[command(
+    name = "delrec-convert",
+    version,
+    about = "Convert models to GGUF, quantize them, and build recommender packs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a Hugging Face Llama/Qwen2 checkpoint (safetensors) to a llama.cpp GGUF.
+    Model {
+        /// The HF model directory (config.json, tokenizer.json, model.safetensors or shards).
+        #[arg(long)]
+        hf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f16")]
+        outtype: OutType,
+        /// A PEFT LoRA adapter directory to merge into the weights before conversion.
+        #[arg(long)]
+        lora: Option<PathBuf>,
+        /// general.name (default: the directory name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Skip loading the result in llama.cpp before publishing it.
+        #[arg(long)]
+        no_verify: bool,
+        /// Quantizer threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Quantize a GGUF model with llama.cpp's quantizer.
+    Quantize {
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "type", value_enum)]
+        ty: QuantType,
+        /// Allow re-quantizing already quantized tensors (loses precision).
+        #[arg(long)]
+        allow_requantize: bool,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Build a recommender pack (catalog, template, soft prompts) for a base model.
+    Pack {
+        /// The base model GGUF; repeat for other files of the same model (e.g. other quantizations).
+        #[arg(long = "model", required = true)]
+        models: Vec<PathBuf>,
+        /// HF tokenizer (directory with tokenizer.json, or the file); default: the model's own vocabulary.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Catalog: .csv (header id,title[,text]) or .jsonl ({"id","title","text"?}).
+        #[arg(long)]
+        catalog: PathBuf,
+        /// The prompt template, e.g. '{soft:user}Watched:{history}\nNext:{candidate}\n'.
+        #[arg(long, required_unless_present = "template_file", conflicts_with = "template_file")]
+        template: Option<String>,
+        /// Read the template from a file instead.
+        #[arg(long)]
+        template_file: Option<PathBuf>,
+        /// NAME=PEFT_PROMPT_TUNING_DIR; repeatable.
+        #[arg(long = "soft-prompt", value_parser = parse_soft_arg)]
+        soft_prompts: Vec<(String, PathBuf)>,
+        #[arg(long, default_value = " ", allow_hyphen_values = true)]
+        item_prefix: String,
+        #[arg(long = "history-sep", default_value = ",", allow_hyphen_values = true)]
+        history_sep: String,
+        /// auto (what the model's tokenizer does), none, or a token id.
+        #[arg(long, default_value = "auto")]
+        bos: BosChoice,
+        #[arg(long, default_value = "sum", value_parser = ["sum", "mean"])]
+        scoring: String,
+        /// Store soft prompts as F16 (half the size) instead of F32.
+        #[arg(long)]
+        soft_f16: bool,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show what a GGUF model or pack holds.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Catalog items to show for a pack.
+        #[arg(long, default_value_t = 5)]
+        items: usize,
+    },
+}
+
+fn types_line(types: &std::collections::BTreeMap<String, usize>) -> String {
+    types.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")
+}
+
+fn run(cli: Cli) -> Result<(), ConvertError> {
+    match cli.cmd {
+        Cmd::Model { hf, out, outtype, lora, name, no_verify, threads } => {
+            let r = convert_model(&ModelOptions { hf_dir: hf, out, outtype, lora, name, verify: !no_verify, threads })?;
+            eprintln!(
+                "wrote {} ({} {}, {} tensors: {}, {} bytes, tokenizer pre {:?}{})",
+                r.out.display(),
+                r.arch,
+                outtype.name(),
+                r.n_tensors,
+                types_line(&r.types),
+                r.bytes,
+                r.tokenizer_pre,
+                if r.lora_merged > 0 { format!(", LoRA merged into {} tensors", r.lora_merged) } else { String::new() }
+            );
+            if r.f16_overflow > 0 {
+                eprintln!(
+                    "warning: {} values overflowed to ±inf when narrowed to F16; consider --outtype bf16 or f32",
+                    r.f16_overflow
+                );
+            }
+        }
+        Cmd::Quantize { input, out, ty, allow_requantize, threads } => {
+            let r = quantize_file(&input, &out, ty, allow_requantize, threads)?;
+            eprintln!("wrote {} ({} bytes; tensors: {})", r.out.display(), r.bytes, types_line(&r.types));
+        }
+        Cmd::Pack {
+            models,
+            tokenizer,
+            catalog,
+            template,
+            template_file,
+            soft_prompts,
+            item_prefix,
+            history_sep,
+            bos,
+            scoring,
+            soft_f16,
+            name,
+            out,
+        } => {
+            let template = match (template, template_file) {
+                (Some(t), _) => t,
+                (None, Some(p)) => std::fs::read_to_string(&p).map_err(|e| ConvertError::Io { path: p, source: e })?,
+                (None, None) => return Err(ConvertError::Usage("give --template or --template-file".into())),
+            };
+            let scoring = ScoringMode::parse(&scoring)?;
+            let r = build_pack(&PackOptions {
+                models,
+                tokenizer,
+                catalog,
+                template,
+                soft_prompts,
+                item_prefix,
+                history_separator: history_sep,
+                bos,
+                scoring,
+                soft_f16,
+                name,
+                out,
+            })?;
+            let soft: Vec<String> = r.soft_prompts.iter().map(|(n, k)| format!("{n} ({k} tokens)")).collect();
+            eprintln!(
+                "wrote {} ({} items, {} catalog tokens, soft prompts: [{}], BOS {}, tokenized with {}, {} bytes)",
+                r.out.display(),
+                r.n_items,
+                r.n_catalog_tokens,
+                soft.join(", "),
+                r.bos.map(|b| b.to_string()).unwrap_or_else(|| "none".into()),
+                r.tokenizer,
+                r.bytes
+            );
+        }
+        Cmd::Inspect { file, json, items } => {
+            if json {
+                let v = inspect::inspect_json(&file, items)?;
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", inspect::inspect_text(&file, items)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!("\n  caused by: {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -88,7 +88,8 @@ impl StTensor {
 
     /// The dtype, or `DtypeUnsupported`.
     pub fn float_dtype(&self) -> Result<Dtype> {
-        self.dtype().ok_or_else(|| ConvertError::DtypeUnsupported { name: self.name.clone(), dtype: self.dtype_name.clone() })
+        self.dtype()
+            .ok_or_else(|| ConvertError::DtypeUnsupported { name: self.name.clone(), dtype: self.dtype_name.clone() })
     }
 
     pub fn path(&self) -> &Path {
@@ -139,7 +140,10 @@ impl StFile {
             return Err(invalid(format!("header length {n} is absurd")));
         }
         if 8 + n > size {
-            return Err(trunc(format!("the header claims {n} bytes but the file has only {} after the length", size - 8)));
+            return Err(trunc(format!(
+                "the header claims {n} bytes but the file has only {} after the length",
+                size - 8
+            )));
         }
         let header: serde_json::Value = serde_json::from_slice(&map[8..(8 + n) as usize])
             .map_err(|e| invalid(format!("header is not JSON: {e}")))?;
@@ -186,7 +190,14 @@ impl StFile {
         let f = Arc::new(StFile { path: path.to_path_buf(), map });
         let tensors = raw
             .into_iter()
-            .map(|(name, dtype_name, shape, offset, len)| StTensor { name, dtype_name, shape, offset, len, file: f.clone() })
+            .map(|(name, dtype_name, shape, offset, len)| StTensor {
+                name,
+                dtype_name,
+                shape,
+                offset,
+                len,
+                file: f.clone(),
+            })
             .collect();
         Ok((f, tensors))
     }
@@ -225,9 +236,14 @@ impl StSet {
         let mut files: BTreeMap<String, BTreeMap<String, StTensor>> = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| ConvertError::json(&index, format!("weight_map[{name:?}] is not a file name")))?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| ConvertError::json(&index, format!("weight_map[{name:?}] is not a file name")))?;
             if file.contains('/') || file.contains('\\') || file == ".." {
-                return Err(ConvertError::json(&index, format!("weight_map[{name:?}] = {file:?} leaves the directory")));
+                return Err(ConvertError::json(
+                    &index,
+                    format!("weight_map[{name:?}] = {file:?} leaves the directory"),
+                ));
             }
             if !files.contains_key(file) {
                 let (_, list) = StFile::open(&dir.join(file))?;
@@ -261,35 +277,6 @@ impl StSet {
 }
 
 #[cfg(test)]
-pub(crate) mod testutil {
-    //! Writes safetensors files for tests.
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
-    use safetensors::tensor::{Dtype as SDt, TensorView};
-
-    use super::Dtype;
-
-    /// Writes `tensors` (name → (dtype, shape, f32 values)) to `path`.
-    pub fn write(path: &Path, tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<f32>)>) {
-        let bufs: Vec<(String, SDt, Vec<usize>, Vec<u8>)> = tensors
-            .iter()
-            .map(|(n, (dt, shape, v))| {
-                let (sdt, bytes): (SDt, Vec<u8>) = match dt {
-                    Dtype::F32 => (SDt::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    Dtype::F16 => (SDt::F16, v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
-                    Dtype::BF16 => (SDt::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()),
-                };
-                (n.clone(), sdt, shape.clone(), bytes)
-            })
-            .collect();
-        let views: Vec<(String, TensorView)> =
-            bufs.iter().map(|(n, dt, s, b)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap())).collect();
-        safetensors::serialize_to_file(views, None, path).unwrap();
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -300,7 +287,7 @@ mod tests {
         let mut t = BTreeMap::new();
         t.insert("a".to_string(), (Dtype::F32, vec![2, 3], vec![1.0; 6]));
         t.insert("b".to_string(), (Dtype::BF16, vec![4], vec![2.0; 4]));
-        testutil::write(&p, &t);
+        crate::testing::write_floats(&p, &t);
         let s = StSet::open_file(&p).unwrap();
         assert_eq!(s.tensors["a"].to_f32().unwrap(), vec![1.0; 6]);
         assert_eq!(s.tensors["b"].to_f32().unwrap(), vec![2.0; 4]);

@@ -18,8 +18,7 @@ use crate::error::{read_json, ConvertError, Result};
 pub const QWEN2_PATTERN: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The split regex of Llama 3 tokenizers (llama.cpp pre-type `llama-bpe`).
-pub const LLAMA3_PATTERN: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp token types (`llama_token_type`).
 pub const TOKEN_NORMAL: i32 = 1;
@@ -107,7 +106,13 @@ impl TokenizerMeta {
         Self::from_json(&tj, &json, tcfg.as_ref(), vocab_size, config)
     }
 
-    pub fn from_json(path: &Path, tj: &J, tcfg: Option<&J>, vocab_size: Option<usize>, config: Option<&J>) -> Result<Self> {
+    pub fn from_json(
+        path: &Path,
+        tj: &J,
+        tcfg: Option<&J>,
+        vocab_size: Option<usize>,
+        config: Option<&J>,
+    ) -> Result<Self> {
         let unsupported = |reason: String| ConvertError::UnsupportedTokenizer { path: path.to_path_buf(), reason };
         let model = tj.get("model").ok_or_else(|| ConvertError::json(path, "no \"model\" section"))?;
         let mtype = model.get("type").and_then(|v| v.as_str()).unwrap_or("BPE");
@@ -115,7 +120,9 @@ impl TokenizerMeta {
             return Err(unsupported(format!("model type {mtype:?}; only byte-level BPE is supported")));
         }
         if model.get("byte_fallback").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(unsupported("BPE with byte_fallback (a SentencePiece-style vocabulary) is not supported".into()));
+            return Err(unsupported(
+                "BPE with byte_fallback (a SentencePiece-style vocabulary) is not supported".into(),
+            ));
         }
         for k in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if model.get(k).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty()) {
@@ -145,14 +152,22 @@ impl TokenizerMeta {
         }
         let ignore_merges = model.get("ignore_merges").and_then(|v| v.as_bool()).unwrap_or(false);
         if ignore_merges && pre != "llama-bpe" {
-            return Err(unsupported(format!("BPE ignore_merges = true with pre-tokenizer {pre:?}: llama.cpp only ignores merges for llama-bpe")));
+            return Err(unsupported(format!(
+                "BPE ignore_merges = true with pre-tokenizer {pre:?}: llama.cpp only ignores merges for llama-bpe"
+            )));
         }
 
         // id → (text, type)
         let mut by_id: BTreeMap<u32, (String, i32)> = BTreeMap::new();
-        let vocab = model.get("vocab").and_then(|v| v.as_object()).ok_or_else(|| ConvertError::json(path, "model.vocab is not an object"))?;
+        let vocab = model
+            .get("vocab")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| ConvertError::json(path, "model.vocab is not an object"))?;
         for (tok, id) in vocab {
-            let id = id.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| ConvertError::json(path, format!("vocab id of {tok:?} is not an integer")))?;
+            let id = id
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| ConvertError::json(path, format!("vocab id of {tok:?} is not an integer")))?;
             if let Some((prev, _)) = by_id.insert(id, (tok.clone(), TOKEN_NORMAL)) {
                 return Err(ConvertError::json(path, format!("tokens {prev:?} and {tok:?} share id {id}")));
             }
@@ -168,7 +183,10 @@ impl TokenizerMeta {
             let ty = if special || looks_special(content) { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
             match by_id.get(&id) {
                 Some((prev, _)) if prev != content => {
-                    return Err(ConvertError::json(path, format!("added token {content:?} reuses id {id} of {prev:?}")));
+                    return Err(ConvertError::json(
+                        path,
+                        format!("added token {content:?} reuses id {id} of {prev:?}"),
+                    ));
                 }
                 _ => {}
             }
@@ -180,7 +198,10 @@ impl TokenizerMeta {
             Some(v) if v < n_have => {
                 return Err(ConvertError::TokenizerMismatch {
                     path: path.to_path_buf(),
-                    reason: format!("the tokenizer uses ids up to {} but the model's vocabulary has {v} entries", n_have - 1),
+                    reason: format!(
+                        "the tokenizer uses ids up to {} but the model's vocabulary has {v} entries",
+                        n_have - 1
+                    ),
                 })
             }
             Some(v) => v,
@@ -212,14 +233,18 @@ impl TokenizerMeta {
                 J::Object(o) => o.get("content").and_then(|c| c.as_str()),
                 _ => None,
             });
-            let id = from_tcfg
-                .and_then(|c| added_content.get(c).copied())
-                .or_else(|| config.and_then(|c| c.get(format!("{kind}_token_id"))).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok()));
+            let id = from_tcfg.and_then(|c| added_content.get(c).copied()).or_else(|| {
+                config
+                    .and_then(|c| c.get(format!("{kind}_token_id")))
+                    .and_then(|v| v.as_u64())
+                    .and_then(|v| u32::try_from(v).ok())
+            });
             if let Some(id) = id.filter(|&id| (id as usize) < n) {
                 special_ids.push((key, id));
             }
         }
-        let bos_content = special_ids.iter().find(|(k, _)| *k == "bos_token_id").map(|&(_, id)| tokens[id as usize].clone());
+        let bos_content =
+            special_ids.iter().find(|(k, _)| *k == "bos_token_id").map(|&(_, id)| tokens[id as usize].clone());
         let add_bos = match tcfg.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()) {
             Some(b) => b,
             None => post_processor_adds(tj.get("post_processor"), bos_content.as_deref()),
@@ -295,14 +320,15 @@ fn read_merges(path: &Path, model: &J) -> Result<Vec<String>> {
 fn post_processor_adds(pp: Option<&J>, bos: Option<&str>) -> bool {
     let (Some(pp), Some(bos)) = (pp, bos) else { return false };
     match pp.get("type").and_then(|t| t.as_str()) {
-        Some("TemplateProcessing") => pp
-            .get("single")
-            .and_then(|s| s.as_array())
-            .and_then(|s| s.first())
-            .and_then(|f| f.get("SpecialToken"))
-            .and_then(|st| st.get("id"))
-            .and_then(|id| id.as_str())
-            == Some(bos),
+        Some("TemplateProcessing") => {
+            pp.get("single")
+                .and_then(|s| s.as_array())
+                .and_then(|s| s.first())
+                .and_then(|f| f.get("SpecialToken"))
+                .and_then(|st| st.get("id"))
+                .and_then(|id| id.as_str())
+                == Some(bos)
+        }
         Some("Sequence") => pp
             .get("processors")
             .and_then(|p| p.as_array())
@@ -324,7 +350,12 @@ fn is_byte_level(v: &J, use_regex: bool) -> bool {
 
 /// `tokenizer.ggml.pre` for a `pre_tokenizer`, or a description of what was found.
 pub fn pre_type(pt: &J) -> std::result::Result<String, String> {
-    let found = || format!("pre-tokenizer {} has no llama.cpp equivalent (supported: GPT-2 ByteLevel, Qwen2, Llama 3, SmolLM)", show(pt));
+    let found = || {
+        format!(
+            "pre-tokenizer {} has no llama.cpp equivalent (supported: GPT-2 ByteLevel, Qwen2, Llama 3, SmolLM)",
+            show(pt)
+        )
+    };
     if is_byte_level(pt, true) {
         return Ok("gpt-2".into());
     }
@@ -360,86 +391,9 @@ pub fn pre_type(pt: &J) -> std::result::Result<String, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod testutil {
-    //! A tiny byte-level BPE tokenizer.json built in code, for tests.
-    use serde_json::{json, Value as J};
-
-    /// The GPT-2 byte ↔ unicode map (printable stand-ins for every byte).
-    pub fn byte_chars() -> Vec<char> {
-        let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-        let mut cs = bs.clone();
-        let mut n = 0;
-        for b in 0..256u32 {
-            if !bs.contains(&b) {
-                bs.push(b);
-                cs.push(256 + n);
-                n += 1;
-            }
-        }
-        let mut out = vec![' '; 256];
-        for (b, c) in bs.iter().zip(cs) {
-            out[*b as usize] = char::from_u32(c).unwrap();
-        }
-        out
-    }
-
-    /// 3 special tokens, 256 byte tokens, and a few merges; `pre` is the pre_tokenizer JSON.
-    pub fn tokenizer_json(pre: J) -> J {
-        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-        let mut vocab = serde_json::Map::new();
-        for (i, s) in specials.iter().enumerate() {
-            vocab.insert(s.to_string(), json!(i));
-        }
-        for (i, c) in byte_chars().iter().enumerate() {
-            vocab.insert(c.to_string(), json!(3 + i));
-        }
-        let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")];
-        let mut next = 3 + 256;
-        for (a, b) in merges {
-            vocab.insert(format!("{a}{b}"), json!(next));
-            next += 1;
-        }
-        let added: Vec<J> = specials
-            .iter()
-            .enumerate()
-            .map(|(i, s)| json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-            .collect();
-        json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre,
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab,
-                "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
-            }
-        })
-    }
-
-    pub fn gpt2_pre() -> J {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
-    }
-
-    pub fn qwen2_pre() -> J {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": super::QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
-    }
-
-    /// Number of tokens in [`tokenizer_json`].
-    pub const N_TOKENS: usize = 3 + 256 + 5;
-}
-
-#[cfg(test)]
 mod tests {
-    use super::testutil::*;
     use super::*;
+    use crate::testing::*;
     use serde_json::json;
 
     #[test]
@@ -478,7 +432,8 @@ mod tests {
         assert_eq!(m.special_id("eos_token_id"), Some(2));
         assert!(m.add_bos);
         // Config ids fill in what tokenizer_config.json does not name.
-        let m = TokenizerMeta::from_json(Path::new("t.json"), &tj, None, None, Some(&json!({"pad_token_id": 1}))).unwrap();
+        let m =
+            TokenizerMeta::from_json(Path::new("t.json"), &tj, None, None, Some(&json!({"pad_token_id": 1}))).unwrap();
         assert_eq!(m.special_id("padding_token_id"), Some(1));
         assert!(!m.add_bos);
         // A model with fewer rows than the tokenizer's ids is a mismatch.
@@ -491,13 +446,19 @@ mod tests {
         let p = Path::new("t.json");
         let mut tj = tokenizer_json(gpt2_pre());
         tj["normalizer"] = json!({"type": "Lowercase"});
-        assert!(matches!(TokenizerMeta::from_json(p, &tj, None, None, None), Err(ConvertError::UnsupportedTokenizer { .. })));
+        assert!(matches!(
+            TokenizerMeta::from_json(p, &tj, None, None, None),
+            Err(ConvertError::UnsupportedTokenizer { .. })
+        ));
         let mut tj = tokenizer_json(qwen2_pre());
         tj["normalizer"] = json!({"type": "NFC"});
         assert!(TokenizerMeta::from_json(p, &tj, None, None, None).is_ok());
         let mut tj = tokenizer_json(gpt2_pre());
         tj["model"]["type"] = json!("Unigram");
-        assert!(matches!(TokenizerMeta::from_json(p, &tj, None, None, None), Err(ConvertError::UnsupportedTokenizer { .. })));
+        assert!(matches!(
+            TokenizerMeta::from_json(p, &tj, None, None, None),
+            Err(ConvertError::UnsupportedTokenizer { .. })
+        ));
         let mut tj = tokenizer_json(gpt2_pre());
         tj["model"]["merges"] = json!(["a b", "Ġ t"]);
         assert_eq!(TokenizerMeta::from_json(p, &tj, None, None, None).unwrap().merges, vec!["a b", "Ġ t"]);

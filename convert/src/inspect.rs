@@ -1,0 +1,183 @@
+//! `delrec-convert inspect`: what is in a GGUF model or pack, for people (text) and scripts (JSON).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use delrec_runtime::gguf::{Array, GgufFile, Value};
+use delrec_runtime::pack::{BaseIdentity, Pack, Part, PACK_ARCH};
+use serde_json::{json, Value as J};
+
+use crate::error::Result;
+
+/// Arrays longer than this are summarized in JSON output.
+const JSON_ARRAY_LIMIT: usize = 16;
+
+fn value_json(v: &Value) -> J {
+    fn arr<T: Clone + Into<J>>(v: &[T]) -> J {
+        if v.len() <= JSON_ARRAY_LIMIT {
+            J::Array(v.iter().cloned().map(Into::into).collect())
+        } else {
+            json!({"len": v.len(), "first": v[..JSON_ARRAY_LIMIT].iter().cloned().map(Into::into).collect::<Vec<J>>()})
+        }
+    }
+    match v {
+        Value::U8(x) => json!(x),
+        Value::I8(x) => json!(x),
+        Value::U16(x) => json!(x),
+        Value::I16(x) => json!(x),
+        Value::U32(x) => json!(x),
+        Value::I32(x) => json!(x),
+        Value::F32(x) => json!(x),
+        Value::Bool(x) => json!(x),
+        Value::Str(x) => json!(x),
+        Value::U64(x) => json!(x),
+        Value::I64(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Array(a) => match a {
+            Array::U8(v) => arr(v),
+            Array::I8(v) => arr(v),
+            Array::U16(v) => arr(v),
+            Array::I16(v) => arr(v),
+            Array::U32(v) => arr(v),
+            Array::I32(v) => arr(v),
+            Array::F32(v) => arr(v),
+            Array::Bool(v) => arr(v),
+            Array::Str(v) => arr(v),
+            Array::U64(v) => arr(v),
+            Array::I64(v) => arr(v),
+            Array::F64(v) => arr(v),
+        },
+    }
+}
+
+fn part_desc(p: &Part, pack: &Pack) -> String {
+    match p {
+        Part::Text(t) => format!("text {t:?}"),
+        Part::Soft(i) => format!("soft prompt {:?}", pack.soft_prompts[*i].name),
+        Part::History => "{history}".into(),
+        Part::Candidate => "{candidate}".into(),
+    }
+}
+
+/// Everything `inspect` reports, as JSON.
+pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
+    let f = GgufFile::open(path)?;
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    let tensors: Vec<J> = f
+        .tensors()
+        .iter()
+        .map(|t| {
+            *types.entry(crate::model::type_name(t.ty)).or_insert(0) += 1;
+            json!({"name": t.name, "type": crate::model::type_name(t.ty), "dims": t.dims, "bytes": t.size})
+        })
+        .collect();
+    let metadata: serde_json::Map<String, J> = f.kv().iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+    let mut out = json!({
+        "path": path.display().to_string(),
+        "gguf_version": f.version(),
+        "bytes": f.len(),
+        "metadata": metadata,
+        "tensors": tensors,
+        "tensor_types": types,
+    });
+    let arch = f.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+    if arch == PACK_ARCH {
+        drop(f);
+        let pack = Pack::open(path)?;
+        let t = &pack.template;
+        let items: Vec<J> = (0..pack.n_items().min(n_items) as u32)
+            .map(|i| json!({"id": pack.item_id(i), "title": pack.item_title(i), "text": pack.item_text(i), "tokens": pack.item_tokens(i)}))
+            .collect();
+        out["pack"] = json!({
+            "base": {"architecture": pack.base.architecture, "n_embd": pack.base.n_embd, "n_vocab": pack.base.n_vocab,
+                     "tokenizer_fingerprint": pack.base.tokenizer_fingerprint},
+            "model_sha256": pack.model_sha256,
+            "template": t.text,
+            "parts": t.parts.iter().map(|p| part_desc(p, &pack)).collect::<Vec<_>>(),
+            "item_prefix": t.item_prefix,
+            "history_separator": t.history_separator,
+            "separator_tokens": t.separator_tokens,
+            "bos": t.bos,
+            "scoring": pack.scoring.as_str(),
+            "soft_prompts": pack.soft_prompts.iter().map(|s| json!({"name": s.name, "n_virtual": s.n_virtual, "n_embd": pack.base.n_embd, "type": s.ty.name()})).collect::<Vec<_>>(),
+            "n_items": pack.n_items(),
+            "items": items,
+        });
+    } else if f.get("tokenizer.ggml.tokens").is_some() {
+        if let Ok(b) = BaseIdentity::of_model(&f) {
+            out["base_identity"] = json!({"architecture": b.architecture, "n_embd": b.n_embd, "n_vocab": b.n_vocab, "tokenizer_fingerprint": b.tokenizer_fingerprint});
+        }
+    }
+    Ok(out)
+}
+
+/// The human-readable report.
+pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
+    let f = GgufFile::open(path)?;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: GGUF v{}, {} bytes, {} metadata keys, {} tensors",
+        path.display(),
+        f.version(),
+        f.len(),
+        f.kv().len(),
+        f.tensors().len()
+    );
+    let _ = writeln!(s, "\nmetadata:");
+    for (k, v) in f.kv() {
+        let _ = writeln!(s, "  {k} = {}", v.summary());
+    }
+    let _ = writeln!(s, "\ntensors:");
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for t in f.tensors() {
+        *types.entry(crate::model::type_name(t.ty)).or_insert(0) += 1;
+        let _ = writeln!(s, "  {:<32} {:<6} {:?}", t.name, crate::model::type_name(t.ty), t.dims);
+    }
+    let counts: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let _ = writeln!(s, "  by type: {}", counts.join(", "));
+    let arch = f.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
+    if arch == PACK_ARCH {
+        drop(f);
+        let pack = Pack::open(path)?;
+        let b = &pack.base;
+        let t = &pack.template;
+        let _ = writeln!(s, "\npack:");
+        let _ = writeln!(
+            s,
+            "  base model: {} n_embd={} n_vocab={} tokenizer={}",
+            b.architecture, b.n_embd, b.n_vocab, b.tokenizer_fingerprint
+        );
+        for sha in &pack.model_sha256 {
+            let _ = writeln!(s, "  built for model file sha256 {sha}");
+        }
+        let _ = writeln!(s, "  template: {:?}", t.text);
+        for p in &t.parts {
+            let _ = writeln!(s, "    - {}", part_desc(p, &pack));
+        }
+        let _ = writeln!(
+            s,
+            "  item prefix {:?}, history separator {:?} → {:?}",
+            t.item_prefix, t.history_separator, t.separator_tokens
+        );
+        let _ = writeln!(s, "  BOS: {}", t.bos.map(|b| b.to_string()).unwrap_or_else(|| "none".into()));
+        let _ = writeln!(s, "  scoring: {}", pack.scoring.as_str());
+        for sp in &pack.soft_prompts {
+            let _ = writeln!(s, "  soft prompt {:?}: {} × {} {}", sp.name, sp.n_virtual, b.n_embd, sp.ty.name());
+        }
+        let _ = writeln!(s, "  catalog: {} items", pack.n_items());
+        for i in 0..pack.n_items().min(n_items) as u32 {
+            let _ = writeln!(s, "    {:?} {:?} → {:?}", pack.item_id(i), pack.item_title(i), pack.item_tokens(i));
+        }
+    } else if f.get("tokenizer.ggml.tokens").is_some() {
+        if let Ok(b) = BaseIdentity::of_model(&f) {
+            let _ = writeln!(
+                s,
+                "\nbase identity (what packs for this model record): {} n_embd={} n_vocab={} tokenizer={}",
+                b.architecture, b.n_embd, b.n_vocab, b.tokenizer_fingerprint
+            );
+        }
+    }
+    Ok(s)
+}
