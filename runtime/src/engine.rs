@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::llm::{Batch, Context, ContextParams, KvType, Model, ModelParams};
 use crate::pack::{file_sha256, BaseIdentity, Pack, Part, ScoringMode};
-use crate::scorer::{common_prefix, group, log_sum_exp, Trie};
+use crate::scorer::{common_prefix, group, log_sum_exp, TopK, Trie};
 
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
 #[derive(Clone, Debug)]
@@ -89,6 +89,9 @@ pub struct RankRequest {
     pub soft_prompt: Option<String>,
     /// Leave the catalog's history items out of whole-catalog candidates (default false).
     pub exclude_history: bool,
+    /// Score every candidate even when `top_k` is set. By default a top-k request under `sum`
+    /// scoring skips branches that provably cannot reach the top k (the top k is the same).
+    pub exhaustive: bool,
     pub plan: Plan,
     pub cancel: Option<CancelToken>,
     pub timeout: Option<Duration>,
@@ -121,6 +124,8 @@ pub struct RankStats {
     pub decoded_rows: usize,
     pub decode_calls: usize,
     pub candidates: usize,
+    /// Candidates left unscored because they provably could not reach the top k.
+    pub pruned: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -466,15 +471,17 @@ impl Engine {
         let scores = match req.plan {
             Plan::SharedPrefix => {
                 self.ensure_prefix(ctx, state, &rows, call)?;
-                self.score_shared(ctx, state, rows.len(), &seqs, call)?
+                let prune = !req.exhaustive && self.pack.scoring == ScoringMode::Sum;
+                self.score_shared(ctx, state, rows.len(), &seqs, req.top_k.filter(|_| prune), call)?
             }
-            Plan::Naive => self.score_naive(ctx, state, &rows, &seqs, call)?,
+            Plan::Naive => self.score_naive(ctx, state, &rows, &seqs, call)?.into_iter().map(Some).collect(),
         };
         let mode = self.pack.scoring;
         let mut items: Vec<ScoredItem> = cands
             .iter()
             .zip(scores)
-            .map(|(&c, (logprob, n))| {
+            .filter_map(|(&c, s)| s.map(|s| (c, s)))
+            .map(|(c, (logprob, n))| {
                 let mean = logprob / n as f64;
                 ScoredItem {
                     id: self.pack.item_id(c).to_string(),
@@ -497,76 +504,148 @@ impl Engine {
 
     /// Shared-prefix plan: sequence 0 holds the prefix; each group of candidates gets sequences
     /// 1..=g sharing it, and its trie is decoded in batches.
+    ///
+    /// With `keep = Some(k)` (a top-k request scored by the sum), branches are pruned: log-probs
+    /// are ≤ 0, so a trie node's partial sum bounds every candidate below it, and a node whose
+    /// bound is under the k-th best complete score so far is never decoded. The top k is exact;
+    /// pruned candidates come back as `None`.
     fn score_shared(
         &self,
         ctx: &mut Context,
         state: &PrefixState,
         prefix_len: usize,
         seqs: &[Vec<i32>],
+        keep: Option<usize>,
         call: &mut Call,
-    ) -> Result<Vec<(f64, u32)>> {
+    ) -> Result<Vec<Option<(f64, u32)>>> {
         let (last, lse) = state.last.as_ref().ok_or_else(|| Error::Backend("prefix not decoded".into()))?;
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by(|&a, &b| seqs[a].cmp(&seqs[b]));
         let sorted: Vec<&[i32]> = order.iter().map(|&i| seqs[i].as_slice()).collect();
         let budget = ctx.n_ctx() - prefix_len;
-        let groups = group(&sorted, ctx.n_seq_max() - 1, budget)
+        let mut groups = group(&sorted, ctx.n_seq_max() - 1, budget)
             .map_err(|len| Error::ContextTooSmall { needed: prefix_len + len, available: ctx.n_ctx() })?;
-        let mut out = vec![(0.0, 0); seqs.len()];
-        let n_batch = ctx.n_batch();
+        let root_logp = |seq: &[i32]| last[seq[0] as usize] as f64 - lse;
+        let bound =
+            |g: &std::ops::Range<usize>| sorted[g.clone()].iter().map(|s| root_logp(s)).fold(f64::MIN, f64::max);
+        let mut top = TopK::new(keep.unwrap_or(usize::MAX));
+        if keep.is_some() {
+            // Promising groups first: they raise the bar early and later groups prune more.
+            groups.sort_by(|a, b| bound(b).total_cmp(&bound(a)));
+        }
+        let mut out = vec![None; seqs.len()];
         for g in groups {
             let members = &sorted[g.clone()];
+            if keep.is_some() && bound(&g) < top.threshold() {
+                call.stats.pruned += members.len();
+                continue;
+            }
             let mut trie = Trie::build(members);
             for s in 1..=members.len() as i32 {
                 ctx.seq_cp(0, s)?;
             }
-            for &r in &trie.roots {
-                let n = &mut trie.nodes[r as usize];
-                n.logp = last[n.token as usize] as f64 - lse;
-            }
-            let result = (|| -> Result<()> {
-                let mut start = 0;
-                while start < trie.nodes.len() {
-                    call.check()?;
-                    let end = (start + n_batch).min(trie.nodes.len());
-                    let mut b = Batch::tokens();
-                    for node in &trie.nodes[start..end] {
-                        let seq_ids: Vec<i32> = node.cands.iter().map(|&c| c as i32 + 1).collect();
-                        b.add_token(
-                            node.token,
-                            (prefix_len + node.depth as usize) as i32,
-                            &seq_ids,
-                            !node.children.is_empty(),
-                        );
-                    }
-                    ctx.decode(&mut b)?;
-                    call.stats.decode_calls += 1;
-                    call.stats.decoded_rows += b.len();
-                    for j in 0..end - start {
-                        let id = start + j;
-                        if trie.nodes[id].children.is_empty() {
-                            continue;
-                        }
-                        let logits = ctx.logits(&b, j)?;
-                        let lse = log_sum_exp(logits);
-                        for k in 0..trie.nodes[id].children.len() {
-                            let ch = trie.nodes[id].children[k] as usize;
-                            trie.nodes[ch].logp = logits[trie.nodes[ch].token as usize] as f64 - lse;
-                        }
-                    }
-                    start = end;
+            for r in trie.roots.clone() {
+                let lp = last[trie.nodes[r as usize].token as usize] as f64 - lse;
+                trie.set_logp(r as usize, lp);
+                let n = &trie.nodes[r as usize];
+                for _ in 0..n.ends {
+                    top.push(n.partial);
                 }
-                Ok(())
-            })();
+            }
+            let result = match keep {
+                Some(_) => self.decode_trie_pruned(ctx, &mut trie, prefix_len, &mut top, call),
+                None => self.decode_trie(ctx, &mut trie, prefix_len, call),
+            };
             for s in 1..=members.len() as i32 {
                 ctx.seq_rm(s, 0);
             }
             result?;
             for (slot, &orig) in order[g].iter().enumerate() {
-                out[orig] = trie.score(slot);
+                if trie.complete(slot) {
+                    out[orig] = Some(trie.score(slot));
+                } else {
+                    call.stats.pruned += 1;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Decodes `nodes` (each with its parent already decoded or in the same batch, in order) and
+    /// sets the log-probs of their children; returns the children that became known.
+    fn decode_nodes(
+        &self,
+        ctx: &mut Context,
+        trie: &mut Trie,
+        nodes: &[usize],
+        prefix_len: usize,
+        call: &mut Call,
+    ) -> Result<Vec<usize>> {
+        call.check()?;
+        let mut b = Batch::tokens();
+        for &id in nodes {
+            let node = &trie.nodes[id];
+            let seq_ids: Vec<i32> = node.cands.iter().map(|&c| c as i32 + 1).collect();
+            let pos = (prefix_len + node.depth as usize) as i32;
+            b.add_token(node.token, pos, &seq_ids, !node.children.is_empty());
+        }
+        ctx.decode(&mut b)?;
+        call.stats.decode_calls += 1;
+        call.stats.decoded_rows += b.len();
+        let mut known = Vec::new();
+        for (j, &id) in nodes.iter().enumerate() {
+            trie.nodes[id].decoded = true;
+            if trie.nodes[id].children.is_empty() {
+                continue;
+            }
+            let logits = ctx.logits(&b, j)?;
+            let lse = log_sum_exp(logits);
+            for k in 0..trie.nodes[id].children.len() {
+                let ch = trie.nodes[id].children[k] as usize;
+                trie.set_logp(ch, logits[trie.nodes[ch].token as usize] as f64 - lse);
+                known.push(ch);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Every node, in depth-first order, `n_batch` at a time.
+    fn decode_trie(&self, ctx: &mut Context, trie: &mut Trie, prefix_len: usize, call: &mut Call) -> Result<()> {
+        let all: Vec<usize> = (0..trie.nodes.len()).filter(|&i| !trie.nodes[i].children.is_empty()).collect();
+        // Leaves need no decode: nothing is predicted from them.
+        for chunk in all.chunks(ctx.n_batch()) {
+            self.decode_nodes(ctx, trie, chunk, prefix_len, call)?;
+        }
+        Ok(())
+    }
+
+    /// Best-first rounds: decode the most promising undecoded nodes whose bound clears the bar.
+    fn decode_trie_pruned(
+        &self,
+        ctx: &mut Context,
+        trie: &mut Trie,
+        prefix_len: usize,
+        top: &mut TopK,
+        call: &mut Call,
+    ) -> Result<()> {
+        let mut frontier: Vec<usize> = trie.roots.iter().map(|&r| r as usize).collect();
+        loop {
+            let bar = top.threshold();
+            frontier.retain(|&i| !trie.nodes[i].children.is_empty() && trie.nodes[i].partial >= bar);
+            if frontier.is_empty() {
+                return Ok(());
+            }
+            frontier.sort_by(|&a, &b| trie.nodes[b].partial.total_cmp(&trie.nodes[a].partial));
+            let take = frontier.len().min(ctx.n_batch());
+            let round: Vec<usize> = frontier.drain(..take).collect();
+            for ch in self.decode_nodes(ctx, trie, &round, prefix_len, call)? {
+                let n = &trie.nodes[ch];
+                for _ in 0..n.ends {
+                    top.push(n.partial);
+                }
+                frontier.push(ch);
+            }
+        }
     }
 
     /// Naive plan: every candidate decodes the whole prompt again in sequence 0.

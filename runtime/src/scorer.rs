@@ -32,6 +32,14 @@ pub(crate) struct Node {
     pub cands: Vec<u32>,
     /// ln p(token | prefix, ancestors), filled in while decoding.
     pub logp: f64,
+    /// Σ logp from the first token to this one: an upper bound on every score below (log-probs ≤ 0).
+    pub partial: f64,
+    /// `logp` is set.
+    pub known: bool,
+    /// This node's own token has been decoded (its children's log-probs are known).
+    pub decoded: bool,
+    /// Candidates whose sequence ends here.
+    pub ends: u32,
 }
 
 /// A prefix trie over the token sequences of a group of candidates, nodes in depth-first order
@@ -88,6 +96,10 @@ impl Trie {
                 children: vec![],
                 cands: std::mem::take(&mut tmp[t].cands),
                 logp: 0.0,
+                partial: 0.0,
+                known: false,
+                decoded: false,
+                ends: 0,
             });
             if let Some(p) = parent {
                 nodes[p as usize].children.push(id);
@@ -97,8 +109,25 @@ impl Trie {
             }
         }
         let roots = tmp[0].children.iter().map(|&c| new_id[c]).collect();
-        let leaf = tmp_leaf.into_iter().map(|l| new_id[l]).collect();
+        let leaf: Vec<u32> = tmp_leaf.into_iter().map(|l| new_id[l]).collect();
+        for &l in &leaf {
+            nodes[l as usize].ends += 1;
+        }
         Trie { nodes, leaf, roots }
+    }
+
+    /// Records a node's log-probability (from its parent's logits, or the prefix's for roots).
+    pub fn set_logp(&mut self, id: usize, logp: f64) {
+        let base = self.nodes[id].parent.map_or(0.0, |p| self.nodes[p as usize].partial);
+        let n = &mut self.nodes[id];
+        n.logp = logp;
+        n.partial = base + logp;
+        n.known = true;
+    }
+
+    /// Whether a candidate's every token has a log-probability (false when pruned).
+    pub fn complete(&self, slot: usize) -> bool {
+        self.nodes[self.leaf[slot] as usize].known
     }
 
     /// Sum of log-probabilities along a candidate's path, and its token count.
@@ -143,6 +172,50 @@ pub(crate) fn group(seqs: &[&[i32]], max_seqs: usize, max_nodes: usize) -> Resul
     Ok(groups)
 }
 
+/// The best `k` complete scores seen so far; its minimum is the bar a partial score must clear.
+pub(crate) struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Score>>,
+}
+
+#[derive(PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        Self { k, heap: Default::default() }
+    }
+
+    pub fn push(&mut self, score: f64) {
+        self.heap.push(std::cmp::Reverse(Score(score)));
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// The k-th best score once k are known: anything whose upper bound is below it cannot rank.
+    pub fn threshold(&self) -> f64 {
+        match self.heap.peek() {
+            Some(std::cmp::Reverse(Score(s))) if self.heap.len() >= self.k => *s,
+            _ => f64::NEG_INFINITY,
+        }
+    }
+}
+
 pub(crate) fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -181,6 +254,35 @@ mod tests {
         assert_eq!(group(&r, 2, 100).unwrap(), vec![0..2, 2..4]);
         assert_eq!(group(&r, 10, 4).unwrap(), vec![0..3, 3..4]);
         assert_eq!(group(&r, 10, 2), Err(3));
+    }
+
+    #[test]
+    fn top_k_threshold() {
+        let mut t = TopK::new(2);
+        assert_eq!(t.threshold(), f64::NEG_INFINITY);
+        t.push(-5.0);
+        assert_eq!(t.threshold(), f64::NEG_INFINITY);
+        t.push(-3.0);
+        assert_eq!(t.threshold(), -5.0);
+        t.push(-1.0);
+        assert_eq!(t.threshold(), -3.0);
+        t.push(-9.0);
+        assert_eq!(t.threshold(), -3.0);
+    }
+
+    #[test]
+    fn partial_sums_follow_paths() {
+        let a = [1, 2, 3];
+        let b = [1, 4];
+        let mut t = Trie::build(&[&a, &b]);
+        for i in 0..t.nodes.len() {
+            t.set_logp(i, -1.0 - i as f64);
+        }
+        for slot in 0..2 {
+            let leaf = t.leaf[slot] as usize;
+            assert!((t.nodes[leaf].partial - t.score(slot).0).abs() < 1e-12);
+        }
+        assert_eq!(t.nodes.iter().map(|n| n.ends).sum::<u32>(), 2);
     }
 
     #[test]

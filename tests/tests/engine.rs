@@ -84,10 +84,40 @@ fn top_k_and_candidates() {
     let mut r = req(&[&ids[0]], Some(&cands));
     r.top_k = Some(3);
     let top = e.rank(&r).unwrap();
-    assert_eq!(top.items, all.items[..3].to_vec());
+    let ids_of = |r: &[delrec_runtime::ScoredItem]| r.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids_of(&top.items), ids_of(&all.items[..3]));
+    for (a, b) in top.items.iter().zip(&all.items) {
+        assert!((a.score - b.score).abs() < 1e-4);
+    }
     for i in &all.items {
         assert!((i.mean_logprob - i.logprob / i.n_tokens as f64).abs() < 1e-12);
         assert!(i.logprob < 0.0);
+    }
+}
+
+#[test]
+fn pruned_top_k_is_exact_and_cheaper() {
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    for cfg in [f32_cfg(), EngineConfig { max_sequences: 5, batch_size: 8, ..f32_cfg() }] {
+        let e = Engine::open(&m, &p, cfg).unwrap();
+        for (hist, k) in [(vec![&ids[0], &ids[5]], 1), (vec![&ids[3]], 3), (vec![&ids[7], &ids[8], &ids[9]], 10)] {
+            let hist: Vec<&str> = hist.iter().map(|s| s.as_str()).collect();
+            let mut r = req(&hist, None);
+            r.top_k = Some(k);
+            let pruned = e.rank(&r).unwrap();
+            r.exhaustive = true;
+            let full = e.rank(&r).unwrap();
+            assert_eq!(pruned.items.len(), k);
+            for (a, b) in pruned.items.iter().zip(&full.items) {
+                assert_eq!(a.id, b.id, "top-{k} differs");
+                assert!((a.logprob - b.logprob).abs() < 1e-4);
+                assert_eq!(a.n_tokens, b.n_tokens);
+            }
+            assert_eq!(full.stats.pruned, 0);
+            assert!(pruned.stats.pruned > 0, "nothing pruned for top-{k}: {:?}", pruned.stats);
+            assert!(pruned.stats.decoded_rows < full.stats.decoded_rows, "{:?} vs {:?}", pruned.stats, full.stats);
+        }
     }
 }
 
