@@ -666,6 +666,13 @@ impl GgufWriter {
             w.flush().map_err(|e| Error::io(path, e))?;
         }
         tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+        // Temp files are created 0600; outputs are ordinary shareable files.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let perms = std::fs::Permissions::from_mode(0o644);
+            tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
+        }
         tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
         Ok(())
     }
