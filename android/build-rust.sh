@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Cross-builds libdelrec_ffi.so for Android ABIs with cargo-ndk, adds the NDK's libc++_shared.so
+# (llama.cpp is C++ and the NDK's default STL is the shared one), and generates the Kotlin
+# bindings. Run by the :delrec Gradle module before each build, or by hand:
+#   ANDROID_NDK_HOME=/path/to/ndk bash android/build-rust.sh
+# Needs rustup, cargo-ndk (`cargo install cargo-ndk`), CMake and an NDK (r26+). Never run in
+# this project's CI (no NDK there); see README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ABIS=${DELREC_ANDROID_ABIS:-"arm64-v8a x86_64"}
+API=${ANDROID_API_LEVEL:-24}
+OUT=${DELREC_ANDROID_OUT:-$ROOT/android/delrec/build/generated/uniffi}
+NDK=${ANDROID_NDK_HOME:-${ANDROID_NDK_ROOT:-${ANDROID_NDK:-}}}
+[ -n "$NDK" ] && [ -d "$NDK" ] || { echo "set ANDROID_NDK_HOME to an Android NDK (r26 or newer)" >&2; exit 1; }
+command -v cargo-ndk >/dev/null || { echo "install cargo-ndk: cargo install cargo-ndk" >&2; exit 1; }
+export ANDROID_NDK_HOME=$NDK ANDROID_API_LEVEL=$API
+
+triple() {
+    case $1 in
+        arm64-v8a) echo aarch64-linux-android ;;
+        armeabi-v7a) echo arm-linux-androideabi ;;
+        x86_64) echo x86_64-linux-android ;;
+        x86) echo i686-linux-android ;;
+        *) echo "unknown ABI $1" >&2; exit 1 ;;
+    esac
+}
+rust_target() { case $1 in armeabi-v7a) echo armv7-linux-androideabi ;; *) triple "$1" ;; esac; }
+
+args=()
+for abi in $ABIS; do
+    rustup target add "$(rust_target "$abi")"
+    args+=(-t "$abi")
+done
+
+# 1. libdelrec_ffi.so per ABI into $OUT/jniLibs/<abi>/ (llama.cpp's OpenMP is off on Android).
+rm -rf "$OUT/jniLibs"
+cargo ndk "${args[@]}" --platform "$API" -o "$OUT/jniLibs" build --release -p delrec-ffi --lib
+for abi in $ABIS; do
+    stl=$(find "$NDK/toolchains/llvm/prebuilt" -path "*/sysroot/usr/lib/$(triple "$abi")/libc++_shared.so" | head -1)
+    [ -n "$stl" ] || { echo "libc++_shared.so for $abi not found in $NDK" >&2; exit 1; }
+    cp "$stl" "$OUT/jniLibs/$abi/"
+done
+
+# 2. Kotlin bindings, read from the first ABI's library (the interface is the same on every ABI).
+#    uniffi-bindgen is a host tool.
+first=${ABIS%% *}
+cargo build --release -p delrec-ffi --features cli --bin uniffi-bindgen
+rm -rf "$OUT/kotlin"
+"$ROOT/target/release/uniffi-bindgen" generate --library "$OUT/jniLibs/$first/libdelrec_ffi.so" \
+    --language kotlin --config "$ROOT/android/uniffi-android.toml" --out-dir "$OUT/kotlin" --no-format
+echo "wrote $OUT/jniLibs/{$(echo "$ABIS" | tr ' ' ,)} and $OUT/kotlin"

@@ -1,0 +1,340 @@
+// JVM test of the generated Kotlin bindings against a real model and pack.
+//
+// Environment (set by run-tests.sh): DELREC_MODEL, DELREC_PACK (a pack for DELREC_MODEL),
+// DELREC_OTHER_PACK (a pack built for another model), DELREC_CLI (the `delrec` binary, the
+// reference), DELREC_CATALOG (the catalog.csv the pack was built from).
+// Prints one line per test and a final "N passed, M failed"; exits non-zero on any failure.
+
+import dev.delrec.*
+import java.io.File
+import java.util.concurrent.Callable
+import java.util.concurrent.Executors
+import java.util.concurrent.TimeUnit
+import kotlin.math.abs
+import kotlin.system.exitProcess
+
+var passed = 0
+var failed = 0
+
+fun test(name: String, body: () -> Unit) {
+    try {
+        body()
+        passed++
+        println("PASS  $name")
+    } catch (t: Throwable) {
+        failed++
+        println("FAIL  $name: $t")
+        t.printStackTrace(System.out)
+    }
+}
+
+fun check(cond: Boolean, msg: () -> String) {
+    if (!cond) throw AssertionError(msg())
+}
+
+inline fun <reified E : Throwable> expectThrows(block: () -> Unit): E {
+    try {
+        block()
+    } catch (e: Throwable) {
+        if (e is E) return e
+        throw AssertionError("expected ${E::class.simpleName}, got ${e::class.qualifiedName}: ${e.message}")
+    }
+    throw AssertionError("expected ${E::class.simpleName}, but nothing was thrown")
+}
+
+fun env(name: String): String = System.getenv(name) ?: throw IllegalStateException("set $name")
+
+val model = env("DELREC_MODEL")
+val pack = env("DELREC_PACK")
+val otherPack = env("DELREC_OTHER_PACK")
+val cli = env("DELREC_CLI")
+val catalog: List<Pair<String, String>> =
+    File(env("DELREC_CATALOG")).readLines().drop(1).filter { it.isNotBlank() }.map { csvFields(it).let { f -> f[0] to f[1] } }
+
+/** The fields of one CSV line (RFC 4180 quoting; the fixture catalog has no multi-line fields). */
+fun csvFields(line: String): List<String> {
+    val out = mutableListOf<String>()
+    val cur = StringBuilder()
+    var i = 0
+    var quoted = false
+    while (i < line.length) {
+        val c = line[i]
+        when {
+            quoted && c == '"' && i + 1 < line.length && line[i + 1] == '"' -> { cur.append('"'); i++ }
+            c == '"' -> quoted = !quoted
+            !quoted && c == ',' -> { out += cur.toString(); cur.clear() }
+            else -> cur.append(c)
+        }
+        i++
+    }
+    out += cur.toString()
+    return out
+}
+
+/** The Rust CLI's scores (id -> score, in its order) for the same request. */
+fun cliRank(history: List<String>, candidates: List<String>? = null, topK: Int? = null, naive: Boolean = false): List<Pair<String, Double>> {
+    val cmd = mutableListOf(cli, "rank", "--model", model, "--pack", pack, "--threads", "2", "--json",
+        "--history", history.joinToString(","))
+    if (candidates != null) cmd += listOf("--candidates", candidates.joinToString(","))
+    if (topK != null) cmd += listOf("--top-k", topK.toString())
+    if (naive) cmd += "--naive"
+    val p = ProcessBuilder(cmd).redirectError(ProcessBuilder.Redirect.DISCARD).start()
+    val out = p.inputStream.bufferedReader().readText()
+    check(p.waitFor(120, TimeUnit.SECONDS) && p.exitValue() == 0) { "delrec rank failed: $cmd" }
+    // serde_json prints each item's keys sorted: the n-th "id" and the n-th "score" belong together.
+    val ids = Regex("\"id\":\\s*\"([^\"]*)\"").findAll(out).map { it.groupValues[1] }.toList()
+    val scores = Regex("\"score\":\\s*(-?[0-9.eE+-]+)").findAll(out).map { it.groupValues[1].toDouble() }.toList()
+    check(ids.size == scores.size && ids.isNotEmpty()) { "could not parse the CLI output:\n$out" }
+    return ids.zip(scores)
+}
+
+fun assertSorted(r: Ranking) {
+    for (i in 1 until r.items.size) {
+        check(r.items[i - 1].score >= r.items[i].score) { "not sorted at $i: ${r.items[i - 1].score} < ${r.items[i].score}" }
+    }
+}
+
+fun assertMatches(r: Ranking, reference: List<Pair<String, Double>>, tol: Double = 1e-4) {
+    check(r.items.size == reference.size) { "${r.items.size} items, reference has ${reference.size}" }
+    val ref = reference.toMap()
+    for (it in r.items) {
+        val want = ref[it.id] ?: throw AssertionError("${it.id} not in the reference")
+        check(abs(it.score - want) <= tol) { "${it.id}: score ${it.score}, reference $want" }
+    }
+    // Same order, except where scores tie within the tolerance.
+    for ((i, item) in r.items.withIndex()) {
+        check(item.id == reference[i].first || abs(item.score - reference[i].second) <= tol) {
+            "rank $i: ${item.id}, reference ${reference[i].first}"
+        }
+    }
+}
+
+fun config(): EngineConfig = defaultEngineConfig().copy(threads = 2u)
+
+fun main() {
+    val ids = catalog.map { it.first }
+    val history = listOf("m001", "m002")
+
+    test("defaultEngineConfig mirrors the runtime defaults") {
+        val c = defaultEngineConfig()
+        check(c.contextSize == 4096u && c.batchSize == 512u && c.maxSequences == 128u) { "$c" }
+        check(c.kvType == KvType.F16 && !c.verifyChecksum && c.threads == 0u) { "$c" }
+    }
+
+    val engine = Engine.open(model, pack, config())
+
+    test("catalog lookups") {
+        check(engine.catalogSize() == ids.size.toULong()) { "catalogSize ${engine.catalogSize()}, csv has ${ids.size}" }
+        for ((id, title) in catalog) {
+            check(engine.itemTitle(id) == title) { "itemTitle($id) = ${engine.itemTitle(id)}, csv: $title" }
+        }
+        val (id0, title0) = catalog[0]
+        val item = engine.item(id0)
+        check(item.id == id0 && item.index == 0u && item.title == title0) { "$item" }
+        check(engine.itemAt(0u) == item) { "itemAt(0) = ${engine.itemAt(0u)}" }
+        val e = expectThrows<DelrecException.InvalidInput> { engine.itemAt(ids.size.toUInt()) }
+        check(e.message!!.contains("out of range")) { e.message!! }
+        expectThrows<DelrecException.UnknownItem> { engine.itemTitle("no-such-item") }
+        check(engine.softPrompts() == listOf("default")) { "${engine.softPrompts()}" }
+        check(engine.config() == config()) { "${engine.config()}" }
+    }
+
+    test("whole catalog: sorted and equal to the Rust CLI") {
+        val r = engine.rank(RankRequest(history = history))
+        check(r.items.size == ids.size) { "${r.items.size} items" }
+        assertSorted(r)
+        assertMatches(r, cliRank(history))
+        check(r.stats.candidates == ids.size.toULong() && r.stats.decodeCalls > 0u) { "${r.stats}" }
+        val mode = engine.scoringMode()
+        for (it in r.items) {
+            check(abs(it.meanLogprob - it.logprob / it.nTokens.toDouble()) < 1e-9) { "$it" }
+            val expected = if (mode == ScoringMode.SUM) it.logprob else it.meanLogprob
+            check(it.score == expected) { "$it under $mode" }
+        }
+    }
+
+    test("candidates + topK equal the Rust CLI") {
+        val cands = listOf("m010", "m003", "m020", "m007", "m030")
+        val r = engine.rank(RankRequest(history = listOf("m005", "m001", "m009"), candidates = cands, topK = 3u))
+        check(r.items.size == 3) { "${r.items.size} items" }
+        assertSorted(r)
+        assertMatches(r, cliRank(listOf("m005", "m001", "m009"), cands, 3))
+    }
+
+    test("exhaustive top-k equals pruned top-k") {
+        val pruned = engine.rank(RankRequest(history = history, topK = 5u))
+        val full = engine.rank(RankRequest(history = history, topK = 5u, exhaustive = true))
+        check(pruned.items.size == 5) { "${pruned.items.size} items" }
+        assertMatches(pruned, full.items.map { it.id to it.score })
+    }
+
+    test("naive plan equals the shared-prefix plan") {
+        val shared = engine.rank(RankRequest(history = history, candidates = ids.take(8)))
+        val naive = engine.rank(RankRequest(history = history, candidates = ids.take(8), plan = Plan.NAIVE))
+        assertMatches(naive, shared.items.map { it.id to it.score })
+    }
+
+    test("excludeHistory leaves the history out") {
+        val r = engine.rank(RankRequest(history = history, excludeHistory = true))
+        check(r.items.size == ids.size - 2 && r.items.none { it.id in history }) { "${r.items.map { it.id }}" }
+    }
+
+    test("session ranks like the engine and reuses its prefix") {
+        engine.session(null).use { s ->
+            for (h in history) s.push(h)
+            check(s.history() == history) { "${s.history()}" }
+            val first = s.rank(RankRequest(topK = 10u))
+            assertMatches(first, engine.rank(RankRequest(history = history, topK = 10u)).items.map { it.id to it.score })
+            s.push("m003")
+            val second = s.rank(RankRequest())
+            check(second.stats.prefixReused > 0u) { "nothing reused: ${second.stats}" }
+            assertMatches(second, cliRank(history + "m003"))
+            s.setHistory(listOf("m004"))
+            check(s.history() == listOf("m004")) { "${s.history()}" }
+            assertMatches(s.rank(RankRequest()), cliRank(listOf("m004")))
+            val e = expectThrows<DelrecException.UnknownItem> { s.push("m999") }
+            check(e.message!!.contains("m999")) { e.message!! }
+            check(s.history() == listOf("m004")) { "a rejected push changed the history: ${s.history()}" }
+        }
+        val e = expectThrows<DelrecException.UnknownSoftPrompt> { engine.session("nope") }
+        check(e.message!!.contains("nope") && e.message!!.contains("default")) { e.message!! }
+    }
+
+    test("concurrent ranks on one engine agree") {
+        val want = engine.rank(RankRequest(history = history)).items.map { it.id to it.score }
+        val pool = Executors.newFixedThreadPool(4)
+        try {
+            val results = pool.invokeAll((0 until 4).map { Callable { engine.rank(RankRequest(history = history)) } })
+            for (f in results) assertMatches(f.get(), want, 1e-9)
+        } finally {
+            pool.shutdown()
+        }
+    }
+
+    // --- bad input: the right exception subclass with a useful message ---
+
+    test("unknown history id -> UnknownItem") {
+        val e = expectThrows<DelrecException.UnknownItem> { engine.rank(RankRequest(history = listOf("m001", "m999"))) }
+        check(e.message!!.contains("m999")) { e.message!! }
+    }
+
+    test("unknown candidate id -> UnknownItem") {
+        val e = expectThrows<DelrecException.UnknownItem> {
+            engine.rank(RankRequest(history = history, candidates = listOf("m003", "zzz")))
+        }
+        check(e.message!!.contains("zzz")) { e.message!! }
+    }
+
+    test("empty history -> EmptyHistory") {
+        val e = expectThrows<DelrecException.EmptyHistory> { engine.rank(RankRequest()) }
+        check(e.message!!.contains("history")) { e.message!! }
+    }
+
+    test("empty candidates -> EmptyCandidates, duplicates -> DuplicateCandidate, topK 0 -> InvalidInput") {
+        expectThrows<DelrecException.EmptyCandidates> { engine.rank(RankRequest(history = history, candidates = listOf())) }
+        val d = expectThrows<DelrecException.DuplicateCandidate> {
+            engine.rank(RankRequest(history = history, candidates = listOf("m003", "m004", "m003")))
+        }
+        check(d.message!!.contains("m003")) { d.message!! }
+        val k = expectThrows<DelrecException.InvalidInput> { engine.rank(RankRequest(history = history, topK = 0u)) }
+        check(k.message!!.contains("top_k")) { k.message!! }
+    }
+
+    test("unknown soft prompt in a request -> UnknownSoftPrompt") {
+        expectThrows<DelrecException.UnknownSoftPrompt> { engine.rank(RankRequest(history = history, softPrompt = "x")) }
+    }
+
+    test("missing model file -> Io naming the path") {
+        val e = expectThrows<DelrecException.Io> { Engine.open("/nonexistent/model.gguf", pack, config()) }
+        check(e.message!!.contains("/nonexistent/model.gguf")) { e.message!! }
+    }
+
+    test("missing pack file -> Io naming the path") {
+        val e = expectThrows<DelrecException.Io> { Engine.open(model, "/nonexistent/pack.gguf", config()) }
+        check(e.message!!.contains("/nonexistent/pack.gguf")) { e.message!! }
+    }
+
+    test("a file that is not GGUF -> InvalidFile") {
+        val e = expectThrows<DelrecException.InvalidFile> { Engine.open(env("DELREC_CATALOG"), pack, config()) }
+        check(e.message!!.contains("catalog.csv")) { e.message!! }
+    }
+
+    test("pack of another model -> PackMismatch") {
+        val e = expectThrows<DelrecException.PackMismatch> { Engine.open(model, otherPack, config()) }
+        check(e.message!!.contains("qwen2") && e.message!!.contains("llama")) { e.message!! }
+    }
+
+    test("bad config -> InvalidInput") {
+        val e = expectThrows<DelrecException.InvalidInput> { Engine.open(model, pack, config().copy(maxSequences = 1u)) }
+        check(e.message!!.contains("config")) { e.message!! }
+    }
+
+    test("tiny context -> ContextTooSmall") {
+        // llama.cpp rounds small contexts up (to 256 cells); a 40-item history needs more.
+        Engine.open(model, pack, config().copy(contextSize = 16u)).use { small ->
+            val e = expectThrows<DelrecException.ContextTooSmall> { small.rank(RankRequest(history = ids.take(40))) }
+            check(e.message!!.contains("context")) { e.message!! }
+        }
+    }
+
+    // --- cancellation and deadlines ---
+
+    test("a cancelled token -> Cancelled") {
+        val token = CancelToken()
+        check(!token.isCancelled()) { "new token is cancelled" }
+        token.cancel()
+        check(token.isCancelled()) { "cancel() did not stick" }
+        val e = expectThrows<DelrecException.Cancelled> { engine.rank(RankRequest(history = history, cancel = token)) }
+        check(e.message == "cancelled") { "${e.message}" }
+        // The engine is still usable afterwards.
+        check(engine.rank(RankRequest(history = history, topK = 1u)).items.size == 1) { "engine broken after cancel" }
+    }
+
+    test("cancel from another thread stops a running rank") {
+        val longHistory = ids.take(40)
+        val token = CancelToken()
+        val t0 = System.nanoTime()
+        val full = engine.rank(RankRequest(history = longHistory, plan = Plan.NAIVE, candidates = ids.take(4)))
+        val fourMs = (System.nanoTime() - t0) / 1e6
+        val pool = Executors.newSingleThreadExecutor()
+        try {
+            val t1 = System.nanoTime()
+            val f = pool.submit(Callable {
+                runCatching { engine.rank(RankRequest(history = longHistory, plan = Plan.NAIVE, cancel = token)) }
+            })
+            Thread.sleep(50)
+            token.cancel()
+            val r = f.get(120, TimeUnit.SECONDS)
+            val ms = (System.nanoTime() - t1) / 1e6
+            val e = r.exceptionOrNull()
+            check(e is DelrecException.Cancelled) { "expected Cancelled, got ${r.getOrNull()?.items?.size} items / $e" }
+            // The whole catalog takes ~10x the 4-candidate run; the cancelled call stopped early.
+            check(ms < fourMs * 10) { "cancel took $ms ms; 4 candidates took $fourMs ms" }
+            check(full.items.size == 4) { "${full.items.size}" }
+        } finally {
+            pool.shutdown()
+        }
+    }
+
+    test("timeoutMs 0 -> DeadlineExceeded") {
+        val e = expectThrows<DelrecException.DeadlineExceeded> {
+            engine.rank(RankRequest(history = history, timeoutMs = 0uL))
+        }
+        check(e.message!!.contains("deadline")) { e.message!! }
+    }
+
+    test("a closed engine refuses calls; its open session keeps working") {
+        val e2 = Engine.open(model, pack, config())
+        val s = e2.session(null)
+        e2.close()
+        expectThrows<IllegalStateException> { e2.catalogSize() }
+        s.use {
+            it.push("m001")
+            check(it.rank(RankRequest(topK = 3u)).items.size == 3) { "session of a closed engine failed" }
+        }
+    }
+
+    engine.close()
+    println("$passed passed, $failed failed")
+    exitProcess(if (failed == 0) 0 else 1)
+}
