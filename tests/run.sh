@@ -12,3 +12,5 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
 python3 -m pytest -q tests/parity
+# The uniffi-generated Kotlin bindings, compiled and run on the JVM against a converted model.
+bash bindings/kotlin/run-tests.sh
