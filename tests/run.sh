@@ -7,7 +7,7 @@ export DELREC_FIXTURES="${DELREC_FIXTURES:-$PWD/target/fixtures}"
 export DELREC_BIN_DIR="${DELREC_BIN_DIR:-$PWD/target/release}"
 export DELREC_REPORT_DIR="${DELREC_REPORT_DIR:-$PWD/target/reports}"
 python3 tests/fixtures/make_fixtures.py "$DELREC_FIXTURES"
-cargo build --release --workspace --bins
+cargo build --release --workspace --bins --lib
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace

@@ -23,8 +23,8 @@ mkdir -p "$CACHE" "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
 step "build: CLIs, delrec-ffi cdylib, uniffi-bindgen"
-cargo build --release -p delrec-runtime -p delrec-convert --bins
-cargo build --release -p delrec-ffi --features cli --lib --bin uniffi-bindgen
+# One workspace-wide build: a per-package build resolves features differently and rebuilds llama.cpp.
+cargo build --release --workspace --bins --lib
 LIB=$REL/libdelrec_ffi.so
 test -f "$LIB"
 
