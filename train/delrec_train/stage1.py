@@ -1,0 +1,258 @@
+"""DELRec stage 1: distil SASRec's pattern into a soft prompt for a frozen SmolLM2-135M.
+
+    python -m delrec_train.stage1 [--out DIR] [--users 200] [--max-steps 100] [--batch-size 2]
+        [--resume] [--device auto] [--seed 0] [--threads 2]
+
+Each training example (the last ``--per-user`` positions of a user's training split, history =
+the H items before the target) has 20 candidates: the target, the teacher's top-1 (when
+different) and random never-interacted items. Candidate scores are the delrec contract's
+``logprob(c)`` (see :mod:`delrec_train.llm`); the loss is
+
+    w_next * CE(softmax(scores / T), target) + w_teacher * CE(softmax(scores / T), teacher top-1)
+
+i.e. DELRec's two stage-1 tasks (predict the true next item; simulate the SR model's
+recommendation) as listwise softmax cross-entropy over the candidates. Only the soft prompt
+(N x 576, initialised from the embeddings of a real sentence) is trained, with AdamW.
+
+Token ids come from llama.cpp through ``delrec tokenize`` (cached), so they equal the phone's.
+Output: a PEFT prompt-tuning directory (``--peft-out``, default DIR/soft_prompt) +
+``delrec_train.json`` (template, item prefix, separator, BOS, training settings and log).
+A checkpoint (DIR/stage1/checkpoint.pt) is written every ``--save-every`` steps; ``--resume``
+continues from it with the same example order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import PURPOSE_TRAIN, Example, load_dataset, write_catalog
+from .paths import model_path, work_dir
+from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, PromptTokens, soft_names
+from .util import select_users, set_threads, write_json
+
+DEFAULT_INIT_TEXT = ("Recommend the next movie for this user. Think about the order of the movies the user "
+                     "watched and the favourite genres and years.")
+
+
+def build_examples(ds, teacher_top1: dict, users: list[str], per_user: int) -> list[tuple[Example, str]]:
+    out = []
+    for u in users:
+        tops = teacher_top1["users"].get(u)
+        if tops is None:
+            raise KeyError(f"user {u} has no teacher top-1 (teacher run on other data?)")
+        exs = ds.train_examples(u, per_user)
+        if len(exs) > len(tops):
+            raise ValueError(f"teacher gave {len(tops)} top-1 items for user {u}, {len(exs)} needed "
+                             f"(re-run the teacher with --train-per-user >= {per_user})")
+        for j, (e, t) in enumerate(zip(exs, tops)):
+            if t["target"] != e.target:
+                raise ValueError(f"user {u} example {j}: teacher target {t['target']} != {e.target}")
+            e.candidates = ds.candidates(u, e.target, PURPOSE_TRAIN + j, [t["top1"]])
+            out.append((e, t["top1"]))
+    return out
+
+
+def example_order(n: int, step: int, batch: int, seed: int) -> list[int]:
+    """Indices of the examples of ``step``: epoch-wise seeded permutations (resumable)."""
+    idx = []
+    for k in range(batch):
+        g = step * batch + k
+        epoch, pos = divmod(g, n)
+        perm = np.random.default_rng([seed, 11, epoch]).permutation(n)
+        idx.append(int(perm[pos]))
+    return idx
+
+
+def init_soft(embed_weight, tokenizer, text: str, n: int):
+    import torch
+
+    ids = [t for t in tokenizer.encode_many([text])[0]]
+    if not ids:
+        raise ValueError("--init-text tokenizes to nothing")
+    ids = (ids * ((n + len(ids) - 1) // len(ids)))[:n]
+    return embed_weight[torch.tensor(ids, device=embed_weight.device)].detach().clone().float(), ids
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m delrec_train.stage1", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="work folder (teacher outputs are read from it)")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--name", default="ml-100k", help="dataset file stem: DATA_DIR/NAME.inter, NAME.item")
+    ap.add_argument("--model", type=Path, default=None, help="base GGUF (default: asset cache)")
+    ap.add_argument("--peft-out", type=Path, default=None)
+    ap.add_argument("--users", type=int, default=200, help="training users (seeded sample); 0 = all")
+    ap.add_argument("--per-user", type=int, default=1, help="training examples per user")
+    ap.add_argument("--max-steps", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--w-next", type=float, default=1.0, help="weight of task (a): true next item")
+    ap.add_argument("--w-teacher", type=float, default=1.0, help="weight of task (b): teacher's top-1")
+    ap.add_argument("--temperature", type=float, default=1.0, help="scores are divided by this before softmax")
+    ap.add_argument("--n-virtual", type=int, default=16)
+    ap.add_argument("--init-text", default=DEFAULT_INIT_TEXT)
+    ap.add_argument("--template", default=DEFAULT_TEMPLATE)
+    ap.add_argument("--item-prefix", default=DEFAULT_ITEM_PREFIX)
+    ap.add_argument("--history-sep", default=DEFAULT_HISTORY_SEP)
+    ap.add_argument("--bos", type=int, default=-1, help="token id put before everything, -1 for none (as the pack)")
+    ap.add_argument("--history", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"],
+                    help="bf16 autocast for the frozen trunk (default; ~2.5x faster on AMX CPUs) or none (float32)")
+    ap.add_argument("--save-every", type=int, default=20)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--tokenizer", default="llama-cli", choices=["llama-cli", "hf-gguf"])
+    ap.add_argument("--delrec-bin", type=Path, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from tqdm import tqdm
+
+    from .llm import Scorer, load_gguf_model, pick_device
+    from .peft_io import save_prompt
+    from .tokens import make_tokenizer
+
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = args.out or work_dir()
+    sdir = out / "stage1"
+    sdir.mkdir(parents=True, exist_ok=True)
+    peft_out = args.peft_out or out / "soft_prompt"
+    names = soft_names(args.template)
+    if len(set(names)) != 1:
+        raise SystemExit(f"--template must use exactly one soft prompt name (has {names})")
+    name = names[0]
+    mpath = args.model or model_path()
+    dev = pick_device(args.device)
+    t_start = time.time()
+
+    ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
+    with open(out / "teacher" / "train_top1.json", encoding="utf-8") as f:
+        top1 = json.load(f)
+    if (top1["seed"], top1["history"], top1["n_neg"]) != (args.seed, args.history, ds.n_neg):
+        raise SystemExit(f"teacher outputs were made with seed/history/n_neg {top1['seed']}/{top1['history']}/"
+                         f"{top1['n_neg']}, not {args.seed}/{args.history}/{ds.n_neg}")
+    write_catalog(ds, out / "catalog.csv")  # the converter's catalog, same titles as trained on
+    users = select_users(ds.users(), args.users or None, args.seed)
+    examples = build_examples(ds, top1, users, args.per_user)
+    if not examples:
+        raise SystemExit("no training examples")
+    n_same = sum(e.target == t for e, t in examples)
+
+    tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
+    titles = {i: it.title for i, it in ds.items.items()}
+    pt = PromptTokens(args.template, titles, tok, args.item_prefix, args.history_sep,
+                      None if args.bos < 0 else args.bos)
+    model = load_gguf_model(mpath, dev)
+    scorer = Scorer(model, pt, args.autocast)
+    init, init_ids = init_soft(model.get_input_embeddings().weight, tok, args.init_text, args.n_virtual)
+    soft = torch.nn.Parameter(init.to(dev))
+    opt = torch.optim.AdamW([soft], lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
+    start, log = 0, []
+    ckpt_path = sdir / "checkpoint.pt"
+    cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "n_virtual", "template", "item_prefix",
+                                            "history_sep", "bos", "history", "seed", "w_next", "w_teacher",
+                                            "temperature", "lr")}
+    if args.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
+        if diff:
+            raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
+        with torch.no_grad():
+            soft.copy_(ck["soft"].to(dev))
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start, log = ck["step"], ck["log"]
+        print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
+    elif args.resume:
+        print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", file=sys.stderr)
+
+    def save_ckpt(step):
+        tmp = ckpt_path.with_suffix(".part")
+        torch.save({"step": step, "soft": soft.detach().cpu(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "log": log, "cfg": cfg_key}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    n = len(examples)
+    t_train = time.time()
+    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, disable=args.no_progress,
+               desc="stage1", dynamic_ncols=True)
+    run = {"loss": None, "hit_next": None, "hit_teacher": None}
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
+        for i in example_order(n, step, args.batch_size, args.seed):
+            ex, t1 = examples[i]
+            scores, _ = scorer.score(ex.history, ex.candidates, {name: soft})
+            z = (scores / args.temperature)[None]
+            a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
+            b = torch.tensor([ex.candidates.index(t1)], device=z.device)
+            F = torch.nn.functional
+            loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
+            loss.backward()
+            best = int(torch.argmax(scores.detach()))
+            stats["loss"] += loss.item()
+            stats["hit_next"] += (best == int(a)) / args.batch_size
+            stats["hit_teacher"] += (best == int(b)) / args.batch_size
+        if args.clip > 0:
+            gn = float(torch.nn.utils.clip_grad_norm_([soft], args.clip))
+        else:
+            gn = float(soft.grad.norm())
+        lr_used = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        log.append({"step": step + 1, **stats, "grad_norm": gn, "lr": lr_used})
+        for k in run:
+            run[k] = stats[k] if run[k] is None else 0.9 * run[k] + 0.1 * stats[k]
+        bar.set_postfix(loss=f"{run['loss']:.3f}", hit_next=f"{run['hit_next']:.2f}", hit_t=f"{run['hit_teacher']:.2f}")
+        if (step + 1) % args.save_every == 0:
+            save_ckpt(step + 1)
+    bar.close()
+    if args.max_steps > start:
+        save_ckpt(args.max_steps)
+    train_s = time.time() - t_train
+    first = log[: min(10, len(log))]
+    last = log[-min(10, len(log)):]
+    summary = {
+        "steps": args.max_steps, "examples": n, "users": len(users), "teacher_top1_equals_target": n_same / n,
+        "train_seconds_this_run": train_s, "total_seconds_this_run": time.time() - t_start,
+        "loss_first10": float(np.mean([r["loss"] for r in first])) if first else None,
+        "loss_last10": float(np.mean([r["loss"] for r in last])) if last else None,
+        "hit_next_last10": float(np.mean([r["hit_next"] for r in last])) if last else None,
+        "device": str(dev), "threads": torch.get_num_threads(),
+    }
+    meta = {
+        "soft_prompt_name": name, "template": args.template, "item_prefix": args.item_prefix,
+        "history_separator": args.history_sep, "bos": args.bos, "scoring": "sum",
+        "init_text": args.init_text, "init_token_ids": init_ids, "tokenizer": args.tokenizer,
+        "base_model": str(mpath.name), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "summary": summary, "log": log,
+    }
+    cfg = model.config
+    save_prompt(peft_out, soft.detach(), mpath.name, meta, getattr(cfg, "num_hidden_layers", None),
+                getattr(cfg, "num_attention_heads", None))
+    write_json(sdir / "summary.json", summary)
+    print(json.dumps(summary, indent=1))
+    print(f"soft prompt written to {peft_out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
