@@ -13,4 +13,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
-python3 -m pip install -q -r tests/requirements.txt
+python3 -m pip install -q -r tests/requirements.txt -r train/requirements-test.txt

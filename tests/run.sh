@@ -14,3 +14,5 @@ cargo test --release --workspace
 python3 -m pytest -q tests/parity
 # The uniffi-generated Kotlin bindings, compiled and run on the JVM against a converted model.
 bash bindings/kotlin/run-tests.sh
+# The training recipe's unit tests (those that need torch/transformers/RecBole skip without them).
+python3 -m pytest -q train/tests
