@@ -14,5 +14,7 @@ cargo test --release --workspace
 python3 -m pytest -q tests/parity
 # The uniffi-generated Kotlin bindings, compiled and run on the JVM against a converted model.
 bash bindings/kotlin/run-tests.sh
-# The training recipe's unit tests (those that need torch/transformers/RecBole skip without them).
-python3 -m pytest -q train/tests
+# The training recipe in its own venv (torch, transformers, RecBole): unit tests plus the bounded
+# end-to-end slices (SASRec teacher through RecBole, stage-1 training with resume, evaluation).
+venv=$(bash scripts/setup-train.sh | tail -n 1)
+(cd train && "../$venv/bin/python" -m pytest -q tests)
