@@ -283,8 +283,12 @@ pub struct ModelResult {
     pub torch: Option<serde_json::Value>,
     pub torch_note: Option<String>,
     /// The headline cell of the first weight type with OMP_WAIT_POLICY unset (libgomp's default
-    /// spin-then-sleep), everything else as in the main run.
+    /// spin-then-sleep), everything else as in the main run...
+    #[serde(default)]
     pub omp_default: Option<worker::WorkerResult>,
+    /// ...and right before it, the same with the run's policy (an A/B pair).
+    #[serde(default)]
+    pub omp_passive: Option<worker::WorkerResult>,
 }
 
 fn main() -> ExitCode {
@@ -432,6 +436,7 @@ fn run(a: &RunArgs) -> BResult<()> {
             torch: None,
             torch_note: None,
             omp_default: None,
+            omp_passive: None,
         };
         let job = work.join(format!("{}.torch-job.json", f.name));
         // PyTorch's scores are compared with the weight type it loads exactly, when measured.
@@ -485,6 +490,16 @@ fn run(a: &RunArgs) -> BResult<()> {
                     mr.failures.push(msg);
                 }
             }
+            if i == 0 && st.omp_compare && st.omp_wait != "inherit" {
+                for policy in [st.omp_wait.as_str(), "default"] {
+                    let r = omp_ab(&exe, &work, &pb, &st, f, ty, path, policy, a.seed)?;
+                    if policy == "default" {
+                        mr.omp_default = r;
+                    } else {
+                        mr.omp_passive = r;
+                    }
+                }
+            }
         }
         match &torch_ok {
             Err(e) => mr.torch_note = Some((*e).clone()),
@@ -520,45 +535,6 @@ fn run(a: &RunArgs) -> BResult<()> {
                     }
                     _ => mr.torch_note = Some(format!("PyTorch baseline failed; see {}", log.display())),
                 }
-            }
-        }
-        if st.omp_compare && st.omp_wait != "inherit" {
-            if let Some((ty, path)) = f.files.first() {
-                let spec = worker::Spec {
-                    model: f.name.clone(),
-                    weight_type: ty.clone(),
-                    model_path: path.clone(),
-                    pack_path: f.pack.clone(),
-                    threads: vec![st.threads[0]],
-                    hs: vec![st.headline.0],
-                    ks: vec![st.headline.1],
-                    cross_hs: vec![],
-                    catalog: false,
-                    reps: st.reps,
-                    catalog_reps: 1,
-                    naive_budget_s: 0.0,
-                    context_size: st.context_size,
-                    batch_size: st.batch_size,
-                    max_sequences: st.max_sequences,
-                    headline: st.headline,
-                    warm_opens: 0,
-                    torch_job: None,
-                    seed: a.seed,
-                };
-                let tag = format!("{}.{ty}.omp-default", f.name);
-                let spec_path = work.join(format!("{tag}.spec.json"));
-                let out_path = work.join(format!("{tag}.result.json"));
-                let _ = std::fs::remove_file(&out_path);
-                std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
-                let mut cmd = Command::new(&exe);
-                cmd.arg("worker").arg("--spec").arg(&spec_path).arg("--out").arg(&out_path);
-                omp_env(&mut cmd, "default");
-                let log = work.join(format!("{tag}.log"));
-                let ok = run_child(&mut cmd, &pb, &format!("{} {ty} (OpenMP default wait): ", f.name), &log)?;
-                mr.omp_default = std::fs::read(&out_path)
-                    .ok()
-                    .filter(|_| ok)
-                    .and_then(|b| serde_json::from_slice::<worker::WorkerResult>(&b).ok());
             }
         }
         models.push(mr);
@@ -620,6 +596,56 @@ fn rewrite_report(results: &Path, python: &str, scripts: &Path) -> BResult<()> {
     println!("{md}");
     plots(python, scripts, results, &dir.join("plots"));
     Ok(())
+}
+
+/// One headline-only worker with the given OpenMP wait policy (an A/B pair with the other).
+#[allow(clippy::too_many_arguments)]
+fn omp_ab(
+    exe: &Path,
+    work: &Path,
+    pb: &ProgressBar,
+    st: &Settings,
+    f: &fixtures::ModelFixture,
+    ty: &str,
+    path: &Path,
+    policy: &str,
+    seed: u64,
+) -> BResult<Option<worker::WorkerResult>> {
+    let spec = worker::Spec {
+        model: f.name.clone(),
+        weight_type: ty.to_string(),
+        model_path: path.to_path_buf(),
+        pack_path: f.pack.clone(),
+        threads: vec![st.threads[0]],
+        hs: vec![st.headline.0],
+        ks: vec![st.headline.1],
+        cross_hs: vec![],
+        catalog: false,
+        reps: st.reps,
+        catalog_reps: 1,
+        naive_budget_s: 0.0,
+        context_size: st.context_size,
+        batch_size: st.batch_size,
+        max_sequences: st.max_sequences,
+        headline: st.headline,
+        warm_opens: 0,
+        torch_job: None,
+        seed,
+    };
+    let tag = format!("{}.{ty}.omp-{policy}", f.name);
+    let spec_path = work.join(format!("{tag}.spec.json"));
+    let out_path = work.join(format!("{tag}.result.json"));
+    let _ = std::fs::remove_file(&out_path);
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker").arg("--spec").arg(&spec_path).arg("--out").arg(&out_path);
+    omp_env(&mut cmd, policy);
+    let log = work.join(format!("{tag}.log"));
+    let ok = run_child(&mut cmd, pb, &format!("{} {ty} (OpenMP wait {policy}): ", f.name), &log)?;
+    Ok(std::fs::read(&out_path)
+        .ok()
+        .filter(|_| ok)
+        .and_then(|b| serde_json::from_slice::<worker::WorkerResult>(&b).ok()))
 }
 
 #[cfg(test)]

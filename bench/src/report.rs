@@ -118,7 +118,7 @@ pub fn markdown(res: &Results) -> String {
         if l[0] > 0.5 * m.cpus as f64 {
             let _ = writeln!(
                 o,
-                "**The machine was busy** (load average {:.1} on {} CPUs at the start): absolute times are                  inflated and noisy; the ratios, measured call by call in the same process, are the result.\n",
+                "**The machine was busy** (load average {:.1} on {} CPUs at the start): absolute times are inflated and noisy; the ratios, measured call by call in the same process, are the result.\n",
                 l[0], m.cpus
             );
         }
@@ -148,7 +148,8 @@ pub fn markdown(res: &Results) -> String {
                 o,
                 "The floor of a cell is its FLOPs — 2 × block weights × rows that must be decoded (trie \
                  leaves excluded), attention over the positions each row sees, and the output projection \
-                 for the rows whose distribution is read — at that throughput.\n"
+                 for the rows whose distribution is read — at that throughput (the run's thread count); \
+                 `ours/floor (CPU …)` divides our CPU seconds by the same FLOPs at the 1-thread throughput.\n"
             );
         }
         (None, Some(n)) => {
@@ -182,11 +183,13 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
     let _ = writeln!(o, "### Headline: H = {hh}, K = {hk}, {t_main} threads\n");
     let _ = writeln!(
         o,
-        "| weights | ours ms (p95) | naive ms | naive/ours | raw ms | ours/raw | PyTorch strong ms | PT strong/ours \
+        "| weights | ours ms (p95) | ours CPU s | naive ms | naive/ours | raw ms | ours/raw | PyTorch strong ms | PT strong/ours \
          | PyTorch naive ms | PT naive/ours | floor ms | ours/floor | session/fresh | catalog/K={hk} | prefill tok/s \
-         | peak RSS MiB |"
+         | peak RSS MiB (first ranking) |\n\nWeight types ran one after another: compare them by CPU seconds \
+         (the machine's load changed between them); compare plans within a row, where calls were interleaved. \
+         PyTorch ran after all our workers."
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let g = gflops(res, t_main);
     let pt_s = torch_p50(tc, "strong");
     let pt_n = torch_p50(tc, "naive");
@@ -208,15 +211,23 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
             _ => ratio(w),
         };
         let floor = g.map(|g| c.flops / (g * 1e9));
+        // The same work at one core's GEMM throughput, against our CPU seconds: steadier when the
+        // machine is shared (our threads then get less than their cores).
+        let floor_cpu = gflops(res, 1).map(|g| c.flops / (g * 1e9));
         let sess = r.session.as_ref().and_then(|s| div(Some(s.session.p50), Some(s.fresh.p50)));
         let cat = catalog_cell(r).and_then(|cc| div(Some(cc.ours.p50), ours));
-        let tps = r.prefill.iter().find(|p| p.tokens == 512).map(|p| p.tokens_per_s);
+        let tps = r
+            .prefill
+            .iter()
+            .find(|p| p.tokens == 512)
+            .map(|p| (p.tokens_per_s, p.tokens as f64 / p.samples.cpu_p50.max(1e-9)));
         let _ = writeln!(
             o,
-            "| {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} ({}) | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.weight_type,
             ms(c.ours.p50),
             ms(c.ours.p95),
+            c.ours.cpu_p50,
             naive.map_or("–".into(), ms),
             both(div(naive, ours), div(naive_cpu, ours_cpu)),
             raw.map_or("–".into(), ms),
@@ -226,11 +237,11 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
             pt_n.map_or("–".into(), ms),
             both(div(pt_n, ours), div(pt_n_cpu, ours_cpu)),
             floor.map_or("–".into(), ms),
-            ratio(div(ours, floor)),
+            both(div(ours, floor), div(ours_cpu, floor_cpu)),
             ratio(sess),
             ratio(cat),
-            tps.map_or("–".into(), |t| format!("{t:.0}")),
-            mib(r.memory.peak_rss as f64),
+            tps.map_or("–".into(), |(w, c)| format!("{w:.0} ({c:.0} per CPU-s)")),
+            mib(r.memory.after_first_rank.hwm as f64),
         );
     }
     if let Some(n) = &mr.torch_note {
@@ -244,11 +255,12 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
         let _ = writeln!(
             o,
             "\nPyTorch {} / transformers {}, float32 eager, {} threads, one model for every weight type (the \
-             weights dequantized); max |Δ log-likelihood| vs our first weight type ({}): {diff:.3}.",
+             {} values); max |Δ log-likelihood| vs ours on the same values ({}): {diff:.3}.",
             t["torch"].as_str().unwrap_or("?"),
             t["transformers"].as_str().unwrap_or("?"),
             t["threads"],
-            mr.types.first().map_or("?", |r| r.weight_type.as_str()),
+            reference_type(mr),
+            reference_type(mr),
         );
     }
     if let Some(r) = mr.types.first() {
@@ -337,16 +349,16 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
     let _ = writeln!(
         o,
         "| weights | file MiB | cold open ms | cold open → first ranking ms | warm open ms | warm open → first ranking ms \
-         | peak RSS MiB | mapped weights resident MiB | KV cache MiB | scratch MiB |"
+         | peak RSS MiB | mapped weights resident MiB | KV cache MiB | scratch MiB | peak RSS with the whole catalog MiB |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mr.types {
         let op = &r.open;
         let mem = &r.memory;
         let cold = if op.cold_evicted { String::new() } else { " (page cache not dropped)".into() };
         let _ = writeln!(
             o,
-            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} ({} cells) | {} |",
+            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} ({} cells) | {} | {} |",
             r.weight_type,
             mib(mem.model_file_bytes as f64),
             ms(op.cold_open_s),
@@ -354,18 +366,20 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
             ms(op.cold_open_s + op.cold_first_rank_s),
             ms(op.warm_open.p50),
             ms(op.warm_open.p50 + op.warm_first_rank.p50),
-            mib(mem.peak_rss as f64),
-            mib(mem.mapped_resident as f64),
+            mib(mem.after_first_rank.hwm as f64),
+            mib(mem.after_first_rank.file.saturating_sub(mem.before_open.file) as f64),
             mib(mem.kv_bytes as f64),
             mem.kv_cells,
-            mib(mem.scratch as f64),
+            mib(mem.after_first_rank.anon as f64 - mem.before_open.anon as f64 - mem.kv_bytes as f64),
+            if catalog_cell(r).is_some() { mib(mem.peak_rss as f64) } else { "–".into() },
         );
     }
     let _ = writeln!(
         o,
-        "\nKV cache bytes = 2 (K, V) × layers × KV heads × head dim × context cells × 2 bytes (F16); mapped \
-         weights = growth of file-backed RSS; scratch = growth of anonymous RSS minus the KV cache (compute \
-         buffers, logits, weights llama.cpp repacks into anonymous memory, heap).\n"
+        "\nAfter the cold open and the first ranking (H = {hh}, K = {hk}). KV cache bytes = 2 (K, V) × layers × KV \
+         heads × head dim × context cells × 2 bytes (F16); mapped weights = growth of file-backed RSS; scratch = \
+         growth of anonymous RSS minus the KV cache (compute buffers, logits, weights llama.cpp repacks into \
+         anonymous memory, heap).\n"
     );
     for r in &mr.types {
         if !r.llama_buffers.is_empty() {
@@ -382,12 +396,26 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
         for r in &mr.types {
             let mut cells: Vec<&Cell> = cell(r, hh, hk).into_iter().collect();
             cells.extend(r.threads.iter());
-            let omp = mr
-                .omp_default
-                .as_ref()
-                .filter(|d| d.weight_type == r.weight_type)
-                .and_then(|d| cell(d, hh, hk).map(|c| (c, "OpenMP default wait")));
-            let labelled: Vec<(&Cell, &str)> = cells.into_iter().map(|c| (c, "")).chain(omp).collect();
+            fn ab<'a>(
+                d: &'a Option<WorkerResult>,
+                ty: &str,
+                label: &'static str,
+                hh: usize,
+                hk: usize,
+            ) -> Option<(&'a Cell, &'static str)> {
+                d.as_ref().filter(|d| d.weight_type == ty).and_then(|d| cell(d, hh, hk).map(|c| (c, label)))
+            }
+            let (pa, de) = if mr.omp_passive.is_some() {
+                ("OMP_WAIT_POLICY=PASSIVE, A/B run", "OpenMP default wait, A/B run")
+            } else {
+                ("", "OpenMP default wait, run after the others")
+            };
+            let labelled: Vec<(&Cell, &str)> = cells
+                .into_iter()
+                .map(|c| (c, ""))
+                .chain(ab(&mr.omp_passive, &r.weight_type, pa, hh, hk))
+                .chain(ab(&mr.omp_default, &r.weight_type, de, hh, hk))
+                .collect();
             for (c, label) in labelled {
                 let naive = c.naive.as_ref().map(|s| s.p50);
                 let raw = c.raw.as_ref().map(|s| s.p50);

@@ -703,7 +703,7 @@ fn write_torch_job(engine: &Engine, reqs: &Requests, spec: &Spec, path: &Path) -
     for &k in &spec.ks {
         cells.push((hh, k));
     }
-    for &h in &spec.hs {
+    for &h in spec.hs.iter().chain(&spec.cross_hs) {
         cells.push((h, hk));
     }
     let mut seen = std::collections::HashSet::new();
