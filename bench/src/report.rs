@@ -183,11 +183,14 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
     let _ = writeln!(o, "### Headline: H = {hh}, K = {hk}, {t_main} threads\n");
     let _ = writeln!(
         o,
+        "Weight types ran one after another: compare them by CPU seconds (the machine's load changed between \
+         them); compare plans within a row, where calls were interleaved. PyTorch ran after all our workers.\n"
+    );
+    let _ = writeln!(
+        o,
         "| weights | ours ms (p95) | ours CPU s | naive ms | naive/ours | raw ms | ours/raw | PyTorch strong ms | PT strong/ours \
          | PyTorch naive ms | PT naive/ours | floor ms | ours/floor | session/fresh | catalog/K={hk} | prefill tok/s \
-         | peak RSS MiB (first ranking) |\n\nWeight types ran one after another: compare them by CPU seconds \
-         (the machine's load changed between them); compare plans within a row, where calls were interleaved. \
-         PyTorch ran after all our workers."
+         | peak RSS MiB (first ranking) |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let g = gflops(res, t_main);

@@ -37,9 +37,11 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             threads: 0,
-            context_size: 4096,
+            // Measured on SmolLM2-135M, whole catalog (1,682 items), top-10: 128 sequences in 4,096
+            // cells took 295 s, 32 in 2,048 about 12 s (every row attends over the group's cells).
+            context_size: 2048,
             batch_size: 512,
-            max_sequences: 128,
+            max_sequences: 32,
             max_contexts: 2,
             gpu_layers: 0,
             kv_type: KvType::F16,

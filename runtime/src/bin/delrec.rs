@@ -92,11 +92,11 @@ struct EngineArgs {
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 2048)]
     ctx: u32,
     #[arg(long, default_value_t = 512)]
     batch: u32,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     max_seqs: u32,
     /// KV cache type: f16 or f32.
     #[arg(long, default_value = "f16")]
