@@ -117,7 +117,7 @@ fun main() {
 
     test("defaultEngineConfig mirrors the runtime defaults") {
         val c = defaultEngineConfig()
-        check(c.contextSize == 4096u && c.batchSize == 512u && c.maxSequences == 128u) { "$c" }
+        check(c.contextSize == 2048u && c.batchSize == 512u && c.maxSequences == 32u) { "$c" }
         check(c.kvType == KvType.F16 && !c.verifyChecksum && c.threads == 0u) { "$c" }
     }
 
