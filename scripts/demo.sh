@@ -6,9 +6,9 @@
 #
 #   bash scripts/demo.sh [USER_ID]        (default user 1)
 #
-# The pack carries the soft prompt trained by `train/` (DELRec stage 1) when one is found at
-# $DELREC_SOFT_PROMPT (default target/delrec-train/soft_prompt); otherwise it is zero-shot,
-# and says so.
+# It ranks with the model + pack that `scripts/eval-real.sh` built (stage-1 soft prompt, stage-2
+# LoRA merged) when they exist; else with the soft prompt trained by `train/` (DELRec stage 1) at
+# $DELREC_SOFT_PROMPT (default target/delrec-train/soft_prompt); otherwise zero-shot, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 user=${1:-1}
@@ -26,7 +26,13 @@ model=$work/SmolLM2-135M-Instruct.Q8_0.gguf
 # less CPU; Q4_0 is cheaper still but re-quantizing 4-bit weights moves scores (bench/README.md).
 [ -f "$model" ] || $bin/delrec-convert quantize --in "$shipped" --out "$model" --type q8_0 --allow-requantize
 soft=${DELREC_SOFT_PROMPT:-target/delrec-train/soft_prompt}
-if [ -f "$soft/adapter_config.json" ]; then
+trained=target/delrec-train/models
+pack=$work/movielens.pack.gguf
+if [ -z "${DELREC_SOFT_PROMPT:-}" ] && [ -f "$trained/model.q8_0.gguf" ] && [ -f "$trained/ml100k.pack.gguf" ]; then
+  echo "== model and pack built by scripts/eval-real.sh (trained soft prompt, + merged stage-2 LoRA unless DELREC_STAGE2=0), Q8_0"
+  model=$trained/model.q8_0.gguf
+  pack=$trained/ml100k.pack.gguf
+elif [ -f "$soft/adapter_config.json" ]; then
   echo "== soft prompt: $soft (trained by train/, DELRec stage 1)"
   template=$'{soft:default}A user watched:{history}.\nThe user will next watch:{candidate}\n'
   soft_args=(--soft-prompt "default=$soft")
@@ -35,8 +41,10 @@ else
   template=$'A user watched:{history}.\nThe user will next watch:{candidate}\n'
   soft_args=()
 fi
-$bin/delrec-convert pack --model "$model" --model "$shipped" --catalog "$work/catalog.csv" \
-  --template "$template" "${soft_args[@]}" --out "$work/movielens.pack.gguf"
+if [ "$pack" = "$work/movielens.pack.gguf" ]; then
+  $bin/delrec-convert pack --model "$model" --model "$shipped" --catalog "$work/catalog.csv" \
+    --template "$template" "${soft_args[@]}" --out "$pack"
+fi
 history=$(python3 - "$user" <<'PY'
 import sys
 from delrec_train.data import load_dataset
@@ -49,5 +57,5 @@ print(",".join(h))
 PY
 )
 echo "== user $user: whole-catalog top 10"
-$bin/delrec rank --model "$model" --pack "$work/movielens.pack.gguf" --history "$history" \
+$bin/delrec rank --model "$model" --pack "$pack" --history "$history" \
   --top-k 10 --exclude-history

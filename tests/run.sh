@@ -18,3 +18,8 @@ bash bindings/kotlin/run-tests.sh
 # end-to-end slices (SASRec teacher through RecBole, stage-1 training with resume, evaluation).
 venv=$(bash scripts/setup-train.sh | tail -n 1)
 (cd train && "../$venv/bin/python" -m pytest -q tests)
+# The real-data path, bounded: the real SmolLM2-135M and MovieLens-100K from PyPI through teacher
+# (1 epoch), stage 1 and stage 2 (2 steps each), PyTorch evaluation (12 users), the merged GGUF at
+# F16 / Q8_0 / Q4_1, the pack, the runtime and the whole-catalog ranking (2 users); exits non-zero
+# when the runtime at F16 does not score like PyTorch. The full run is `bash scripts/eval-real.sh`.
+DELREC_EVAL_PRESET=ci DELREC_EVAL_FORCE=1 bash scripts/eval-real.sh

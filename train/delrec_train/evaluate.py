@@ -5,7 +5,8 @@
 
 Rows: ``random`` (seeded uniform scores), ``pop`` (training-split interaction counts),
 ``sasrec`` (the teacher's scores, DIR/teacher/test_scores.jsonl), ``llm_zeroshot`` (the template
-with its ``{soft:...}`` piece removed), ``llm_soft`` (template + trained soft prompt).
+with its ``{soft:...}`` piece removed), ``llm_soft`` (template + trained soft prompt), ``llm_lora``
+(the stage-2 LoRA merged into the weights + the soft prompt it was trained with).
 
 Writes DIR/eval/ (or ``--eval-dir``):
 - ``requests.jsonl``: ``{"user", "history" (oldest first), "candidates", "target"}`` per user,
@@ -33,9 +34,10 @@ from .report import format_table
 from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, without_soft
 from .util import read_jsonl, select_users, set_threads, write_json
 
-ALL_ROWS = ["random", "pop", "sasrec", "llm_zeroshot", "llm_soft"]
+ALL_ROWS = ["random", "pop", "sasrec", "llm_zeroshot", "llm_soft", "llm_lora"]
 ROW_LABELS = {"random": "Random", "pop": "Most popular (train split)", "sasrec": "SASRec teacher (RecBole)",
-              "llm_zeroshot": "SmolLM2-135M zero-shot (PyTorch)", "llm_soft": "SmolLM2-135M + DELRec soft prompt (PyTorch)"}
+              "llm_zeroshot": "SmolLM2-135M zero-shot (PyTorch)", "llm_soft": "SmolLM2-135M + DELRec soft prompt (PyTorch)",
+              "llm_lora": "SmolLM2-135M + soft prompt + stage-2 LoRA (PyTorch)"}
 
 
 def main(argv=None) -> int:
@@ -46,9 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="ml-100k", help="dataset file stem: DATA_DIR/NAME.inter, NAME.item")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--soft", type=Path, default=None, help="PEFT dir (default DIR/soft_prompt)")
+    ap.add_argument("--lora", type=Path, default=None, help="stage-2 LoRA dir for the llm_lora row (default DIR/lora); "
+                    "the soft prompt is the one the LoRA was trained with")
     ap.add_argument("--users", type=int, default=500, help="seeded sample of users; 0 = all")
     ap.add_argument("--llm-users", type=int, default=None, help="evaluate the LLM rows on the first N of those users only")
-    ap.add_argument("--rows", default=",".join(ALL_ROWS))
+    ap.add_argument("--rows", default=None, help="default: all; llm_lora only when the LoRA dir exists")
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--template", default=None, help="default: the soft prompt's, else the built-in one")
@@ -64,6 +68,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep parts/ROW.jsonl results of an earlier run")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    out = args.out or work_dir()
+    if args.rows is None:
+        has_lora = ((args.lora or out / "lora") / "adapter_config.json").is_file()
+        args.rows = ",".join(r for r in ALL_ROWS if r != "llm_lora" or has_lora)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ALL_ROWS]
     if bad:
@@ -86,10 +94,13 @@ def main(argv=None) -> int:
     for row in rows:
         part = pdir / f"{row}.jsonl"
         done: dict[str, dict] = {}
-        if args.resume and part.is_file():
+        key_file = pdir / f"{row}.key"
+        key = row_key(row, args, out)
+        if args.resume and part.is_file() and key_file.is_file() and key_file.read_text() == key:
             done = {r["user"]: r for r in read_jsonl(part) if r["user"] in exs and r["candidates"] == exs[r["user"]].candidates}
         elif part.exists():
             part.unlink()
+        key_file.write_text(key)
         row_users = users if not row.startswith("llm") or args.llm_users is None else users[:args.llm_users]
         todo = [u for u in row_users if u not in done]
         t0 = time.time()
@@ -120,6 +131,28 @@ def main(argv=None) -> int:
                                        "history": args.history, "n_candidates": ds.n_neg + 1})
     print(format_table([(ROW_LABELS[r], metrics[r]) for r in rows]))
     return 0
+
+
+def row_key(row, args, out) -> str:
+    """What a row's scores depend on besides users and candidates (--resume reuses only matching parts)."""
+    import hashlib
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "-"
+
+    parts = [row, str(args.seed), str(args.history)]
+    if row.startswith("llm"):
+        mp = args.model or model_path()
+        parts += [str(mp), str(mp.stat().st_size) if mp.exists() else "-", str(args.template), str(args.item_prefix),
+                  str(args.history_sep), str(args.bos), args.autocast, args.tokenizer]
+        if row == "llm_soft":
+            parts.append(digest((args.soft or out / "soft_prompt") / "adapter_model.safetensors"))
+        if row == "llm_lora":
+            ldir = args.lora or out / "lora"
+            parts += [digest(ldir / "adapter_model.safetensors"), digest(ldir / "delrec_train.json")]
+    elif row == "sasrec":
+        parts.append(digest(out / "teacher" / "test_scores.jsonl"))
+    return "|".join(parts)
 
 
 def score_row(row, users, exs, ds, args, out):
@@ -170,23 +203,38 @@ def _llm_rows(row, users, exs, ds, args, out):
     set_threads(args.threads)
     mpath = args.model or model_path()
     dev = pick_device(args.device)
-    meta, soft = {}, None
-    if row == "llm_soft":
-        sdir = args.soft or out / "soft_prompt"
+    meta, soft, deltas = {}, None, None
+    if row == "llm_lora":
+        from .lora import load_lora
+
+        ldir = args.lora or out / "lora"
+        _, deltas = load_lora(ldir)
+        with open(ldir / "delrec_train.json", encoding="utf-8") as f:
+            lmeta = json.load(f)
+        sdir = Path(lmeta["soft_prompt"]) if lmeta.get("soft_prompt") else None
+    else:
+        sdir = (args.soft or out / "soft_prompt") if row == "llm_soft" else None
+    if sdir is not None:
         emb, cfg, meta = load_prompt(sdir)
         soft = {meta.get("soft_prompt_name", "default"): torch.tensor(emb, device=dev)}
     template = args.template or meta.get("template", DEFAULT_TEMPLATE)
-    if row == "llm_zeroshot":
+    if soft is None:
         template = without_soft(template)
     prefix = args.item_prefix if args.item_prefix is not None else meta.get("item_prefix", DEFAULT_ITEM_PREFIX)
     sep = args.history_sep if args.history_sep is not None else meta.get("history_separator", DEFAULT_HISTORY_SEP)
     bos = args.bos if args.bos is not None else meta.get("bos", -1)
-    if "model" not in _LLM:
+    if "tok" not in _LLM:
         _LLM["tok"] = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
-        _LLM["model"] = load_gguf_model(mpath, dev)
+    key = "model_lora" if deltas is not None else "model"
+    if key not in _LLM:
+        _LLM[key] = load_gguf_model(mpath, dev)
+        if deltas is not None:
+            from .lora import merge_into_model
+
+            merge_into_model(_LLM[key], deltas)
     titles = {i: it.title for i, it in ds.items.items()}
     pt = PromptTokens(template, titles, _LLM["tok"], prefix, sep, None if bos is None or bos < 0 else bos)
-    scorer = Scorer(_LLM["model"], pt, args.autocast)
+    scorer = Scorer(_LLM[key], pt, args.autocast)
     with torch.no_grad():
         for u in tqdm(users, desc=row, disable=args.no_progress, dynamic_ncols=True):
             e = exs[u]

