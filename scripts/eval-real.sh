@@ -16,11 +16,11 @@ preset=${DELREC_EVAL_PRESET:-full}
 case $preset in
   full)
     out=${DELREC_EVAL_OUT:-target/delrec-train}
-    users=500 cat_users=50
+    users=500 cat_users=10
     check_args=(--max-points 1)
     teacher_args=()
     stage1_args=(--users 200 --max-steps 100)
-    stage2_args=(--max-minutes 45 --max-steps 600)
+    stage2_args=(--max-steps 580)  # the README model: 580 steps x 4 examples, ~80 min on 2 cores
     ;;
   ci)
     out=${DELREC_EVAL_OUT:-target/delrec-ci}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import PURPOSE_TEST, Dataset, load_dataset
+from .data import Dataset, load_dataset
 from .paths import work_dir
 from .util import set_threads, write_json
 

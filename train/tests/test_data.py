@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from delrec_train.data import (PURPOSE_TEST, PURPOSE_VALID, DataError, item_title, load_dataset, load_inter,
+from delrec_train.data import (PURPOSE_VALID, DataError, item_title, load_dataset, load_inter,
                                load_items, write_catalog)
 from delrec_train.teacher import write_recbole_inter
 
