@@ -70,6 +70,41 @@ def example_order(n: int, step: int, batch: int, seed: int) -> list[int]:
     return idx
 
 
+def load_training_examples(out: Path, ds, args) -> tuple[list[tuple[Example, str]], list[str]]:
+    """The teacher's top-1 file, checked against this split, -> (examples with candidates, users)."""
+    with open(out / "teacher" / "train_top1.json", encoding="utf-8") as f:
+        top1 = json.load(f)
+    if (top1["seed"], top1["history"], top1["n_neg"]) != (args.seed, args.history, ds.n_neg):
+        raise SystemExit(f"teacher outputs were made with seed/history/n_neg {top1['seed']}/{top1['history']}/"
+                         f"{top1['n_neg']}, not {args.seed}/{args.history}/{ds.n_neg}")
+    users = select_users(ds.users(), args.users or None, args.seed)
+    examples = build_examples(ds, top1, users, args.per_user)
+    if not examples:
+        raise SystemExit("no training examples")
+    return examples, users
+
+
+def accumulate_step(scorer, examples, step: int, soft, args) -> dict:
+    """One optimizer step's examples: listwise loss (both DELRec tasks) backpropagated, batch stats returned."""
+    import torch
+
+    F = torch.nn.functional
+    stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
+    for i in example_order(len(examples), step, args.batch_size, args.seed):
+        ex, t1 = examples[i]
+        scores, _ = scorer.score(ex.history, ex.candidates, soft)
+        z = (scores / args.temperature)[None]
+        a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
+        b = torch.tensor([ex.candidates.index(t1)], device=z.device)
+        loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
+        loss.backward()
+        best = int(torch.argmax(scores.detach()))
+        stats["loss"] += loss.item()
+        stats["hit_next"] += (best == int(a)) / args.batch_size
+        stats["hit_teacher"] += (best == int(b)) / args.batch_size
+    return stats
+
+
 def init_soft(embed_weight, tokenizer, text: str, n: int):
     import torch
 
@@ -142,16 +177,8 @@ def main(argv=None) -> int:
     t_start = time.time()
 
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
-    with open(out / "teacher" / "train_top1.json", encoding="utf-8") as f:
-        top1 = json.load(f)
-    if (top1["seed"], top1["history"], top1["n_neg"]) != (args.seed, args.history, ds.n_neg):
-        raise SystemExit(f"teacher outputs were made with seed/history/n_neg {top1['seed']}/{top1['history']}/"
-                         f"{top1['n_neg']}, not {args.seed}/{args.history}/{ds.n_neg}")
+    examples, users = load_training_examples(out, ds, args)
     write_catalog(ds, out / "catalog.csv")  # the converter's catalog, same titles as trained on
-    users = select_users(ds.users(), args.users or None, args.seed)
-    examples = build_examples(ds, top1, users, args.per_user)
-    if not examples:
-        raise SystemExit("no training examples")
     n_same = sum(e.target == t for e, t in examples)
 
     tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
@@ -196,20 +223,7 @@ def main(argv=None) -> int:
     run = {"loss": None, "hit_next": None, "hit_teacher": None}
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
-        for i in example_order(n, step, args.batch_size, args.seed):
-            ex, t1 = examples[i]
-            scores, _ = scorer.score(ex.history, ex.candidates, {name: soft})
-            z = (scores / args.temperature)[None]
-            a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
-            b = torch.tensor([ex.candidates.index(t1)], device=z.device)
-            F = torch.nn.functional
-            loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
-            loss.backward()
-            best = int(torch.argmax(scores.detach()))
-            stats["loss"] += loss.item()
-            stats["hit_next"] += (best == int(a)) / args.batch_size
-            stats["hit_teacher"] += (best == int(b)) / args.batch_size
+        stats = accumulate_step(scorer, examples, step, {name: soft}, args)
         if args.clip > 0:
             gn = float(torch.nn.utils.clip_grad_norm_([soft], args.clip))
         else:

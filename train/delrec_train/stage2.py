@@ -24,9 +24,9 @@ import numpy as np
 
 from .data import load_dataset
 from .paths import model_path, work_dir
-from .stage1 import build_examples, example_order
+from .stage1 import accumulate_step, load_training_examples
 from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, PromptTokens, soft_names, without_soft
-from .util import select_users, set_threads, write_json
+from .util import set_threads, write_json
 
 
 def parse_args(argv=None):
@@ -101,15 +101,7 @@ def main(argv=None) -> int:
     bos = meta.get("bos", -1)
 
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
-    with open(out / "teacher" / "train_top1.json", encoding="utf-8") as f:
-        top1 = json.load(f)
-    if (top1["seed"], top1["history"], top1["n_neg"]) != (args.seed, args.history, ds.n_neg):
-        raise SystemExit(f"teacher outputs were made with seed/history/n_neg {top1['seed']}/{top1['history']}/"
-                         f"{top1['n_neg']}, not {args.seed}/{args.history}/{ds.n_neg}")
-    users = select_users(ds.users(), args.users or None, args.seed)
-    examples = build_examples(ds, top1, users, args.per_user)
-    if not examples:
-        raise SystemExit("no training examples")
+    examples, users = load_training_examples(out, ds, args)
 
     tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
     titles = {i: it.title for i, it in ds.items.items()}
@@ -150,24 +142,11 @@ def main(argv=None) -> int:
     t_train = time.time()
     bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, disable=args.no_progress,
                desc="stage2", dynamic_ncols=True)
-    F = torch.nn.functional
     run = {"loss": None, "hit_next": None}
     step = start
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
-        for i in example_order(n, step, args.batch_size, args.seed):
-            ex, t1 = examples[i]
-            scores, _ = scorer.score(ex.history, ex.candidates, soft)
-            z = (scores / args.temperature)[None]
-            a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
-            b = torch.tensor([ex.candidates.index(t1)], device=z.device)
-            loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
-            loss.backward()
-            best = int(torch.argmax(scores.detach()))
-            stats["loss"] += loss.item()
-            stats["hit_next"] += (best == int(a)) / args.batch_size
-            stats["hit_teacher"] += (best == int(b)) / args.batch_size
+        stats = accumulate_step(scorer, examples, step, soft, args)
         gn = float(torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf")))
         lr_used = opt.param_groups[0]["lr"]
         opt.step()
