@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use delrec_runtime::llm::{Batch, Context, ContextParams};
-use delrec_runtime::{Engine, EngineConfig, KvType, Plan as EnginePlan, RankRequest, Ranking};
+use delrec_runtime::{Engine, EngineConfig, Plan as EnginePlan, RankRequest, Ranking};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Plan, Row, Shape};
@@ -267,8 +267,9 @@ impl Raw {
             n_batch: spec.batch_size.min(spec.context_size),
             n_seq_max: 1,
             threads: threads as i32,
-            kv_type: KvType::F16,
-            flash_attention: false,
+            // Same attention as the engine's, so the baseline runs the same kernels.
+            kv_type: engine.config().kv_type,
+            flash_attention: engine.config().flash_attention,
         };
         let ctx = Context::new(Arc::clone(engine.model()), &params)?;
         let pack = engine.pack();

@@ -27,7 +27,9 @@ pub struct EngineConfig {
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
-    /// llama.cpp flash attention (faster on some GPUs; less precise on CPU).
+    /// llama.cpp flash attention. On by default: on CPU its kernel skips masked KV cells, so
+    /// trie rows (which see the prefix and their own path only) cost less; measured on SmolLM2-135M
+    /// at H = 10, K = 20: ~20 % faster, and as close to PyTorch as without it (see llm.rs).
     pub flash_attention: bool,
     /// Hash the whole model file and require it to be one the pack was built for.
     pub verify_checksum: bool,
@@ -45,7 +47,7 @@ impl Default for EngineConfig {
             max_contexts: 2,
             gpu_layers: 0,
             kv_type: KvType::F16,
-            flash_attention: false,
+            flash_attention: true,
             verify_checksum: false,
         }
     }

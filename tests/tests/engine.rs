@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use delrec_runtime::{CancelToken, Engine, EngineConfig, Error, KvType, Plan, RankRequest, Ranking};
 use delrec_tests::{catalog_ids, model, pack};
 
+/// The exact configuration: F32 cache, classic attention (flash attention accumulates in F16).
 fn f32_cfg() -> EngineConfig {
-    EngineConfig { kv_type: KvType::F32, threads: 2, ..Default::default() }
+    EngineConfig { kv_type: KvType::F32, flash_attention: false, threads: 2, ..Default::default() }
 }
 
 fn tiny() -> (PathBuf, PathBuf) {
@@ -288,4 +289,28 @@ fn kv_f16_stays_close_to_f32() {
     let a = Engine::open(&m, &p, f32_cfg()).unwrap().rank(&r).unwrap();
     let b = Engine::open(&m, &p, EngineConfig { kv_type: KvType::F16, ..f32_cfg() }).unwrap().rank(&r).unwrap();
     assert_close(&a, &b, 0.05);
+}
+
+#[test]
+fn default_flash_attention_stays_close_to_exact_and_keeps_top_k_exact() {
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    let r = req(&[&ids[0], &ids[1]], Some(&ids[2..22]));
+    assert!(EngineConfig::default().flash_attention);
+    let exact = Engine::open(&m, &p, f32_cfg()).unwrap().rank(&r).unwrap();
+    let engine = Engine::open(&m, &p, EngineConfig { threads: 2, ..Default::default() }).unwrap();
+    let all = engine.rank(&r).unwrap();
+    assert_close(&exact, &all, 0.05);
+    // Pruned top-k under flash attention: the top 5 of scoring everything, up to the kernel's
+    // rounding (batches differ between the two plans, so near-ties may swap).
+    let top = engine.rank(&RankRequest { top_k: Some(5), ..r.clone() }).unwrap();
+    assert_eq!(top.items.len(), 5);
+    assert!(top.stats.pruned > 0, "{:?}", top.stats);
+    let full = by_id(&all);
+    let fifth = all.items[4].logprob;
+    for it in &top.items {
+        let (s, _) = full[&it.id];
+        assert!((s - it.logprob).abs() < 1e-2, "{}: {s} vs {}", it.id, it.logprob);
+        assert!(s > fifth - 1e-2, "{} ({s}) is not in the top 5 (5th: {fifth})", it.id);
+    }
 }

@@ -106,9 +106,12 @@ struct EngineArgs {
     verify: bool,
     #[arg(long, default_value_t = 0)]
     gpu_layers: i32,
-    /// Use llama.cpp flash attention.
-    #[arg(long)]
+    /// Use llama.cpp flash attention (the default).
+    #[arg(long, overrides_with = "no_flash_attn")]
     flash_attn: bool,
+    /// Classic attention instead of flash attention.
+    #[arg(long, overrides_with = "flash_attn")]
+    no_flash_attn: bool,
 }
 
 impl EngineArgs {
@@ -121,7 +124,7 @@ impl EngineArgs {
             max_contexts: 1,
             gpu_layers: self.gpu_layers,
             kv_type: kv_type(&self.kv)?,
-            flash_attention: self.flash_attn,
+            flash_attention: self.flash_attn || !self.no_flash_attn,
             verify_checksum: self.verify,
         })
     }
