@@ -10,6 +10,7 @@ use crate::gguf::GgufFile;
 use crate::llm::{Batch, Context, ContextParams, KvType, Model, ModelParams};
 use crate::pack::{file_sha256, BaseIdentity, Pack, Part, ScoringMode};
 use crate::scorer::{common_prefix, group, log_sum_exp, TopK, Trie};
+use crate::search::{Search, SeqOp};
 
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
 #[derive(Clone, Debug)]
@@ -475,8 +476,15 @@ impl Engine {
         let scores = match req.plan {
             Plan::SharedPrefix => {
                 self.ensure_prefix(ctx, state, &rows, call)?;
-                let prune = !req.exhaustive && self.pack.scoring == ScoringMode::Sum;
-                self.score_shared(ctx, state, rows.len(), &seqs, req.top_k.filter(|_| prune), call)?
+                let (last, lse) = state.last.as_ref().ok_or_else(|| Error::Backend("prefix not decoded".into()))?;
+                let prefix = (last.as_slice(), *lse);
+                // Pruning needs sum scoring: a partial sum bounds a candidate, a partial mean does not.
+                match req.top_k {
+                    Some(k) if !req.exhaustive && self.pack.scoring == ScoringMode::Sum => {
+                        self.score_best_first(ctx, prefix, rows.len(), &seqs, k, call)?
+                    }
+                    _ => self.score_shared(ctx, prefix, rows.len(), &seqs, call)?.into_iter().map(Some).collect(),
+                }
             }
             Plan::Naive => self.score_naive(ctx, state, &rows, &seqs, call)?.into_iter().map(Some).collect(),
         };
@@ -506,73 +514,134 @@ impl Engine {
         Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
     }
 
-    /// Shared-prefix plan: sequence 0 holds the prefix; each group of candidates gets sequences
-    /// 1..=g sharing it, and its trie is decoded in batches.
-    ///
-    /// With `keep = Some(k)` (a top-k request scored by the sum), branches are pruned: log-probs
-    /// are ≤ 0, so a trie node's partial sum bounds every candidate below it, and a node whose
-    /// bound is under the k-th best complete score so far is never decoded. The top k is exact;
-    /// pruned candidates come back as `None`.
+    /// Shared-prefix plan, every candidate scored: sequence 0 holds the prefix; each group of
+    /// candidates gets sequences 1..=g sharing it, and its trie is decoded in batches of `n_batch`.
     fn score_shared(
         &self,
         ctx: &mut Context,
-        state: &PrefixState,
+        (last, lse): (&[f32], f64),
         prefix_len: usize,
         seqs: &[Vec<i32>],
-        keep: Option<usize>,
         call: &mut Call,
-    ) -> Result<Vec<Option<(f64, u32)>>> {
-        let (last, lse) = state.last.as_ref().ok_or_else(|| Error::Backend("prefix not decoded".into()))?;
+    ) -> Result<Vec<(f64, u32)>> {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by(|&a, &b| seqs[a].cmp(&seqs[b]));
         let sorted: Vec<&[i32]> = order.iter().map(|&i| seqs[i].as_slice()).collect();
         let budget = ctx.n_ctx() - prefix_len;
-        let mut groups = group(&sorted, ctx.n_seq_max() - 1, budget)
+        let groups = group(&sorted, ctx.n_seq_max() - 1, budget)
             .map_err(|len| Error::ContextTooSmall { needed: prefix_len + len, available: ctx.n_ctx() })?;
-        let root_logp = |seq: &[i32]| last[seq[0] as usize] as f64 - lse;
-        let bound =
-            |g: &std::ops::Range<usize>| sorted[g.clone()].iter().map(|s| root_logp(s)).fold(f64::MIN, f64::max);
-        let mut top = TopK::new(keep.unwrap_or(usize::MAX));
-        if keep.is_some() {
-            // Promising groups first: they raise the bar early and later groups prune more.
-            groups.sort_by(|a, b| bound(b).total_cmp(&bound(a)));
-        }
-        let mut out = vec![None; seqs.len()];
+        let mut out = vec![(0.0, 0); seqs.len()];
         for g in groups {
             let members = &sorted[g.clone()];
-            if keep.is_some() && bound(&g) < top.threshold() {
-                call.stats.pruned += members.len();
-                continue;
-            }
             let mut trie = Trie::build(members);
             for s in 1..=members.len() as i32 {
                 ctx.seq_cp(0, s)?;
             }
             for r in trie.roots.clone() {
-                let lp = last[trie.nodes[r as usize].token as usize] as f64 - lse;
-                trie.set_logp(r as usize, lp);
-                let n = &trie.nodes[r as usize];
-                for _ in 0..n.ends {
-                    top.push(n.partial);
-                }
+                trie.set_logp(r as usize, last[trie.nodes[r as usize].token as usize] as f64 - lse);
             }
-            let result = match keep {
-                Some(_) => self.decode_trie_pruned(ctx, &mut trie, prefix_len, &mut top, call),
-                None => self.decode_trie(ctx, &mut trie, prefix_len, call),
-            };
+            let result = self.decode_trie(ctx, &mut trie, prefix_len, call);
             for s in 1..=members.len() as i32 {
                 ctx.seq_rm(s, 0);
             }
             result?;
             for (slot, &orig) in order[g].iter().enumerate() {
-                if trie.complete(slot) {
-                    out[orig] = Some(trie.score(slot));
-                } else {
-                    call.stats.pruned += 1;
-                }
+                out[orig] = trie.score(slot);
             }
         }
         Ok(out)
+    }
+
+    /// Exact top-k by best-first search over the trie of every candidate (see `search`): each
+    /// round decodes the most promising nodes of the whole trie whose bound clears the k-th best
+    /// complete score so far. Pruned candidates come back as `None`.
+    fn score_best_first(
+        &self,
+        ctx: &mut Context,
+        (last, lse): (&[f32], f64),
+        prefix_len: usize,
+        seqs: &[Vec<i32>],
+        k: usize,
+        call: &mut Call,
+    ) -> Result<Vec<Option<(f64, u32)>>> {
+        let refs: Vec<&[i32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let mut trie = Trie::build(&refs);
+        let mut top = TopK::new(k);
+        for r in trie.roots.clone() {
+            let r = r as usize;
+            trie.set_logp(r, last[trie.nodes[r].token as usize] as f64 - lse);
+            for _ in 0..trie.nodes[r].ends {
+                top.push(trie.nodes[r].partial);
+            }
+        }
+        let mut search = Search::new(&trie, ctx.n_seq_max());
+        let result = self.run_search(ctx, &mut trie, &mut search, &mut top, prefix_len, call);
+        for s in search.live_seqs() {
+            ctx.seq_rm(s, 0);
+        }
+        result?;
+        let out: Vec<_> = (0..seqs.len()).map(|slot| trie.complete(slot).then(|| trie.score(slot))).collect();
+        call.stats.pruned += out.iter().filter(|s| s.is_none()).count();
+        Ok(out)
+    }
+
+    fn run_search(
+        &self,
+        ctx: &mut Context,
+        trie: &mut Trie,
+        search: &mut Search,
+        top: &mut TopK,
+        prefix_len: usize,
+        call: &mut Call,
+    ) -> Result<()> {
+        let max_cells = ctx.n_ctx() - prefix_len;
+        while !search.is_done() {
+            call.check()?;
+            let round = search.plan(trie, top.threshold(), ctx.n_batch(), max_cells);
+            for op in &round.ops {
+                match *op {
+                    SeqOp::Share { src, dst, len } => ctx.seq_share(src, dst, (prefix_len + len) as i32)?,
+                    SeqOp::Truncate { seq, len } => {
+                        ctx.seq_rm(seq, (prefix_len + len) as i32);
+                    }
+                    SeqOp::Drop { seq } => {
+                        ctx.seq_rm(seq, 0);
+                    }
+                }
+            }
+            if round.rows.is_empty() {
+                if search.is_done() {
+                    break;
+                }
+                // Every sequence or cell is taken by paths still needed: the context is too small.
+                return Err(Error::ContextTooSmall {
+                    needed: prefix_len + search.live_cells + 1,
+                    available: ctx.n_ctx(),
+                });
+            }
+            let mut b = Batch::tokens();
+            for &(id, seq) in &round.rows {
+                let node = &trie.nodes[id];
+                b.add_token(node.token, (prefix_len + node.depth as usize) as i32, &[seq], true);
+            }
+            ctx.decode(&mut b)?;
+            call.stats.decode_calls += 1;
+            call.stats.decoded_rows += b.len();
+            for (j, &(id, seq)) in round.rows.iter().enumerate() {
+                let logits = ctx.logits(&b, j)?;
+                let lse = log_sum_exp(logits);
+                trie.nodes[id].decoded = true;
+                for c in trie.nodes[id].children.clone() {
+                    let c = c as usize;
+                    trie.set_logp(c, logits[trie.nodes[c].token as usize] as f64 - lse);
+                    for _ in 0..trie.nodes[c].ends {
+                        top.push(trie.nodes[c].partial);
+                    }
+                }
+                search.decoded(trie, id, seq);
+            }
+        }
+        Ok(())
     }
 
     /// Decodes `nodes` (each with its parent already decoded or in the same batch, in order) and
@@ -621,35 +690,6 @@ impl Engine {
             self.decode_nodes(ctx, trie, chunk, prefix_len, call)?;
         }
         Ok(())
-    }
-
-    /// Best-first rounds: decode the most promising undecoded nodes whose bound clears the bar.
-    fn decode_trie_pruned(
-        &self,
-        ctx: &mut Context,
-        trie: &mut Trie,
-        prefix_len: usize,
-        top: &mut TopK,
-        call: &mut Call,
-    ) -> Result<()> {
-        let mut frontier: Vec<usize> = trie.roots.iter().map(|&r| r as usize).collect();
-        loop {
-            let bar = top.threshold();
-            frontier.retain(|&i| !trie.nodes[i].children.is_empty() && trie.nodes[i].partial >= bar);
-            if frontier.is_empty() {
-                return Ok(());
-            }
-            frontier.sort_by(|&a, &b| trie.nodes[b].partial.total_cmp(&trie.nodes[a].partial));
-            let take = frontier.len().min(ctx.n_batch());
-            let round: Vec<usize> = frontier.drain(..take).collect();
-            for ch in self.decode_nodes(ctx, trie, &round, prefix_len, call)? {
-                let n = &trie.nodes[ch];
-                for _ in 0..n.ends {
-                    top.push(n.partial);
-                }
-                frontier.push(ch);
-            }
-        }
     }
 
     /// Naive plan: every candidate decodes the whole prompt again in sequence 0.

@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod llm;
 pub mod pack;
 mod scorer;
+mod search;
 pub mod template;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Plan, RankRequest, RankStats, Ranking, ScoredItem, Session};

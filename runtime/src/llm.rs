@@ -290,6 +290,17 @@ impl Context {
         Ok(())
     }
 
+    /// Gives `dst` the cells of `src` at positions `[0, end)` (shared, not copied: unified cache).
+    pub fn seq_share(&mut self, src: i32, dst: i32, end: i32) -> Result<()> {
+        let ok = |s: i32| s >= 0 && (s as u32) < self.n_seq_max;
+        if !ok(src) || !ok(dst) || end < 0 {
+            return Err(Error::InvalidInput(format!("sequence share out of range ({src} -> {dst}, end {end})")));
+        }
+        // SAFETY: live context, ids in range, unified cache (partial copies are allowed there).
+        unsafe { sys::llama_memory_seq_cp(self.mem(), src, dst, 0, end) };
+        Ok(())
+    }
+
     pub fn seq_pos_max(&self, seq: i32) -> i32 {
         if seq < 0 || seq as u32 >= self.n_seq_max {
             return -1;
