@@ -108,11 +108,12 @@ struct RunArgs {
     /// Vocabulary of the random-weight models (default: the real model's).
     #[arg(long)]
     vocab: Option<u64>,
-    #[arg(long, default_value_t = 4096)]
+    /// KV cells per context (default: the engine's, as an app gets it).
+    #[arg(long, default_value_t = delrec_runtime::EngineConfig::default().context_size)]
     context_size: u32,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = delrec_runtime::EngineConfig::default().batch_size)]
     batch_size: u32,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = delrec_runtime::EngineConfig::default().max_sequences)]
     max_sequences: u32,
     /// The delrec-convert binary (default: next to this one).
     #[arg(long)]
@@ -268,6 +269,9 @@ pub struct Meta {
     pub cpus: usize,
     pub os: String,
     pub git_rev: Option<String>,
+    /// The SIMD level this binary (and the llama.cpp built with it) was compiled for.
+    #[serde(default)]
+    pub build: String,
     pub started_unix: u64,
     pub wall_s: f64,
     pub loadavg_start: Option<[f64; 3]>,
@@ -553,6 +557,7 @@ fn run(a: &RunArgs) -> BResult<()> {
                 .ok()
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            build: sys::simd_level().into(),
             started_unix,
             wall_s: t0.elapsed().as_secs_f64(),
             loadavg_start,

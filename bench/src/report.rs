@@ -90,10 +90,11 @@ pub fn markdown(res: &Results) -> String {
     let _ = writeln!(o, "# delrec-bench results ({} mode)\n", st.mode);
     let _ = writeln!(
         o,
-        "Machine: {} ({} CPUs, {}); git {}; load average at start {:?}, at end {:?}; {:.0} s.\n\nCommand: `{}`\n",
+        "Machine: {} ({} CPUs, {}); build: {}; git {}; load average at start {:?}, at end {:?}; {:.0} s.\n\nCommand: `{}`\n",
         m.cpu,
         m.cpus,
         m.os,
+        if m.build.is_empty() { "?" } else { &m.build },
         m.git_rev.as_deref().unwrap_or("?"),
         m.loadavg_start.unwrap_or_default(),
         m.loadavg_end.unwrap_or_default(),

@@ -128,6 +128,26 @@ pub fn p50_p95(v: &[f64]) -> (f64, f64) {
     (med, q(0.95))
 }
 
+/// What the build targets: llama.cpp-sys compiles ggml with the same `-C target-cpu` /
+/// target features as this crate, so this names the kernels in use.
+pub fn simd_level() -> &'static str {
+    if cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
+        "x86-64 AVX-512 + VNNI"
+    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx512f")) {
+        "x86-64 AVX-512"
+    } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+        "x86-64 AVX2 (x86-64-v3)"
+    } else if cfg!(target_arch = "x86_64") {
+        "x86-64 baseline"
+    } else if cfg!(all(target_arch = "aarch64", target_feature = "dotprod")) {
+        "aarch64 + dotprod"
+    } else if cfg!(target_arch = "aarch64") {
+        "aarch64"
+    } else {
+        std::env::consts::ARCH
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
