@@ -186,6 +186,8 @@ pub struct EngineConfig {
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
+    /// llama.cpp flash attention (on by default: faster for trie rows on CPU). Off together with
+    /// an F32 KV cache is the exact path, for comparing plans.
     pub flash_attention: bool,
     /// Hash the whole model file and require it to be one the pack was built for.
     pub verify_checksum: bool,
