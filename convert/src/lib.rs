@@ -14,6 +14,8 @@ pub mod pack;
 pub mod progress;
 pub mod quant;
 pub mod st;
+/// Fixture builders for tests only (the `testing` feature; this crate's tests turn it on).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod vocab;

@@ -23,7 +23,7 @@ pub fn byte_chars() -> Vec<char> {
     }
     let mut out = vec![' '; 256];
     for (b, c) in bs.iter().zip(cs) {
-        out[*b as usize] = char::from_u32(c).expect("valid char");
+        out[*b as usize] = char::from_u32(c).expect("valid char"); // ok: test fixture builder, panics on I/O by design
     }
     out
 }
@@ -97,9 +97,10 @@ pub fn float_bytes(dt: Dtype, v: &[f32]) -> (SDt, Vec<u8>) {
 pub fn write_raw(path: &Path, tensors: &[RawTensor]) {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|t| (t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).expect("consistent test tensor")))
+        .map(|t| (t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).expect("consistent test tensor"))) // ok: test fixture builder, panics on I/O by design
         .collect();
-    safetensors::serialize_to_file(views, None, path).expect("write test safetensors");
+    let written = safetensors::serialize_to_file(views, None, path);
+    written.expect("write test safetensors"); // ok: test fixture builder, panics on I/O by design
 }
 
 /// Float tensors: name → (dtype, shape, values).
@@ -117,7 +118,8 @@ pub fn write_floats(path: &Path, tensors: &Floats) {
 }
 
 fn write_json(path: &Path, v: &J) {
-    std::fs::write(path, serde_json::to_string_pretty(v).expect("json")).expect("write test json");
+    let text = serde_json::to_string_pretty(v).expect("json"); // ok: test fixture builder
+    std::fs::write(path, text).expect("write test json"); // ok: test fixture builder
 }
 
 /// A small deterministic generator (uniform in [-1, 1)).
@@ -238,7 +240,7 @@ impl TinySpec {
 
     /// Like [`write`](Self::write) with the given tensors (for corrupting a checkpoint).
     pub fn write_with(&self, dir: &Path, tensors: &Floats) {
-        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder, panics on I/O by design
         write_json(&dir.join("config.json"), &self.config_json());
         let pre = if self.arch == "qwen2" { qwen2_pre() } else { gpt2_pre() };
         write_json(&dir.join("tokenizer.json"), &tokenizer_json(pre));
@@ -267,7 +269,7 @@ impl TinySpec {
 
 /// A PEFT prompt-tuning adapter with `n` virtual tokens of width `dim`.
 pub fn write_prompt_adapter(dir: &Path, n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder, panics on I/O by design
     write_json(
         &dir.join("adapter_config.json"),
         &json!({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": n, "token_dim": dim, "num_transformer_submodules": 1}),
@@ -281,7 +283,7 @@ pub fn write_prompt_adapter(dir: &Path, n: usize, dim: usize, seed: u64) -> Vec<
 
 /// A PEFT LoRA adapter on `modules` (e.g. `q_proj`, `down_proj`) of every layer of `spec`.
 pub fn write_lora_adapter(dir: &Path, spec: &TinySpec, r: usize, alpha: f64, modules: &[&str], seed: u64) -> Floats {
-    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder, panics on I/O by design
     write_json(
         &dir.join("adapter_config.json"),
         &json!({"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": modules, "use_rslora": false,
