@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +83,7 @@ def adapter_config(r: int, alpha: float, targets: list[str], base_model: str) ->
 
 
 def save_lora(out_dir: Path, mods: dict, targets: list[str], base_model: str, meta: dict | None = None) -> Path:
-    from safetensors.numpy import save_file
+    from .peft_io import write_adapter
 
     if not mods:
         raise ValueError("no LoRA modules to save")
@@ -97,18 +96,7 @@ def save_lora(out_dir: Path, mods: dict, targets: list[str], base_model: str, me
             raise ValueError(f"LoRA {name} contains NaN or inf")
         tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    os.chmod(out / "adapter_model.safetensors", 0o644)
-    with open(out / "adapter_config.json", "w", encoding="utf-8") as f:
-        json.dump(adapter_config(first.r, first.alpha, targets, base_model), f, indent=1)
-        f.write("\n")
-    if meta is not None:
-        with open(out / "delrec_train.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-    return out
+    return write_adapter(out_dir, tensors, adapter_config(first.r, first.alpha, targets, base_model), meta)
 
 
 def load_lora(d: Path) -> tuple[dict, dict[str, np.ndarray]]:

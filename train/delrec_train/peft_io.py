@@ -39,20 +39,27 @@ def adapter_config(n_virtual: int, token_dim: int, base_model: str = BASE_MODEL_
 def save_prompt(out_dir: Path, embeddings, base_model: str = BASE_MODEL_NAME, meta: dict | None = None,
                 num_layers: int | None = None, num_heads: int | None = None) -> Path:
     """embeddings: [N, D] torch tensor or numpy array; written as float32."""
-    from safetensors.numpy import save_file
-
     arr = embeddings.detach().float().cpu().numpy() if hasattr(embeddings, "detach") else np.asarray(embeddings)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"prompt embeddings must be [N, D], got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError("prompt embeddings contain NaN or inf")
+    config = adapter_config(arr.shape[0], arr.shape[1], base_model, num_layers, num_heads)
+    return write_adapter(out_dir, {"prompt_embeddings": arr}, config, meta)
+
+
+def write_adapter(out_dir: Path, tensors: dict[str, np.ndarray], config: dict, meta: dict | None = None) -> Path:
+    """A PEFT adapter directory: adapter_model.safetensors, adapter_config.json and, when given,
+    our training record delrec_train.json."""
+    from safetensors.numpy import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"prompt_embeddings": arr}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     os.chmod(out / "adapter_model.safetensors", 0o644)
     with open(out / "adapter_config.json", "w", encoding="utf-8") as f:
-        json.dump(adapter_config(arr.shape[0], arr.shape[1], base_model, num_layers, num_heads), f, indent=1)
+        json.dump(config, f, indent=1)
         f.write("\n")
     if meta is not None:
         with open(out / "delrec_train.json", "w", encoding="utf-8") as f:

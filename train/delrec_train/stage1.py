@@ -141,6 +141,12 @@ def parse_args(argv=None):
     ap.add_argument("--bos", type=int, default=-1, help="token id put before everything, -1 for none (as the pack)")
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap)
+    return ap.parse_args(argv)
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """Options every training stage shares: device, threads, precision, checkpoints, tokenizer."""
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"],
@@ -150,7 +156,6 @@ def parse_args(argv=None):
     ap.add_argument("--tokenizer", default="llama-cli", choices=["llama-cli", "hf-gguf"])
     ap.add_argument("--delrec-bin", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import load_dataset
 from .paths import model_path, work_dir
-from .stage1 import accumulate_step, load_training_examples
+from .stage1 import accumulate_step, add_run_args, load_training_examples
 from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, PromptTokens, soft_names, without_soft
 from .util import set_threads, write_json
 
@@ -54,14 +54,7 @@ def parse_args(argv=None):
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"])
-    ap.add_argument("--save-every", type=int, default=20)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--tokenizer", default="llama-cli", choices=["llama-cli", "hf-gguf"])
-    ap.add_argument("--delrec-bin", type=Path, default=None)
-    ap.add_argument("--no-progress", action="store_true")
+    add_run_args(ap)
     return ap.parse_args(argv)
 
 
