@@ -451,7 +451,7 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
     let mut notes: Vec<String> = mr.failures.clone();
     for r in &mr.types {
         notes.extend(r.errors.iter().map(|e| format!("{}: {e}", r.weight_type)));
-        notes.extend(r.replica_mismatches.iter().map(|e| format!("{}: plan replica: {e}", r.weight_type)));
+        notes.extend(r.plan_mismatches.iter().map(|e| format!("{}: plan vs run: {e}", r.weight_type)));
         if let Some(s) = &r.shape {
             let types: Vec<String> = s.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
             notes.push(format!("{} tensors: {}", r.weight_type, types.join(", ")));

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use delrec_runtime::llm::{Batch, Context, ContextParams};
-use delrec_runtime::{Engine, EngineConfig, Plan as EnginePlan, RankRequest, Ranking};
+use delrec_runtime::{Engine, EngineConfig, Plan as EnginePlan, PrefixRow, RankPlan, RankRequest, Ranking};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Plan, Row, Shape};
+use crate::plan::{self, Shape};
 use crate::sys::{self, timed, Mem, Timing};
 use crate::BResult;
 
@@ -75,7 +75,7 @@ pub struct Cell {
     pub prefix_rows: usize,
     /// Rows the engine reported decoding (`RankStats::decoded_rows`).
     pub decoded_rows: usize,
-    /// Rows our replica of the plan counts (a check on the replica).
+    /// Rows the engine's plan counts (`Engine::plan`; a check that plan and execution agree).
     pub plan_rows: usize,
     pub output_rows: usize,
     /// Trie leaves (candidates' last tokens: scored from their parent's logits, not decoded).
@@ -176,7 +176,7 @@ pub struct WorkerResult {
     pub threads: Vec<Cell>,
     pub session: Option<SessionStats>,
     pub prefill: Vec<PrefillStats>,
-    pub replica_mismatches: Vec<String>,
+    pub plan_mismatches: Vec<String>,
     pub errors: Vec<String>,
     /// llama.cpp's own account of its buffers (from its log).
     pub llama_buffers: Vec<String>,
@@ -246,8 +246,8 @@ fn engine_cfg(spec: &Spec, threads: usize) -> EngineConfig {
 fn request(engine: &Engine, history: &[u32], cands: Option<&[u32]>, plan: EnginePlan) -> RankRequest {
     let p = engine.pack();
     RankRequest {
-        history: history.iter().map(|&i| p.item_id(i).to_string()).collect(),
-        candidates: cands.map(|c| c.iter().map(|&i| p.item_id(i).to_string()).collect()),
+        history: history.iter().map(|&i| p.item_id(i).unwrap_or_default().to_string()).collect(),
+        candidates: cands.map(|c| c.iter().map(|&i| p.item_id(i).unwrap_or_default().to_string()).collect()),
         plan,
         ..Default::default()
     }
@@ -280,17 +280,17 @@ impl Raw {
     /// Decodes the plan's rows in one sequence at increasing positions: the prefix, then each
     /// group's decoded trie nodes after it (the group's KV is dropped before the next group, as
     /// ours does), with logits for the same rows ours reads.
-    fn run(&mut self, plan: &Plan) -> BResult<usize> {
+    fn run(&mut self, plan: &RankPlan) -> BResult<usize> {
         self.ctx.clear();
         let p = plan.prefix.len();
-        let prefix: Vec<(Row, bool)> = plan.prefix.iter().enumerate().map(|(i, r)| (*r, i + 1 == p)).collect();
+        let prefix: Vec<(PrefixRow, bool)> = plan.prefix.iter().enumerate().map(|(i, r)| (*r, i + 1 == p)).collect();
         let mut decoded = self.feed(&prefix, 0)?;
         for (gi, g) in plan.groups.iter().enumerate() {
             if gi > 0 && !self.ctx.seq_rm(0, p as i32) {
                 return Err("seq_rm failed".into());
             }
-            let rows: Vec<(Row, bool)> =
-                g.iter().filter(|n| n.has_children).map(|n| (Row::Tok(n.token), true)).collect();
+            let rows: Vec<(PrefixRow, bool)> =
+                g.iter().filter(|n| n.decoded).map(|n| (PrefixRow::Token(n.token), true)).collect();
             decoded += self.feed(&rows, p)?;
         }
         self.ctx.clear();
@@ -298,18 +298,19 @@ impl Raw {
     }
 
     /// Decodes rows into sequence 0 from position `start`, in batches of one kind of at most n_batch.
-    fn feed(&mut self, rows: &[(Row, bool)], start: usize) -> BResult<usize> {
+    fn feed(&mut self, rows: &[(PrefixRow, bool)], start: usize) -> BResult<usize> {
         let n_batch = self.ctx.n_batch();
         let mut i = 0;
         while i < rows.len() {
-            let soft = matches!(rows[i].0, Row::Soft { .. });
+            let soft = matches!(rows[i].0, PrefixRow::Soft { .. });
             let mut b = if soft { Batch::embeddings(self.width) } else { Batch::tokens() };
-            while i < rows.len() && b.len() < n_batch && matches!(rows[i].0, Row::Soft { .. }) == soft {
+            while i < rows.len() && b.len() < n_batch && matches!(rows[i].0, PrefixRow::Soft { .. }) == soft {
                 let (row, want) = rows[i];
                 let pos = (start + i) as i32;
                 match row {
-                    Row::Tok(t) => b.add_token(t, pos, &[0], want),
-                    Row::Soft { prompt, row } => {
+                    PrefixRow::Token(t) => b.add_token(t, pos, &[0], want),
+                    PrefixRow::Soft { prompt, row } => {
+                        let (prompt, row) = (prompt as usize, row as usize);
                         let v = &self.soft[prompt][row * self.width..(row + 1) * self.width];
                         b.add_embedding(v, pos, &[0], want)?;
                     }
@@ -365,14 +366,8 @@ impl Bench<'_> {
             Some(k) => self.reqs.candidates(k),
             None => (0..self.reqs.n_items as u32).collect(),
         };
-        let plan = Plan::build(
-            engine.pack(),
-            &history,
-            &cands,
-            self.spec.context_size as usize,
-            self.spec.max_sequences as usize,
-        );
         let req = request(engine, &history, k.map(|_| cands.as_slice()), EnginePlan::SharedPrefix);
+        let plan = engine.plan(&req)?;
         // Warm-up (its time only estimates the naive plan's); also the counters.
         let mut warm_sample = None;
         let (first, t_ours) = match warm {
@@ -393,17 +388,17 @@ impl Bench<'_> {
             threads,
             prefix_rows: first.stats.prefix_rows,
             decoded_rows: first.stats.decoded_rows,
-            plan_rows: plan.decoded_rows(),
-            output_rows: plan.output_rows(),
-            leaf_rows: plan.leaf_rows(),
-            naive_rows: plan.naive_rows(),
+            plan_rows: plan::decoded_rows(&plan),
+            output_rows: plan::output_rows(&plan),
+            leaf_rows: plan::leaf_rows(&plan),
+            naive_rows: plan::naive_rows(&plan),
             decode_calls: first.stats.decode_calls,
             flops: self.shape.as_ref().map_or(0.0, |s| s.plan_flops(&plan)),
             ..Default::default()
         };
         if cell.plan_rows != cell.decoded_rows || plan.prefix.len() != cell.prefix_rows {
-            self.res.replica_mismatches.push(format!(
-                "H={h} K={}: engine decoded {} rows (prefix {}), replica counts {} (prefix {})",
+            self.res.plan_mismatches.push(format!(
+                "H={h} K={}: engine decoded {} rows (prefix {}), its plan counts {} (prefix {})",
                 cell.k,
                 cell.decoded_rows,
                 cell.prefix_rows,
@@ -670,7 +665,7 @@ fn session(engine: &Engine, reqs: &Requests, spec: &Spec) -> BResult<SessionStat
     let hist = reqs.history(h + 1);
     let cands = reqs.candidates(k);
     let p = engine.pack();
-    let ids: Vec<String> = hist.iter().map(|&i| p.item_id(i).to_string()).collect();
+    let ids: Vec<String> = hist.iter().map(|&i| p.item_id(i).unwrap_or_default().to_string()).collect();
     let req = request(engine, &hist, Some(&cands), EnginePlan::SharedPrefix);
     let mut st = SessionStats { h, k, ..Default::default() };
     let mut s = engine.session(None)?;
@@ -713,20 +708,21 @@ fn write_torch_job(engine: &Engine, reqs: &Requests, spec: &Spec, path: &Path) -
     for (h, k) in cells {
         let history = reqs.history(h);
         let cands = reqs.candidates(k);
-        let plan = Plan::build(pack, &history, &cands, spec.context_size as usize, spec.max_sequences as usize);
-        let r = engine.rank(&request(engine, &history, Some(&cands), EnginePlan::SharedPrefix))?;
+        let req = request(engine, &history, Some(&cands), EnginePlan::SharedPrefix);
+        let plan = engine.plan(&req)?;
+        let r = engine.rank(&req)?;
         let scores: Vec<f64> =
             cands.iter().map(|c| r.items.iter().find(|it| it.index == *c).map_or(f64::NAN, |it| it.logprob)).collect();
         let prefix: Vec<serde_json::Value> = plan
             .prefix
             .iter()
             .map(|r| match r {
-                Row::Tok(t) => serde_json::json!(t),
-                Row::Soft { prompt, row } => serde_json::json!(["soft", prompt, row]),
+                PrefixRow::Token(t) => serde_json::json!(t),
+                PrefixRow::Soft { prompt, row } => serde_json::json!(["soft", prompt, row]),
             })
             .collect();
         out.push(serde_json::json!({
-            "h": h, "k": k, "prefix": prefix, "candidates": plan.seqs, "ours_logprob": scores,
+            "h": h, "k": k, "prefix": prefix, "candidates": plan.sequences, "ours_logprob": scores,
             "decoded_rows": r.stats.decoded_rows,
         }));
     }

@@ -65,7 +65,7 @@ pub enum ConvertError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Runtime(#[from] delrec_runtime::Error),
+    Format(#[from] delrec_format::Error),
 }
 
 impl ConvertError {

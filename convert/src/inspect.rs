@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use delrec_runtime::gguf::{Array, GgufFile, Value};
-use delrec_runtime::pack::{BaseIdentity, Pack, Part, PACK_ARCH};
+use delrec_format::gguf::{Array, GgufFile, Value};
+use delrec_format::pack::{Pack, Part, PACK_ARCH};
+use delrec_format::BaseIdentity;
 use serde_json::{json, Value as J};
 
 use crate::error::Result;
@@ -168,7 +169,13 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         }
         let _ = writeln!(s, "  catalog: {} items", pack.n_items());
         for i in 0..pack.n_items().min(n_items) as u32 {
-            let _ = writeln!(s, "    {:?} {:?} → {:?}", pack.item_id(i), pack.item_title(i), pack.item_tokens(i));
+            let _ = writeln!(
+                s,
+                "    {:?} {:?} → {:?}",
+                pack.item_id(i).unwrap_or_default(),
+                pack.item_title(i).unwrap_or_default(),
+                pack.item_tokens(i).unwrap_or_default()
+            );
         }
     } else if f.get("tokenizer.ggml.tokens").is_some() {
         if let Ok(b) = BaseIdentity::of_model(&f) {

@@ -9,7 +9,7 @@ use delrec_convert::model::{convert_model, ModelOptions, OutType};
 use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions};
 use delrec_convert::quant::{quantize_file, QuantType};
 use delrec_convert::{inspect, ConvertError};
-use delrec_runtime::pack::ScoringMode;
+use delrec_format::pack::ScoringMode;
 
 #[derive(Parser)]
 #[command(

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use delrec_runtime::gguf::{GgufFile, GgufWriter, TensorData, TensorType, Value};
+use delrec_format::gguf::{GgufFile, GgufWriter, TensorData, TensorType, Value};
 use half::{bf16, f16};
 
 use crate::error::{ConvertError, Result};

@@ -11,9 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use delrec_runtime::gguf::{GgufFile, Value};
-use delrec_runtime::pack::{file_sha256, BaseIdentity, CatalogItem, Pack, PackBuilder, ScoringMode};
-use delrec_runtime::template::{self, Piece};
+use delrec_format::gguf::{GgufFile, Value};
+use delrec_format::identity::{file_sha256, BaseIdentity};
+use delrec_format::pack::{CatalogItem, Pack, PackBuilder, ScoringMode};
+use delrec_format::template::{self, Piece};
 use serde_json::Value as J;
 
 use crate::error::{read_json, ConvertError, Result};
@@ -354,7 +355,7 @@ impl Tok {
 pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     let first = opts.models.first().ok_or_else(|| ConvertError::Usage("give at least one --model".into()))?;
     let model = GgufFile::open(first)?;
-    if model.get("general.architecture").and_then(Value::as_str) == Some(delrec_runtime::pack::PACK_ARCH) {
+    if model.get("general.architecture").and_then(Value::as_str) == Some(delrec_format::pack::PACK_ARCH) {
         return Err(ConvertError::Usage(format!("{} is a pack, not a model", first.display())));
     }
     let base = BaseIdentity::of_model(&model)?;
@@ -434,7 +435,7 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     }
     let mut n_catalog_tokens = 0usize;
     let mut failure: Option<ConvertError> = None;
-    let mut tokenize = |s: &str| -> delrec_runtime::Result<Vec<i32>> {
+    let mut tokenize = |s: &str| -> delrec_format::Result<Vec<i32>> {
         let special = template_texts.contains(s);
         match tok.encode(s, special) {
             Ok(t) => {
@@ -451,13 +452,13 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
                     }
                     None => e,
                 });
-                Err(delrec_runtime::Error::InvalidInput(msg))
+                Err(delrec_format::Error::InvalidInput(msg))
             }
         }
     };
     let r = b.write(&opts.out, &mut tokenize);
     if let Err(e) = r {
-        return Err(failure.take().unwrap_or(ConvertError::Runtime(e)));
+        return Err(failure.take().unwrap_or(ConvertError::Format(e)));
     }
     crate::model::make_readable(&opts.out)?;
     // Read it back: the runtime's own validation is the final check.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use delrec_runtime::gguf::GgufFile;
+use delrec_format::gguf::GgufFile;
 
 use crate::error::{ConvertError, Result};
 use crate::llama::{self, ftype};
@@ -53,7 +53,7 @@ pub fn quantize_file(
 ) -> Result<QuantReport> {
     // Our own reader first: a clearer message for a file that is not a GGUF model at all.
     let f = GgufFile::open(input)?;
-    if f.get("general.architecture").and_then(|v| v.as_str()) == Some(delrec_runtime::pack::PACK_ARCH) {
+    if f.get("general.architecture").and_then(|v| v.as_str()) == Some(delrec_format::pack::PACK_ARCH) {
         return Err(ConvertError::Usage(format!("{} is a delrec pack, not a model", input.display())));
     }
     drop(f);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use delrec_runtime::gguf::{Array, GgufWriter, Value};
+use delrec_format::gguf::{Array, GgufWriter, Value};
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 
@@ -278,7 +278,7 @@ impl TokenizerMeta {
         }
     }
 
-    /// The fingerprint `delrec_runtime::pack::tokenizer_fingerprint` computes from a GGUF holding
+    /// The fingerprint `delrec_format::identity::tokenizer_fingerprint` computes from a GGUF holding
     /// this metadata (a test keeps the two in step).
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
@@ -293,7 +293,7 @@ impl TokenizerMeta {
                 h.update([0u8]);
             }
         }
-        delrec_runtime::pack::hex(&h.finalize())
+        delrec_format::identity::hex(&h.finalize())
     }
 }
 

@@ -14,7 +14,7 @@ use delrec_convert::st::Dtype;
 use delrec_convert::testing::{float_bytes, write_lora_adapter, write_raw, RawTensor, TinySpec, N_TOKENS};
 use delrec_convert::vocab::TokenizerMeta;
 use delrec_convert::ConvertError;
-use delrec_runtime::gguf::{GgufFile, TensorType, Value};
+use delrec_format::gguf::{GgufFile, TensorType, Value};
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f64>]) -> (f64, f64) {
     let mut d: f64 = 0.0;
@@ -113,7 +113,7 @@ fn metadata_and_tokenizer_are_complete() {
     assert_eq!(tokens.len(), spec.vocab);
     assert_eq!(tokens[N_TOKENS], format!("[PAD{N_TOKENS}]"));
     match f.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(delrec_runtime::gguf::Array::I32(t))) => {
+        Some(Value::Array(delrec_format::gguf::Array::I32(t))) => {
             assert_eq!((t[0], t[3], t[spec.vocab - 1]), (3, 1, 5));
         }
         other => panic!("token_type: {other:?}"),
@@ -125,7 +125,7 @@ fn metadata_and_tokenizer_are_complete() {
     assert_eq!(f.req_u64("tokenizer.ggml.bos_token_id").unwrap(), 0);
     // The converter's fingerprint is the runtime's.
     let meta = TokenizerMeta::from_path(&root.path().join("llama"), Some(spec.vocab), None).unwrap();
-    assert_eq!(meta.fingerprint(), delrec_runtime::pack::tokenizer_fingerprint(&f).unwrap());
+    assert_eq!(meta.fingerprint(), delrec_format::identity::tokenizer_fingerprint(&f).unwrap());
 }
 
 #[test]

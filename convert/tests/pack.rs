@@ -9,8 +9,8 @@ use delrec_convert::model::OutType;
 use delrec_convert::pack::{build_pack, BosChoice, PackOptions};
 use delrec_convert::testing::{tokenizer_json, write_lora_adapter, write_prompt_adapter, TinySpec};
 use delrec_convert::ConvertError;
-use delrec_runtime::gguf::TensorType;
-use delrec_runtime::pack::{Pack, Part, ScoringMode};
+use delrec_format::gguf::TensorType;
+use delrec_format::pack::{Pack, Part, ScoringMode};
 
 const TEMPLATE: &str = "{soft:user}Seen:{history}\nNext:{candidate}\n";
 
@@ -70,7 +70,7 @@ fn hf_and_gguf_tokenization_give_the_same_pack() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "HF and llama.cpp tokenization differ");
 
     let pack = Pack::open(&a).unwrap();
-    assert_eq!(pack.model_sha256, vec![delrec_runtime::pack::file_sha256(&f.model).unwrap()]);
+    assert_eq!(pack.model_sha256, vec![delrec_format::identity::file_sha256(&f.model).unwrap()]);
     assert_eq!(pack.soft_prompt_values(0).unwrap(), values);
     assert_eq!(pack.soft_prompts[0].ty, TensorType::F32);
     assert_eq!(pack.item_title(1), "Good, the Bad and the Ugly, The (1966)");

@@ -1,22 +1,29 @@
 //! delrec-runtime: on-device ranking with a DELRec-style LLM recommender.
 //!
 //! A model GGUF (stock llama.cpp) plus a recommender pack (soft prompts, template, pre-tokenized
-//! catalog; see `docs/format.md`) become an [`Engine`] that ranks catalog items for a user's
-//! history. Soft prompts enter llama.cpp as input embeddings; the prompt prefix is decoded once
-//! and shared by every candidate through the KV cache; candidate titles that share tokens share
-//! their computation too (a prefix trie), so ranking the whole catalog costs about one pass over
-//! its distinct title tokens.
+//! catalog; see `docs/format.md`, read by [`delrec_format`]) become an [`Engine`] that ranks
+//! catalog items for a user's history. Soft prompts enter llama.cpp as input embeddings; the
+//! prompt prefix is decoded once and shared by every candidate through the KV cache; candidate
+//! titles that share tokens share their computation too (a prefix trie), so ranking the whole
+//! catalog costs about one pass over its distinct title tokens.
+//!
+//! - [`engine`]: [`Engine`], [`Session`], requests and results;
+//! - [`llm`]: the one layer over llama.cpp (also used by the converter and the CLIs);
+//! - [`error`]: the public errors, grouped by what an app can do.
+//!
+//! `ARCHITECTURE.md` at the repository root maps the modules and the path of one `rank` call.
 
 pub mod engine;
 pub mod error;
-pub mod gguf;
 pub mod llm;
-pub mod pack;
 mod scorer;
 mod search;
-pub mod template;
 
-pub use engine::{CancelToken, Engine, EngineConfig, Plan, RankRequest, RankStats, Ranking, ScoredItem, Session};
-pub use error::{Error, Result};
+pub use delrec_format as format;
+pub use delrec_format::{Pack, ScoringMode};
+pub use engine::{
+    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, ScoredItem,
+    Session, Strategy, TrieRow,
+};
+pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use llm::KvType;
-pub use pack::{Pack, ScoringMode};

@@ -1,4 +1,4 @@
-//! Candidate scoring plans over a decoded prefix.
+//! The candidate trie and the arithmetic of scoring over it (log-sum-exp, bounds, top k).
 //!
 //! Scores are exact log-likelihoods: score(c) = Σ ln p(t | prefix, earlier tokens of c) over the
 //! candidate's title tokens followed by the template's terminator tokens.
@@ -79,8 +79,6 @@ pub(crate) struct Node {
     pub partial: f64,
     /// `logp` is set.
     pub known: bool,
-    /// This node's own token has been decoded (its children's log-probs are known).
-    pub decoded: bool,
     /// Candidates whose sequence ends here.
     pub ends: u32,
 }
@@ -141,7 +139,6 @@ impl Trie {
                 logp: 0.0,
                 partial: 0.0,
                 known: false,
-                decoded: false,
                 ends: 0,
             });
             if let Some(p) = parent {

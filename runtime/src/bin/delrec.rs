@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use delrec_runtime::llm::{Batch, Context, ContextParams, KvType, Model, ModelParams};
+use delrec_runtime::llm::{sequence_logits, Model, ModelParams};
+use delrec_runtime::KvType;
 use delrec_runtime::{Engine, EngineConfig, Plan, RankRequest, Ranking};
 use serde_json::json;
 
@@ -225,7 +226,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 let p = engine.pack();
                 println!("history (oldest first):");
                 for h in &history {
-                    let title = p.item_index(h).map(|i| p.item_title(i)).unwrap_or("?");
+                    let title = p.item_index(h).and_then(|i| p.item_title(i)).unwrap_or("?");
                     println!("  {h:>8}  {title}");
                 }
                 println!("\n{:>4}  {:>8}  {:>10}  {:>6}  title", "rank", "id", "score", "tokens");
@@ -244,23 +245,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 return Err("--tokens is empty".into());
             }
             let m = Arc::new(Model::load(&model, ModelParams::default())?);
-            let n = tokens.len() as u32;
-            let params = ContextParams {
-                n_ctx: n.max(16),
-                n_batch: n.max(16),
-                n_seq_max: 1,
-                threads: 2,
-                kv_type: KvType::F32,
-                flash_attention: false,
-            };
-            let mut ctx = Context::new(m, &params)?;
-            let mut b = Batch::tokens();
-            for (i, &t) in tokens.iter().enumerate() {
-                b.add_token(t, i as i32, &[0], true);
-            }
-            ctx.decode(&mut b)?;
-            let rows =
-                (0..tokens.len()).map(|i| ctx.logits(&b, i).map(|l| l.to_vec())).collect::<Result<Vec<_>, _>>()?;
+            let rows = sequence_logits(&m, &tokens, 2)?;
             if json {
                 println!("{}", json!({ "logits": rows }));
             } else {
@@ -273,7 +258,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Tokenize { model, strings, json } => {
             let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&strings)?)?;
             let m = Model::load(&model, ModelParams::default())?;
-            let ids = list.iter().map(|s| m.tokenize(s)).collect::<Result<Vec<_>, _>>()?;
+            let ids = list.iter().map(|s| m.tokenize(s, false)).collect::<Result<Vec<_>, _>>()?;
             if json {
                 println!("{}", json!({ "ids": ids }));
             } else {

@@ -1,0 +1,393 @@
+//! The recommender pack: soft prompts, template, pre-tokenized catalog, scoring mode and the
+//! identity of the base model, in one GGUF file (format in `docs/format.md`, version
+//! [`PACK_VERSION`]).
+//!
+//! Everything is validated when the pack is opened (token ids inside the vocabulary, offsets
+//! monotonic, soft prompt widths, template structure), so ranking never meets a malformed pack.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use half::f16;
+
+use crate::error::{bad_file, Error, Result};
+use crate::gguf::{Array, GgufFile, TensorType, Value};
+pub use crate::identity::BaseIdentity;
+use crate::template::{self, Piece};
+
+/// Version of the pack layout this build reads and writes.
+pub const PACK_VERSION: u32 = 1;
+pub const PACK_ARCH: &str = "delrec-pack";
+
+/// How candidates are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoringMode {
+    /// Sum of token log-probabilities (the candidate's likelihood).
+    Sum,
+    /// Sum divided by the number of scored tokens (length-normalized).
+    Mean,
+}
+
+impl ScoringMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoringMode::Sum => "sum",
+            ScoringMode::Mean => "mean",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sum" => Ok(ScoringMode::Sum),
+            "mean" => Ok(ScoringMode::Mean),
+            _ => Err(Error::InvalidInput(format!("scoring mode {s:?} (expected sum or mean)"))),
+        }
+    }
+}
+
+/// A template piece with its tokens resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Text(Vec<i32>),
+    Soft(usize),
+    History,
+    Candidate,
+}
+
+/// The compiled template of a pack.
+#[derive(Clone, Debug)]
+pub struct Template {
+    pub text: String,
+    pub parts: Vec<Part>,
+    pub item_prefix: String,
+    pub history_separator: String,
+    pub separator_tokens: Vec<i32>,
+    /// Token put before everything, if any.
+    pub bos: Option<i32>,
+}
+
+impl Template {
+    /// Tokens after `{candidate}`, scored with every candidate.
+    pub fn terminator(&self) -> Vec<i32> {
+        let at = self.parts.iter().position(|p| *p == Part::Candidate).unwrap_or(self.parts.len());
+        let mut out = Vec::new();
+        for p in &self.parts[at..] {
+            if let Part::Text(t) = p {
+                out.extend_from_slice(t);
+            }
+        }
+        out
+    }
+}
+
+/// A soft prompt in the pack (a view into the mapped file).
+#[derive(Clone, Debug)]
+pub struct SoftPrompt {
+    pub name: String,
+    pub n_virtual: usize,
+    pub ty: TensorType,
+    tensor: String,
+}
+
+/// An open, validated pack.
+pub struct Pack {
+    file: GgufFile,
+    pub base: BaseIdentity,
+    pub model_sha256: Vec<String>,
+    pub template: Template,
+    pub scoring: ScoringMode,
+    pub soft_prompts: Vec<SoftPrompt>,
+    ids: Vec<String>,
+    titles: Vec<String>,
+    texts: Option<Vec<String>>,
+    index: HashMap<String, u32>,
+    offsets: Vec<u32>,
+    /// The catalog's tokens, copied out of the map: read at every rank, so they must not live in
+    /// pages a file truncated under us would turn into SIGBUS.
+    tokens: Vec<i32>,
+}
+
+pub(crate) const K_VERSION: &str = "delrec.pack.version";
+pub(crate) const K_ARCH: &str = "delrec.base.architecture";
+pub(crate) const K_EMBD: &str = "delrec.base.n_embd";
+pub(crate) const K_VOCAB: &str = "delrec.base.n_vocab";
+pub(crate) const K_FP: &str = "delrec.base.tokenizer_fingerprint";
+pub(crate) const K_SHA: &str = "delrec.base.model_sha256";
+pub(crate) const K_TEXT: &str = "delrec.template.text";
+pub(crate) const K_PARTS: &str = "delrec.template.parts";
+pub(crate) const K_PREFIX: &str = "delrec.template.item_prefix";
+pub(crate) const K_SEP: &str = "delrec.template.history_separator";
+pub(crate) const K_SEP_TOK: &str = "delrec.template.history_separator.tokens";
+pub(crate) const K_BOS: &str = "delrec.template.bos";
+pub(crate) const K_SCORING: &str = "delrec.scoring.mode";
+pub(crate) const K_SOFT: &str = "delrec.soft_prompt.names";
+pub(crate) const K_IDS: &str = "delrec.catalog.ids";
+pub(crate) const K_TITLES: &str = "delrec.catalog.titles";
+pub(crate) const K_TEXTS: &str = "delrec.catalog.texts";
+pub(crate) const T_TOKENS: &str = "catalog.tokens";
+pub(crate) const T_OFFSETS: &str = "catalog.offsets";
+
+pub(crate) fn part_key(i: usize) -> String {
+    format!("delrec.template.part.{i}.tokens")
+}
+
+pub(crate) fn soft_tensor(name: &str) -> String {
+    format!("soft_prompt.{name}")
+}
+
+fn read_i32s(bytes: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+impl Pack {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        Self::from_file(file)
+    }
+
+    fn from_file(file: GgufFile) -> Result<Self> {
+        let f = &file;
+        if f.get("general.architecture").and_then(Value::as_str) != Some(PACK_ARCH) {
+            return Err(bad_file(f, "not a delrec pack (general.architecture is not delrec-pack)"));
+        }
+        let version = f.req_u64(K_VERSION)?;
+        if version != PACK_VERSION as u64 {
+            return Err(bad_file(f, format!("pack version {version}; this build reads version {PACK_VERSION}")));
+        }
+        let u32_of = |k: &str| -> Result<u32> {
+            u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
+        };
+        let base = BaseIdentity {
+            architecture: f.req_str(K_ARCH)?.to_string(),
+            n_embd: u32_of(K_EMBD)?,
+            n_vocab: u32_of(K_VOCAB)?,
+            tokenizer_fingerprint: f.req_str(K_FP)?.to_string(),
+        };
+        let model_sha256 = match f.get(K_SHA) {
+            None => vec![],
+            Some(v) => v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_SHA} is not a string array")))?.to_vec(),
+        };
+        let n_vocab = base.n_vocab as i64;
+        let check_tokens = |what: &str, toks: &[i32]| -> Result<()> {
+            match toks.iter().find(|&&t| t < 0 || t as i64 >= n_vocab) {
+                Some(t) => Err(bad_file(f, format!("{what}: token id {t} outside the vocabulary ({n_vocab})"))),
+                None => Ok(()),
+            }
+        };
+        let tok_array = |k: &str| -> Result<Vec<i32>> {
+            match f.get(k) {
+                Some(Value::Array(Array::I32(v))) => {
+                    check_tokens(k, v)?;
+                    Ok(v.clone())
+                }
+                _ => Err(bad_file(f, format!("{k} is missing or not an i32 array"))),
+            }
+        };
+
+        // Soft prompts.
+        let names = f.req_str_array(K_SOFT)?;
+        let mut soft_prompts = Vec::with_capacity(names.len());
+        for name in names {
+            if !template::valid_name(name) || soft_prompts.iter().any(|s: &SoftPrompt| &s.name == name) {
+                return Err(bad_file(f, format!("soft prompt name {name:?} is invalid or repeated")));
+            }
+            let tname = soft_tensor(name);
+            let t = f.tensor(&tname).ok_or_else(|| bad_file(f, format!("tensor {tname} is missing")))?;
+            if !matches!(t.ty, TensorType::F32 | TensorType::F16) || t.dims.len() != 2 {
+                return Err(bad_file(
+                    f,
+                    format!("{tname}: expected a 2-D F32/F16 tensor, found {:?} {}", t.dims, t.ty.name()),
+                ));
+            }
+            if t.dims[0] != base.n_embd as u64 {
+                return Err(bad_file(
+                    f,
+                    format!("{tname}: width {} but the base model's n_embd is {}", t.dims[0], base.n_embd),
+                ));
+            }
+            let n_virtual = usize::try_from(t.dims[1]).map_err(|_| bad_file(f, "soft prompt too long"))?;
+            if n_virtual == 0 {
+                return Err(bad_file(f, format!("{tname} has no virtual tokens")));
+            }
+            soft_prompts.push(SoftPrompt { name: name.clone(), n_virtual, ty: t.ty, tensor: tname });
+        }
+
+        // Template.
+        let text = f.req_str(K_TEXT)?.to_string();
+        let tags = f.req_str_array(K_PARTS)?;
+        let mut pieces = Vec::with_capacity(tags.len());
+        let mut parts = Vec::with_capacity(tags.len());
+        for (i, tag) in tags.iter().enumerate() {
+            let (piece, part) = match tag.as_str() {
+                "text" => (Piece::Text(String::new()), Part::Text(tok_array(&part_key(i))?)),
+                "history" => (Piece::History, Part::History),
+                "candidate" => (Piece::Candidate, Part::Candidate),
+                other => match other.strip_prefix("soft:") {
+                    Some(n) => {
+                        let idx = soft_prompts.iter().position(|s| s.name == n).ok_or_else(|| {
+                            bad_file(f, format!("template uses soft prompt {n:?}, which the pack lacks"))
+                        })?;
+                        (Piece::Soft(n.into()), Part::Soft(idx))
+                    }
+                    None => return Err(bad_file(f, format!("unknown template part {other:?}"))),
+                },
+            };
+            pieces.push(piece);
+            parts.push(part);
+        }
+        template::validate(&pieces).map_err(|e| bad_file(f, e.to_string()))?;
+        let bos = match f.get(K_BOS).and_then(Value::as_i64) {
+            None | Some(-1) => None,
+            Some(t) if t >= 0 && t < n_vocab => Some(t as i32),
+            Some(t) => return Err(bad_file(f, format!("{K_BOS}: token {t} outside the vocabulary"))),
+        };
+        let template = Template {
+            text,
+            parts,
+            item_prefix: f.req_str(K_PREFIX)?.to_string(),
+            history_separator: f.req_str(K_SEP)?.to_string(),
+            separator_tokens: tok_array(K_SEP_TOK)?,
+            bos,
+        };
+        let scoring = ScoringMode::parse(f.req_str(K_SCORING)?).map_err(|e| bad_file(f, e.to_string()))?;
+
+        // Catalog.
+        let ids = f.req_str_array(K_IDS)?.to_vec();
+        let titles = f.req_str_array(K_TITLES)?.to_vec();
+        let texts = match f.get(K_TEXTS) {
+            None => None,
+            Some(v) => {
+                Some(v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_TEXTS} is not a string array")))?.to_vec())
+            }
+        };
+        let n = ids.len();
+        if n == 0 || titles.len() != n || texts.as_ref().is_some_and(|t| t.len() != n) || n >= u32::MAX as usize {
+            return Err(bad_file(
+                f,
+                format!("catalog arrays disagree or are empty ({n} ids, {} titles)", titles.len()),
+            ));
+        }
+        let mut index = HashMap::with_capacity(n);
+        for (i, id) in ids.iter().enumerate() {
+            if id.is_empty() || index.insert(id.clone(), i as u32).is_some() {
+                return Err(bad_file(f, format!("catalog id {id:?} is empty or repeated")));
+            }
+        }
+        let t_off = f.tensor(T_OFFSETS).ok_or_else(|| bad_file(f, "catalog.offsets is missing"))?;
+        let t_tok = f.tensor(T_TOKENS).ok_or_else(|| bad_file(f, "catalog.tokens is missing"))?;
+        if t_off.ty != TensorType::I32
+            || t_tok.ty != TensorType::I32
+            || t_off.dims != [n as u64 + 1]
+            || t_tok.dims.len() != 1
+        {
+            return Err(bad_file(f, "catalog tensors have the wrong type or shape"));
+        }
+        let off_bytes = f.tensor_bytes(t_off).ok_or_else(|| bad_file(f, "catalog.offsets unreadable"))?;
+        let tok_bytes = f.tensor_bytes(t_tok).ok_or_else(|| bad_file(f, "catalog.tokens unreadable"))?;
+        let n_tok = t_tok.dims[0];
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut prev = 0i64;
+        for (i, o) in read_i32s(off_bytes).enumerate() {
+            let o = o as i64;
+            let first_ok = i > 0 || o == 0;
+            if !first_ok || (i > 0 && o <= prev) || o > n_tok as i64 {
+                return Err(bad_file(
+                    f,
+                    format!(
+                        "catalog.offsets[{i}] = {o} is not increasing inside 0..={n_tok} (an item without tokens?)"
+                    ),
+                ));
+            }
+            prev = o;
+            offsets.push(o as u32);
+        }
+        if offsets.last().copied().map(u64::from) != Some(n_tok) {
+            return Err(bad_file(f, "catalog.offsets does not end at the token count"));
+        }
+        let tokens: Vec<i32> = read_i32s(tok_bytes).collect();
+        check_tokens(T_TOKENS, &tokens)?;
+
+        Ok(Pack {
+            base,
+            model_sha256,
+            template,
+            scoring,
+            soft_prompts,
+            ids,
+            titles,
+            texts,
+            index,
+            offsets,
+            tokens,
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn item_index(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    /// The item's id; `None` outside `0..n_items()`.
+    pub fn item_id(&self, i: u32) -> Option<&str> {
+        self.ids.get(i as usize).map(String::as_str)
+    }
+
+    pub fn item_title(&self, i: u32) -> Option<&str> {
+        self.titles.get(i as usize).map(String::as_str)
+    }
+
+    /// The item's text, when the pack carries texts.
+    pub fn item_text(&self, i: u32) -> Option<&str> {
+        self.texts.as_ref().and_then(|t| t.get(i as usize)).map(String::as_str)
+    }
+
+    /// The item's pre-tokenized `item_prefix + title`.
+    pub fn item_tokens(&self, i: u32) -> Option<&[i32]> {
+        let a = *self.offsets.get(i as usize)? as usize;
+        let b = *self.offsets.get(i as usize + 1)? as usize;
+        self.tokens.get(a..b)
+    }
+
+    /// Position of a soft prompt by name.
+    pub fn soft_prompt_index(&self, name: &str) -> Option<usize> {
+        self.soft_prompts.iter().position(|s| s.name == name)
+    }
+
+    /// Names of the soft prompts, in pack order.
+    pub fn soft_prompt_names(&self) -> Vec<String> {
+        self.soft_prompts.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The soft prompt's rows as f32 (`n_virtual × n_embd`, row-major).
+    /// Non-finite values are a bad file: they would turn every score into NaN.
+    pub fn soft_prompt_values(&self, idx: usize) -> Result<Vec<f32>> {
+        let sp = self.soft_prompts.get(idx).ok_or_else(|| bad_file(&self.file, format!("no soft prompt {idx}")))?;
+        let t = self.file.tensor(&sp.tensor).ok_or_else(|| bad_file(&self.file, "soft prompt vanished"))?;
+        let bytes = self.file.tensor_bytes(t).ok_or_else(|| bad_file(&self.file, "soft prompt unreadable"))?;
+        let values: Vec<f32> = match sp.ty {
+            TensorType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad_file(&self.file, format!("soft prompt {:?}: value {i} is {}", sp.name, values[i])));
+        }
+        Ok(values)
+    }
+}
+
+#[cfg(feature = "build")]
+mod build;
+#[cfg(feature = "build")]
+pub use build::{CatalogItem, PackBuilder};

@@ -1,0 +1,106 @@
+//! The prompt prefix in sequence 0 of a context: decoded once per request, or extended in place
+//! when a session's history grows.
+
+use super::plan::Job;
+use super::PrefixRow;
+use crate::error::{Error, Result};
+use crate::llm::Batch;
+use crate::scorer::{common_prefix, log_sum_exp};
+
+/// What a context's sequence 0 holds, so a session can extend it instead of starting over.
+#[derive(Default)]
+pub(crate) struct PrefixState {
+    pub rows: Vec<PrefixRow>,
+    /// Logits of the last row and their log-sum-exp.
+    pub last: Option<(Vec<f32>, f64)>,
+}
+
+impl PrefixState {
+    pub fn forget(&mut self) {
+        self.rows.clear();
+        self.last = None;
+    }
+}
+
+/// Decodes `rows` at positions `start..` into sequence 0, in batches of one kind (tokens or
+/// embeddings) of at most `n_batch` rows; `want(i)` marks rows whose logits go to `on_logits`.
+pub(crate) fn decode_rows(
+    job: &mut Job,
+    rows: &[PrefixRow],
+    start: usize,
+    want: &dyn Fn(usize) -> bool,
+    on_logits: &mut dyn FnMut(usize, &[f32]),
+) -> Result<()> {
+    let n_batch = job.ctx.n_batch();
+    let width = job.width;
+    let mut i = 0;
+    while i < rows.len() {
+        job.call.check()?;
+        let is_soft = matches!(rows[i], PrefixRow::Soft { .. });
+        let mut b = if is_soft { Batch::embeddings(width) } else { Batch::tokens() };
+        let first = i;
+        while i < rows.len() && b.len() < n_batch && matches!(rows[i], PrefixRow::Soft { .. }) == is_soft {
+            let pos = i32::try_from(start + i).map_err(|_| Error::internal("position overflow"))?;
+            match rows[i] {
+                PrefixRow::Token(t) => b.add_token(t, pos, &[0], want(i)),
+                PrefixRow::Soft { prompt, row } => {
+                    let (p, r) = (prompt as usize, row as usize);
+                    let v = job
+                        .soft
+                        .get(p)
+                        .and_then(|s| s.get(r * width..(r + 1) * width))
+                        .ok_or_else(|| Error::internal(format!("soft prompt row {p}/{r} out of range")))?;
+                    b.add_embedding(v, pos, &[0], want(i))?;
+                }
+            }
+            i += 1;
+        }
+        job.ctx.decode(&mut b)?;
+        job.call.stats.decode_calls += 1;
+        job.call.stats.decoded_rows += b.len();
+        for j in 0..b.len() {
+            if want(first + j) {
+                on_logits(first + j, job.ctx.logits(&b, j)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings sequence 0 to hold the job's prefix rows, reusing the longest common prefix already
+/// there, and keeps the last row's logits in the state.
+pub(crate) fn ensure(job: &mut Job) -> Result<()> {
+    let rows = job.rows;
+    if rows.len() >= job.ctx.n_ctx() {
+        return Err(Error::context_cells(rows.len() + 1, job.ctx.n_ctx()));
+    }
+    let lcp = common_prefix(&job.state.rows, rows);
+    if lcp == rows.len() && lcp == job.state.rows.len() && job.state.last.is_some() {
+        job.call.stats.prefix_reused = lcp;
+        return Ok(());
+    }
+    // Re-decode at least the last row: its logits are needed.
+    let mut keep = lcp.min(rows.len() - 1);
+    if !job.ctx.seq_rm(0, keep as i32) {
+        job.ctx.clear();
+        job.state.forget();
+        keep = 0;
+    }
+    job.state.rows.truncate(keep);
+    job.state.last = None;
+    job.call.stats.prefix_reused = keep;
+    let mut last = None;
+    let tail = &rows[keep..];
+    let last_i = tail.len() - 1;
+    if let Err(e) = decode_rows(job, tail, keep, &|i| i == last_i, &mut |_, l| last = Some(l.to_vec())) {
+        // Part of the tail may be in the cache: forget it all.
+        job.ctx.clear();
+        job.state.forget();
+        return Err(e);
+    }
+    let last = last.ok_or_else(|| Error::internal("no logits for the prefix"))?;
+    let lse = log_sum_exp(&last);
+    job.state.rows = rows.to_vec();
+    job.state.last = Some((last, lse));
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! From a request to rows: ids resolved against the catalog, the prompt prefix (template text,
+//! soft prompt rows, history titles) and each candidate's scored tokens.
+
+use std::collections::HashSet;
+
+use delrec_format::pack::Part;
+use delrec_format::Pack;
+
+use super::{PrefixRow, RankRequest};
+use crate::error::{Error, RequestError, Result};
+
+/// A validated request: catalog indices instead of ids.
+pub(crate) struct Resolved {
+    pub history: Vec<u32>,
+    pub soft_override: Option<usize>,
+    pub candidates: Vec<u32>,
+}
+
+pub(crate) fn item(pack: &Pack, id: &str) -> Result<u32> {
+    pack.item_index(id).ok_or_else(|| RequestError::UnknownItem { id: id.to_string() }.into())
+}
+
+pub(crate) fn soft_prompt(pack: &Pack, name: &str) -> Result<usize> {
+    pack.soft_prompt_index(name).ok_or_else(|| {
+        RequestError::UnknownSoftPrompt { name: name.to_string(), available: pack.soft_prompt_names() }.into()
+    })
+}
+
+pub(crate) fn resolve(pack: &Pack, req: &RankRequest) -> Result<Resolved> {
+    if req.history.is_empty() {
+        return Err(RequestError::EmptyHistory.into());
+    }
+    if req.top_k == Some(0) {
+        return Err(Error::invalid("top_k", "must be at least 1"));
+    }
+    let history = req.history.iter().map(|h| item(pack, h)).collect::<Result<Vec<_>>>()?;
+    let soft_override = req.soft_prompt.as_deref().map(|s| soft_prompt(pack, s)).transpose()?;
+    let candidates: Vec<u32> = match &req.candidates {
+        Some(c) => {
+            let mut seen = HashSet::with_capacity(c.len());
+            let mut out = Vec::with_capacity(c.len());
+            for id in c {
+                let i = item(pack, id)?;
+                if !seen.insert(i) {
+                    return Err(RequestError::DuplicateCandidate { id: id.clone() }.into());
+                }
+                out.push(i);
+            }
+            out
+        }
+        None => (0..pack.n_items() as u32).filter(|i| !(req.exclude_history && history.contains(i))).collect(),
+    };
+    if candidates.is_empty() {
+        return Err(RequestError::EmptyCandidates.into());
+    }
+    Ok(Resolved { history, soft_override, candidates })
+}
+
+fn tokens(pack: &Pack, i: u32) -> Result<&[i32]> {
+    pack.item_tokens(i).ok_or_else(|| Error::internal(format!("catalog index {i} out of range")))
+}
+
+/// The prompt prefix rows for a history: everything before `{candidate}`.
+pub(crate) fn prefix_rows(pack: &Pack, history: &[u32], soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
+    let t = &pack.template;
+    let mut rows: Vec<PrefixRow> = t.bos.map(PrefixRow::Token).into_iter().collect();
+    for part in &t.parts {
+        match part {
+            Part::Text(toks) => rows.extend(toks.iter().map(|&x| PrefixRow::Token(x))),
+            Part::Soft(idx) => {
+                let p = soft_override.unwrap_or(*idx);
+                let sp = pack.soft_prompts.get(p).ok_or_else(|| Error::internal(format!("soft prompt {p} missing")))?;
+                rows.extend((0..sp.n_virtual as u32).map(|row| PrefixRow::Soft { prompt: p as u32, row }));
+            }
+            Part::History => {
+                for (i, &h) in history.iter().enumerate() {
+                    if i > 0 {
+                        rows.extend(t.separator_tokens.iter().map(|&x| PrefixRow::Token(x)));
+                    }
+                    rows.extend(tokens(pack, h)?.iter().map(|&x| PrefixRow::Token(x)));
+                }
+            }
+            Part::Candidate => break,
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::internal("the template produces an empty prompt prefix"));
+    }
+    Ok(rows)
+}
+
+/// What is scored for each candidate: its title tokens, then the template's terminator.
+pub(crate) fn candidate_sequences(pack: &Pack, candidates: &[u32]) -> Result<Vec<Vec<i32>>> {
+    let terminator = pack.template.terminator();
+    candidates
+        .iter()
+        .map(|&c| {
+            let mut s = tokens(pack, c)?.to_vec();
+            s.extend_from_slice(&terminator);
+            Ok(s)
+        })
+        .collect()
+}

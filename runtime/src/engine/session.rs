@@ -1,0 +1,63 @@
+//! A user's running history, kept decoded in a context of its own.
+
+use super::pool::Lease;
+use super::prefix::PrefixState;
+use super::{prompt, Engine, RankRequest, Ranking};
+use crate::error::Result;
+
+/// A user's running history, kept decoded: after a new item only the changed tail of the prompt
+/// is decoded again. Owns its context (taken from the engine's pool until dropped) and a handle
+/// to the engine, so it can live anywhere an `Engine` can.
+///
+/// ```no_run
+/// # use delrec_runtime::{Engine, EngineConfig, RankRequest};
+/// let engine = Engine::open("model.gguf", "pack.gguf", EngineConfig::default())?;
+/// let mut session = engine.session(None)?;
+/// session.push("m001")?;
+/// session.push("m007")?;
+/// let top = session.rank(&RankRequest { top_k: Some(5), ..Default::default() })?;
+/// # Ok::<(), delrec_runtime::Error>(())
+/// ```
+pub struct Session {
+    engine: Engine,
+    lease: Lease,
+    history: Vec<String>,
+    soft_prompt: Option<String>,
+    state: PrefixState,
+}
+
+impl Session {
+    pub(crate) fn new(engine: Engine, lease: Lease, soft_prompt: Option<String>) -> Self {
+        Session { engine, lease, history: vec![], soft_prompt, state: PrefixState::default() }
+    }
+
+    /// Appends an item (most recent last). Unknown ids are rejected here, not at the next rank.
+    pub fn push(&mut self, id: &str) -> Result<()> {
+        prompt::item(self.engine.pack(), id)?;
+        self.history.push(id.to_string());
+        Ok(())
+    }
+
+    /// Replaces the history.
+    pub fn set_history(&mut self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            prompt::item(self.engine.pack(), id)?;
+        }
+        self.history = ids.to_vec();
+        Ok(())
+    }
+
+    pub fn history(&self) -> &[String] {
+        &self.history
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Ranks with the session's history; `req.history` and `req.soft_prompt` are ignored.
+    pub fn rank(&mut self, req: &RankRequest) -> Result<Ranking> {
+        let req = RankRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
+        self.engine.rank_in(self.lease.ctx(), &mut self.state, &req)
+    }
+}

@@ -1,0 +1,132 @@
+//! A loaded model: immutable after load, shared by every context made from it.
+
+use std::ffi::{c_char, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use llama_cpp_sys_2 as sys;
+
+use super::error::{LlamaError, Result};
+use super::Backend;
+
+/// One load at a time: a failure's reason is read from the shared log.
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelParams {
+    /// Layers offloaded to a GPU backend, if the build has one (0 = CPU only, -1 = all).
+    pub gpu_layers: i32,
+    /// Load the vocabulary only (tokenization), no weights.
+    pub vocab_only: bool,
+    /// Let ggml repack weights into its faster CPU layouts (more memory, faster kernels). The
+    /// converter's checks turn it off: they need no speed, and AMX repacking crashed on Q8_0 on
+    /// `target-cpu=native` builds.
+    pub repack: bool,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        Self { gpu_layers: 0, vocab_only: false, repack: true }
+    }
+}
+
+/// A loaded model. Immutable after load, so it may be shared by contexts on many threads.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    n_embd: usize,
+    n_vocab: usize,
+}
+
+// SAFETY: a llama_model is read-only after loading; llama.cpp supports many contexts on one model
+// from different threads.
+unsafe impl Send for Model {}
+unsafe impl Sync for Model {}
+
+impl Model {
+    /// Loads a model file. What llama.cpp accepts it trusts: callers check files first (it
+    /// aborts on many malformed ones).
+    pub fn load(path: &Path, params: ModelParams) -> Result<Self> {
+        let backend = Backend::get();
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LlamaError::Path(path.into()))?;
+        let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+        backend.clear_log();
+        // SAFETY: default params are plain data; the path is a valid C string.
+        let ptr = unsafe {
+            let mut p = sys::llama_model_default_params();
+            p.n_gpu_layers = params.gpu_layers;
+            p.vocab_only = params.vocab_only;
+            p.use_extra_bufts = params.repack;
+            sys::llama_model_load_from_file(cpath.as_ptr(), p)
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
+        // SAFETY: ptr is a live model.
+        let (n_embd, n_vocab) = unsafe {
+            let vocab = sys::llama_model_get_vocab(ptr.as_ptr());
+            (sys::llama_model_n_embd(ptr.as_ptr()), sys::llama_vocab_n_tokens(vocab))
+        };
+        Ok(Model { ptr, n_embd: n_embd.max(0) as usize, n_vocab: n_vocab.max(0) as usize })
+    }
+
+    /// Whether the model has an encoder (T5-style encoder-decoder).
+    pub fn has_encoder(&self) -> bool {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_has_encoder(self.ptr.as_ptr()) }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    pub fn n_ctx_train(&self) -> usize {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()).max(0) as usize }
+    }
+
+    /// Tokenizes with the model's own tokenizer, without BOS/EOS; `parse_special` lets the text
+    /// of a control token become that token (otherwise it is plain text).
+    pub fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<i32>> {
+        let len = i32::try_from(text.len()).map_err(|_| LlamaError::Tokenize("text longer than 2 GiB".into()))?;
+        let mut buf = vec![0i32; text.len() + 8];
+        for _ in 0..2 {
+            let cap = i32::try_from(buf.len()).map_err(|_| LlamaError::Tokenize("text too long".into()))?;
+            // SAFETY: text and buf are valid for the lengths given; the vocab belongs to a live model.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    sys::llama_model_get_vocab(self.ptr.as_ptr()),
+                    text.as_ptr() as *const c_char,
+                    len,
+                    buf.as_mut_ptr(),
+                    cap,
+                    false,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            if n == i32::MIN {
+                return Err(LlamaError::Tokenize(format!("llama.cpp could not tokenize {text:?}")));
+            }
+            buf.resize(n.unsigned_abs() as usize, 0);
+        }
+        Err(LlamaError::Tokenize(format!("llama.cpp gave inconsistent token counts for {text:?}")))
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: we own the model; contexts hold an Arc<Model>, so none outlives it.
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
