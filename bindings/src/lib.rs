@@ -17,78 +17,133 @@ uniffi::setup_scaffolding!();
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// Every failure of the library. Kotlin sees `DelrecException` with one subclass per variant,
-/// Swift `DelrecError` with one case per variant; each carries the runtime's message.
+/// Every failure of the library, grouped by what the app can do about it. Kotlin sees
+/// `DelrecException` with one subclass per group, Swift `DelrecError` with one case per group;
+/// each carries fields the app can read (`kind`, `needed`/`available`, which field of a pack
+/// differs) and `reason`, the full human-readable message.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
 pub enum DelrecError {
-    /// A file could not be read (missing, unreadable).
-    #[error("{message}")]
-    Io { message: String },
-    /// The file is not a valid model or pack: truncated, corrupt, or of another version.
-    #[error("{message}")]
-    InvalidFile { message: String },
-    /// llama.cpp refused the model file.
-    #[error("{message}")]
-    ModelLoad { message: String },
-    /// The pack was built for another base model.
-    #[error("{message}")]
-    PackMismatch { message: String },
-    /// An item id that is not in the pack's catalog.
-    #[error("{message}")]
-    UnknownItem { message: String },
-    /// A soft prompt name that is not in the pack.
-    #[error("{message}")]
-    UnknownSoftPrompt { message: String },
-    #[error("{message}")]
-    EmptyHistory { message: String },
-    #[error("{message}")]
-    EmptyCandidates { message: String },
-    #[error("{message}")]
-    DuplicateCandidate { message: String },
-    /// The prompt does not fit one context: raise `context_size` or shorten the history.
-    #[error("{message}")]
-    ContextTooSmall { message: String },
-    /// Any other request or configuration the engine cannot serve.
-    #[error("{message}")]
-    InvalidInput { message: String },
-    /// llama.cpp failed to decode a batch.
-    #[error("{message}")]
-    Decode { message: String },
-    /// Another llama.cpp failure.
-    #[error("{message}")]
-    Backend { message: String },
+    /// The request or the configuration cannot be served as given: fix it.
+    #[error("{reason}")]
+    BadRequest {
+        kind: BadRequestKind,
+        /// The item id at fault (`UnknownItem`, `DuplicateCandidate`).
+        item_id: Option<String>,
+        /// The setting or argument at fault (`InvalidArgument`), or the soft prompt name.
+        field: Option<String>,
+        reason: String,
+    },
+    /// A model or pack file cannot be used: replace or rebuild it.
+    #[error("{reason}")]
+    BadFile {
+        kind: BadFileKind,
+        path: Option<String>,
+        /// `Mismatch`: the first field of the pack's base identity that differs, and both values.
+        field: Option<String>,
+        pack_value: Option<String>,
+        model_value: Option<String>,
+        reason: String,
+    },
+    /// The request needs more of `resource` than the engine was configured with: configure more
+    /// (e.g. `context_size`) or ask for less (a shorter history).
+    #[error("{reason}")]
+    Capacity { resource: Resource, needed: i64, available: i64, reason: String },
     /// The request's `CancelToken` was cancelled.
-    #[error("{message}")]
-    Cancelled { message: String },
+    #[error("{reason}")]
+    Cancelled { reason: String },
     /// The request's timeout passed.
-    #[error("{message}")]
-    DeadlineExceeded { message: String },
-    /// A bug in delrec (a caught panic); the object it happened in may be unusable.
-    #[error("{message}")]
-    Internal { message: String },
+    #[error("{reason}")]
+    DeadlineExceeded { reason: String },
+    /// A bug in delrec (or a caught panic); the object it happened in may be unusable.
+    #[error("{reason}")]
+    Internal { reason: String },
 }
 
+/// What was wrong with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum BadRequestKind {
+    UnknownItem,
+    UnknownSoftPrompt,
+    EmptyHistory,
+    EmptyCandidates,
+    DuplicateCandidate,
+    /// A setting or argument out of range (`field` names it).
+    InvalidArgument,
+}
+
+/// What was wrong with a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum BadFileKind {
+    /// Missing or unreadable.
+    Io,
+    /// Truncated, corrupt, hostile or of another format version.
+    Invalid,
+    /// llama.cpp refused the model.
+    ModelLoad,
+    /// The pack was built for another base model.
+    Mismatch,
+}
+
+/// What a `Capacity` error ran out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Resource {
+    /// KV cells of one context (`EngineConfig.contextSize`).
+    ContextCells,
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The one mapping from the runtime's errors to the FFI's.
 impl From<rt::Error> for DelrecError {
     fn from(e: rt::Error) -> Self {
-        let message = e.to_string();
-        // Exhaustive on purpose: a new runtime error must be given its own variant here.
-        match e {
-            rt::Error::Io { .. } => Self::Io { message },
-            rt::Error::InvalidFile { .. } => Self::InvalidFile { message },
-            rt::Error::ModelLoad { .. } => Self::ModelLoad { message },
-            rt::Error::PackMismatch { .. } => Self::PackMismatch { message },
-            rt::Error::UnknownItem(_) => Self::UnknownItem { message },
-            rt::Error::UnknownSoftPrompt(..) => Self::UnknownSoftPrompt { message },
-            rt::Error::EmptyHistory => Self::EmptyHistory { message },
-            rt::Error::EmptyCandidates => Self::EmptyCandidates { message },
-            rt::Error::DuplicateCandidate(_) => Self::DuplicateCandidate { message },
-            rt::Error::ContextTooSmall { .. } => Self::ContextTooSmall { message },
-            rt::Error::InvalidInput(_) => Self::InvalidInput { message },
-            rt::Error::Decode(_) => Self::Decode { message },
-            rt::Error::Backend(_) => Self::Backend { message },
-            rt::Error::Cancelled => Self::Cancelled { message },
-            rt::Error::DeadlineExceeded => Self::DeadlineExceeded { message },
+        let reason = e.to_string();
+        let path = |p: &std::path::Path| Some(p.display().to_string());
+        let bad_request = |kind, item_id: Option<&String>, field: Option<&String>| DelrecError::BadRequest {
+            kind,
+            item_id: item_id.cloned(),
+            field: field.cloned(),
+            reason: reason.clone(),
+        };
+        match &e {
+            rt::Error::BadRequest(r) => match r {
+                rt::RequestError::UnknownItem { id } => bad_request(BadRequestKind::UnknownItem, Some(id), None),
+                rt::RequestError::UnknownSoftPrompt { name, .. } => {
+                    bad_request(BadRequestKind::UnknownSoftPrompt, None, Some(name))
+                }
+                rt::RequestError::EmptyHistory => bad_request(BadRequestKind::EmptyHistory, None, None),
+                rt::RequestError::EmptyCandidates => bad_request(BadRequestKind::EmptyCandidates, None, None),
+                rt::RequestError::DuplicateCandidate { id } => {
+                    bad_request(BadRequestKind::DuplicateCandidate, Some(id), None)
+                }
+                rt::RequestError::Invalid { field, .. } => bad_request(BadRequestKind::InvalidArgument, None, Some(field)),
+                _ => bad_request(BadRequestKind::InvalidArgument, None, None),
+            },
+            rt::Error::BadFile(f) => {
+                let (kind, path, field, pack_value, model_value) = match f {
+                    rt::FileError::Io { path: p, .. } => (BadFileKind::Io, path(p), None, None, None),
+                    rt::FileError::Invalid { path: p, .. } => (BadFileKind::Invalid, path(p), None, None, None),
+                    rt::FileError::ModelLoad { path: p, .. } => (BadFileKind::ModelLoad, path(p), None, None, None),
+                    rt::FileError::Mismatch { field, pack, model } => {
+                        (BadFileKind::Mismatch, None, Some(field.clone()), Some(pack.clone()), Some(model.clone()))
+                    }
+                    _ => (BadFileKind::Invalid, None, None, None, None),
+                };
+                DelrecError::BadFile { kind, path, field, pack_value, model_value, reason }
+            }
+            rt::Error::Capacity { resource, needed, available } => DelrecError::Capacity {
+                resource: match resource {
+                    rt::Resource::ContextCells => Resource::ContextCells,
+                    _ => Resource::ContextCells,
+                },
+                needed: count(*needed),
+                available: count(*available),
+                reason,
+            },
+            rt::Error::Cancelled => DelrecError::Cancelled { reason },
+            rt::Error::DeadlineExceeded => DelrecError::DeadlineExceeded { reason },
+            _ => DelrecError::Internal { reason },
         }
     }
 }
@@ -103,7 +158,7 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(DelrecError::Internal { message: format!("internal error in delrec: {what}") })
+        Err(DelrecError::Internal { reason: format!("internal error in delrec: {what}") })
     })
 }
 
@@ -326,6 +381,8 @@ pub struct RankStats {
     pub decoded_rows: u64,
     pub decode_calls: u64,
     pub candidates: u64,
+    /// Candidates left unscored because they provably could not reach the top k.
+    pub pruned: u64,
 }
 
 impl From<rt::RankStats> for RankStats {
@@ -336,6 +393,7 @@ impl From<rt::RankStats> for RankStats {
             decoded_rows: s.decoded_rows as u64,
             decode_calls: s.decode_calls as u64,
             candidates: s.candidates as u64,
+            pruned: s.pruned as u64,
         }
     }
 }
@@ -396,7 +454,7 @@ impl CancelToken {
 /// A model and its recommender pack, ready to rank. Thread-safe: share one per process.
 #[derive(uniffi::Object)]
 pub struct Engine {
-    inner: Arc<rt::Engine>,
+    inner: rt::Engine,
 }
 
 #[uniffi::export]
@@ -406,7 +464,7 @@ impl Engine {
     pub fn open(model_path: String, pack_path: String, config: EngineConfig) -> Result<Arc<Self>> {
         guard(|| {
             let inner = rt::Engine::open(&model_path, &pack_path, config.into())?;
-            Ok(Arc::new(Self { inner: Arc::new(inner) }))
+            Ok(Arc::new(Self { inner }))
         })
     }
 
@@ -420,8 +478,8 @@ impl Engine {
     /// `max_contexts` contexts until it is closed/destroyed).
     pub fn session(&self, soft_prompt: Option<String>) -> Result<Arc<Session>> {
         guard(|| {
-            let cell = OwnedSession::try_new(self.inner.clone(), |engine| engine.session(soft_prompt))?;
-            Ok(Arc::new(Session { inner: Mutex::new(cell) }))
+            let session = self.inner.session(soft_prompt)?;
+            Ok(Arc::new(Session { inner: Mutex::new(session) }))
         })
     }
 
@@ -433,8 +491,8 @@ impl Engine {
     /// The catalog entry with this id.
     pub fn item(&self, id: String) -> Result<CatalogItem> {
         guard(|| {
-            let index = self.inner.pack().item_index(&id).ok_or(rt::Error::UnknownItem(id))?;
-            Ok(self.catalog_item(index))
+            let index = self.inner.pack().item_index(&id).ok_or(rt::Error::from(rt::RequestError::UnknownItem { id }))?;
+            self.catalog_item(index)
         })
     }
 
@@ -448,11 +506,14 @@ impl Engine {
         guard(|| {
             let n = self.inner.pack().n_items();
             if index as usize >= n {
-                return Err(DelrecError::InvalidInput {
-                    message: format!("catalog index {index} out of range (the catalog has {n} items)"),
+                return Err(DelrecError::BadRequest {
+                    kind: BadRequestKind::InvalidArgument,
+                    item_id: None,
+                    field: Some("index".into()),
+                    reason: format!("catalog index {index} out of range (the catalog has {n} items)"),
                 });
             }
-            Ok(self.catalog_item(index))
+            self.catalog_item(index)
         })
     }
 
@@ -473,42 +534,29 @@ impl Engine {
 }
 
 impl Engine {
-    fn catalog_item(&self, index: u32) -> CatalogItem {
+    fn catalog_item(&self, index: u32) -> Result<CatalogItem> {
         let p = self.inner.pack();
-        CatalogItem {
-            id: p.item_id(index).to_string(),
-            title: p.item_title(index).to_string(),
-            index,
-            text: p.item_text(index).map(str::to_string),
-        }
+        let (id, title) = p.item_id(index).zip(p.item_title(index)).ok_or_else(|| DelrecError::Internal {
+            reason: format!("catalog index {index} out of range"),
+        })?;
+        Ok(CatalogItem { id: id.to_string(), title: title.to_string(), index, text: p.item_text(index).map(str::to_string) })
     }
 }
-
-type SessionRef<'e> = rt::Session<'e>;
-
-self_cell::self_cell!(
-    /// A runtime session together with the engine it borrows.
-    struct OwnedSession {
-        owner: Arc<rt::Engine>,
-        #[covariant]
-        dependent: SessionRef,
-    }
-);
 
 /// One user's running history, kept decoded: after `push`, a rank decodes only what changed.
 /// Calls on one session are serialized.
 #[derive(uniffi::Object)]
 pub struct Session {
-    inner: Mutex<OwnedSession>,
+    inner: Mutex<rt::Session>,
 }
 
 impl Session {
-    fn with<T>(&self, f: impl FnOnce(&mut rt::Session<'_>) -> rt::Result<T>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut rt::Session) -> rt::Result<T>) -> Result<T> {
         guard(|| {
-            let mut cell = self.inner.lock().map_err(|_| DelrecError::Internal {
-                message: "this session failed with an internal error earlier; open a new one".into(),
+            let mut session = self.inner.lock().map_err(|_| DelrecError::Internal {
+                reason: "this session failed with an internal error earlier; open a new one".into(),
             })?;
-            Ok(cell.with_dependent_mut(|_, s| f(s))?)
+            Ok(f(&mut session)?)
         })
     }
 }
@@ -557,18 +605,38 @@ mod tests {
     }
 
     #[test]
-    fn errors_keep_the_runtime_message() {
-        let e = DelrecError::from(rt::Error::UnknownItem("m999".into()));
-        assert!(matches!(e, DelrecError::UnknownItem { .. }));
-        assert_eq!(e.to_string(), "unknown item id \"m999\"");
-        assert!(matches!(DelrecError::from(rt::Error::EmptyHistory), DelrecError::EmptyHistory { .. }));
+    fn errors_keep_the_runtime_message_and_fields() {
+        let e = DelrecError::from(rt::Error::from(rt::RequestError::UnknownItem { id: "m999".into() }));
+        assert!(
+            matches!(&e, DelrecError::BadRequest { kind: BadRequestKind::UnknownItem, item_id: Some(i), .. } if i == "m999"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "bad request: unknown item id \"m999\"");
+        let e = DelrecError::from(rt::Error::from(rt::RequestError::EmptyHistory));
+        assert!(matches!(e, DelrecError::BadRequest { kind: BadRequestKind::EmptyHistory, .. }));
+        let e = DelrecError::from(rt::Error::Capacity {
+            resource: rt::Resource::ContextCells,
+            needed: 40,
+            available: 32,
+        });
+        assert!(matches!(e, DelrecError::Capacity { needed: 40, available: 32, .. }), "{e:?}");
+        let e = DelrecError::from(rt::Error::from(rt::FileError::Mismatch {
+            field: "n_embd".into(),
+            pack: "64".into(),
+            model: "32".into(),
+        }));
+        assert!(
+            matches!(&e, DelrecError::BadFile { kind: BadFileKind::Mismatch, field: Some(f), pack_value: Some(p), .. }
+                if f == "n_embd" && p == "64"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn panics_become_internal_errors() {
         let r: Result<()> = guard(|| panic!("boom"));
         match r {
-            Err(DelrecError::Internal { message }) => assert!(message.contains("boom")),
+            Err(DelrecError::Internal { reason }) => assert!(reason.contains("boom")),
             other => panic!("expected Internal, got {other:?}"),
         }
     }
@@ -576,6 +644,6 @@ mod tests {
     #[test]
     fn missing_files_are_io_errors() {
         let r = Engine::open("/nonexistent/m.gguf".into(), "/nonexistent/p.gguf".into(), default_engine_config());
-        assert!(matches!(r, Err(DelrecError::Io { .. })), "{:?}", r.err());
+        assert!(matches!(r, Err(DelrecError::BadFile { kind: BadFileKind::Io, .. })), "{:?}", r.err());
     }
 }

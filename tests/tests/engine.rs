@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use delrec_runtime::{CancelToken, Engine, EngineConfig, Error, KvType, Plan, RankRequest, Ranking};
+use delrec_runtime::{
+    CancelToken, Engine, EngineConfig, Error, FileError, KvType, Plan, RankRequest, Ranking, RequestError, Resource,
+};
 use delrec_tests::{catalog_ids, model, pack};
 
 /// The exact configuration: F32 cache, classic attention (flash attention accumulates in F16).
@@ -146,7 +148,7 @@ fn session_incremental_equals_fresh_rank() {
     // Ranking again without changes decodes no prefix row at all.
     let again = s.rank(&req(&[], Some(&cands))).unwrap();
     assert_eq!(again.stats.prefix_reused, again.stats.prefix_rows);
-    assert!(matches!(s.push("no-such-item"), Err(Error::UnknownItem(_))));
+    assert!(matches!(s.push("no-such-item"), Err(Error::BadRequest(RequestError::UnknownItem { .. }))));
 }
 
 #[test]
@@ -225,23 +227,23 @@ fn bad_requests_are_typed_errors() {
     let (m, p) = tiny();
     let e = Engine::open(&m, &p, f32_cfg()).unwrap();
     let ids = catalog_ids();
-    assert!(matches!(e.rank(&req(&[], None)), Err(Error::EmptyHistory)));
-    assert!(matches!(e.rank(&req(&["nope"], None)), Err(Error::UnknownItem(i)) if i == "nope"));
-    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&[]))), Err(Error::EmptyCandidates)));
+    assert!(matches!(e.rank(&req(&[], None)), Err(Error::BadRequest(RequestError::EmptyHistory))));
+    assert!(matches!(e.rank(&req(&["nope"], None)), Err(Error::BadRequest(RequestError::UnknownItem { id })) if id == "nope"));
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&[]))), Err(Error::BadRequest(RequestError::EmptyCandidates))));
     let dup = vec![ids[1].clone(), ids[2].clone(), ids[1].clone()];
-    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&dup))), Err(Error::DuplicateCandidate(d)) if d == ids[1]));
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&dup))), Err(Error::BadRequest(RequestError::DuplicateCandidate { id })) if id == ids[1]));
     let unknown = vec![ids[1].clone(), "zzz".into()];
-    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&unknown))), Err(Error::UnknownItem(_))));
+    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&unknown))), Err(Error::BadRequest(RequestError::UnknownItem { .. }))));
     let mut r = req(&[&ids[0]], None);
     r.top_k = Some(0);
-    assert!(matches!(e.rank(&r), Err(Error::InvalidInput(_))));
+    assert!(matches!(e.rank(&r), Err(Error::BadRequest(RequestError::Invalid { field, .. })) if field == "top_k"));
     let mut r = req(&[&ids[0]], None);
     r.soft_prompt = Some("missing".into());
-    assert!(matches!(e.rank(&r), Err(Error::UnknownSoftPrompt(..))));
+    assert!(matches!(e.rank(&r), Err(Error::BadRequest(RequestError::UnknownSoftPrompt { .. }))));
     // A history longer than the context: a typed error, not an abort.
     let small = Engine::open(&m, &p, EngineConfig { context_size: 32, batch_size: 16, ..f32_cfg() }).unwrap();
     let long: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
-    assert!(matches!(small.rank(&req(&long, None)), Err(Error::ContextTooSmall { .. })));
+    assert!(matches!(small.rank(&req(&long, None)), Err(Error::Capacity { resource: Resource::ContextCells, needed, available }) if needed > available));
     // Still usable after errors.
     assert_eq!(e.rank(&req(&[&ids[0]], Some(&ids[1..3]))).unwrap().items.len(), 2);
 }
@@ -252,13 +254,13 @@ fn wrong_or_broken_files_are_typed_errors() {
     let q = model("qwen2-tiny", "f32");
     let qp = pack(&q, "qwen2-tiny", "prompt-qwen2");
     // A pack for another model.
-    assert!(matches!(Engine::open(&m, &qp, f32_cfg()), Err(Error::PackMismatch { .. })));
-    assert!(matches!(Engine::open(&q, &p, f32_cfg()), Err(Error::PackMismatch { .. })));
+    assert!(matches!(Engine::open(&m, &qp, f32_cfg()), Err(Error::BadFile(FileError::Mismatch { .. }))));
+    assert!(matches!(Engine::open(&q, &p, f32_cfg()), Err(Error::BadFile(FileError::Mismatch { .. }))));
     // Checksum verification: the pack records the F32 file it was built from.
     assert!(Engine::open(&m, &p, EngineConfig { verify_checksum: true, ..f32_cfg() }).is_ok());
     let m8 = model("llama-tiny", "q8_0");
     let e = Engine::open(&m8, &p, EngineConfig { verify_checksum: true, ..f32_cfg() });
-    assert!(matches!(e, Err(Error::PackMismatch { ref what, .. }) if what.contains("sha256")), "{:?}", e.err());
+    assert!(matches!(e, Err(Error::BadFile(FileError::Mismatch { ref field, .. })) if field.contains("sha256")), "{:?}", e.err());
     // The same pack without verification works with the quantized model (same tokenizer/width).
     assert!(Engine::open(&m8, &p, f32_cfg()).is_ok());
     // Truncated and non-GGUF files.
@@ -267,18 +269,18 @@ fn wrong_or_broken_files_are_typed_errors() {
     let cut = dir.path().join("cut.gguf");
     for at in [0, 3, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&cut, &bytes[..at]).unwrap();
-        assert!(matches!(Engine::open(&cut, &p, f32_cfg()), Err(Error::InvalidFile { .. })), "model cut at {at}");
+        assert!(matches!(Engine::open(&cut, &p, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "model cut at {at}");
     }
     let pbytes = std::fs::read(&p).unwrap();
     for at in [0, 10, pbytes.len() / 2, pbytes.len() - 1] {
         std::fs::write(&cut, &pbytes[..at]).unwrap();
-        assert!(matches!(Engine::open(&m, &cut, f32_cfg()), Err(Error::InvalidFile { .. })), "pack cut at {at}");
+        assert!(matches!(Engine::open(&m, &cut, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "pack cut at {at}");
     }
     let txt = dir.path().join("x.gguf");
     std::fs::write(&txt, b"hello, not a model").unwrap();
-    assert!(matches!(Engine::open(&txt, &p, f32_cfg()), Err(Error::InvalidFile { .. })));
-    assert!(matches!(Engine::open(&m, &m, f32_cfg()), Err(Error::InvalidFile { .. })), "a model is not a pack");
-    assert!(matches!(Engine::open(dir.path().join("absent.gguf"), &p, f32_cfg()), Err(Error::Io { .. })));
+    assert!(matches!(Engine::open(&txt, &p, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))));
+    assert!(matches!(Engine::open(&m, &m, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "a model is not a pack");
+    assert!(matches!(Engine::open(dir.path().join("absent.gguf"), &p, f32_cfg()), Err(Error::BadFile(FileError::Io { .. }))));
 }
 
 #[test]
@@ -315,4 +317,78 @@ fn default_flash_attention_stays_close_to_exact_and_keeps_top_k_exact() {
         assert!((s - it.logprob).abs() < 1e-2, "{}: {s} vs {}", it.id, it.logprob);
         assert!(s > fifth - 1e-2, "{} ({s}) is not in the top 5 (5th: {fifth})", it.id);
     }
+}
+
+#[test]
+fn waiting_for_a_context_honours_deadline_and_cancel() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, EngineConfig { max_contexts: 1, ..f32_cfg() }).unwrap();
+    let ids = catalog_ids();
+    // The session holds the only context: a rank must wait, and gives up when told to.
+    let session = e.session(None).unwrap();
+    let mut r = req(&[&ids[0]], Some(&ids[1..4]));
+    r.timeout = Some(Duration::from_millis(50));
+    let t0 = Instant::now();
+    assert!(matches!(e.rank(&r), Err(Error::DeadlineExceeded)));
+    assert!(t0.elapsed() < Duration::from_secs(5), "waited {:?}", t0.elapsed());
+    let token = CancelToken::new();
+    let mut r = req(&[&ids[0]], Some(&ids[1..4]));
+    r.cancel = Some(token.clone());
+    let worker = {
+        let e = e.clone();
+        std::thread::spawn(move || e.rank(&r))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    token.cancel();
+    assert!(matches!(worker.join().expect("no panic"), Err(Error::Cancelled)));
+    // Closing the session gives the context back.
+    drop(session);
+    assert_eq!(e.rank(&req(&[&ids[0]], Some(&ids[1..4]))).unwrap().items.len(), 3);
+}
+
+#[test]
+fn a_session_owns_what_it_needs() {
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    let cands: Vec<String> = ids[5..12].to_vec();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let want = e.rank(&req(&[&ids[0], &ids[1]], Some(&cands))).unwrap();
+    let mut s = e.session(None).unwrap();
+    drop(e);
+    // The session keeps the engine alive and can move to another thread.
+    let got = std::thread::spawn(move || {
+        s.push(&ids[0]).unwrap();
+        s.push(&ids[1]).unwrap();
+        s.rank(&req(&[], Some(&cands))).unwrap()
+    })
+    .join()
+    .expect("no panic");
+    assert_close(&got, &want, 1e-4);
+}
+
+#[test]
+fn the_engine_plan_is_what_it_decodes() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    for cands in [Some(&ids[3..23]), None] {
+        let r = req(&[&ids[0], &ids[2]], cands);
+        let plan = e.plan(&r).unwrap();
+        assert_eq!(plan.strategy, delrec_runtime::Strategy::SharedTrie);
+        let ranking = e.rank(&r).unwrap();
+        let trie_rows = plan.groups.iter().flatten().filter(|n| n.decoded).count();
+        assert_eq!(plan.prefix.len(), ranking.stats.prefix_rows);
+        assert_eq!(plan.prefix.len() + trie_rows, ranking.stats.decoded_rows, "{:?}", ranking.stats);
+        assert_eq!(plan.sequences.len(), ranking.items.len());
+        // Every candidate's scored tokens: title tokens plus the terminator.
+        for item in &ranking.items {
+            let at = plan.candidates.iter().position(|&c| c == item.index).unwrap();
+            assert_eq!(plan.sequences[at].len(), item.n_tokens as usize);
+        }
+    }
+    let mut r = req(&[&ids[0]], None);
+    r.top_k = Some(3);
+    assert!(matches!(e.plan(&r).unwrap().strategy, delrec_runtime::Strategy::BestFirst { k: 3 }));
+    r.top_k = Some(0);
+    assert!(matches!(e.plan(&r), Err(Error::BadRequest(RequestError::Invalid { .. }))));
 }
