@@ -135,9 +135,11 @@ fun main() {
         val item = engine.item(id0)
         check(item.id == id0 && item.index == 0u && item.title == title0) { "$item" }
         check(engine.itemAt(0u) == item) { "itemAt(0) = ${engine.itemAt(0u)}" }
-        val e = expectThrows<DelrecException.InvalidInput> { engine.itemAt(ids.size.toUInt()) }
-        check(e.message!!.contains("out of range")) { e.message!! }
-        expectThrows<DelrecException.UnknownItem> { engine.itemTitle("no-such-item") }
+        val e = expectThrows<DelrecException.BadRequest> { engine.itemAt(ids.size.toUInt()) }
+        check(e.kind == BadRequestKind.INVALID_ARGUMENT && e.field == "index") { "$e" }
+        check(e.reason.contains("out of range")) { e.reason }
+        val u = expectThrows<DelrecException.BadRequest> { engine.itemTitle("no-such-item") }
+        check(u.kind == BadRequestKind.UNKNOWN_ITEM && u.itemId == "no-such-item") { "$u" }
         check(engine.softPrompts() == listOf("default")) { "${engine.softPrompts()}" }
         check(engine.config() == config()) { "${engine.config()}" }
     }
@@ -195,12 +197,13 @@ fun main() {
             s.setHistory(listOf("m004"))
             check(s.history() == listOf("m004")) { "${s.history()}" }
             assertMatches(s.rank(RankRequest()), cliRank(listOf("m004")))
-            val e = expectThrows<DelrecException.UnknownItem> { s.push("m999") }
-            check(e.message!!.contains("m999")) { e.message!! }
+            val e = expectThrows<DelrecException.BadRequest> { s.push("m999") }
+            check(e.kind == BadRequestKind.UNKNOWN_ITEM && e.itemId == "m999") { "$e" }
             check(s.history() == listOf("m004")) { "a rejected push changed the history: ${s.history()}" }
         }
-        val e = expectThrows<DelrecException.UnknownSoftPrompt> { engine.session("nope") }
-        check(e.message!!.contains("nope") && e.message!!.contains("default")) { e.message!! }
+        val e = expectThrows<DelrecException.BadRequest> { engine.session("nope") }
+        check(e.kind == BadRequestKind.UNKNOWN_SOFT_PROMPT && e.field == "nope") { "$e" }
+        check(e.reason.contains("nope") && e.reason.contains("default")) { e.reason }
     }
 
     test("concurrent ranks on one engine agree") {
@@ -216,67 +219,78 @@ fun main() {
 
     // --- bad input: the right exception subclass with a useful message ---
 
-    test("unknown history id -> UnknownItem") {
-        val e = expectThrows<DelrecException.UnknownItem> { engine.rank(RankRequest(history = listOf("m001", "m999"))) }
-        check(e.message!!.contains("m999")) { e.message!! }
+    test("unknown history id -> BadRequest UNKNOWN_ITEM with the id") {
+        val e = expectThrows<DelrecException.BadRequest> { engine.rank(RankRequest(history = listOf("m001", "m999"))) }
+        check(e.kind == BadRequestKind.UNKNOWN_ITEM && e.itemId == "m999") { "$e" }
+        check(e.reason.contains("m999")) { e.reason }
     }
 
-    test("unknown candidate id -> UnknownItem") {
-        val e = expectThrows<DelrecException.UnknownItem> {
+    test("unknown candidate id -> BadRequest UNKNOWN_ITEM with the id") {
+        val e = expectThrows<DelrecException.BadRequest> {
             engine.rank(RankRequest(history = history, candidates = listOf("m003", "zzz")))
         }
-        check(e.message!!.contains("zzz")) { e.message!! }
+        check(e.kind == BadRequestKind.UNKNOWN_ITEM && e.itemId == "zzz") { "$e" }
     }
 
-    test("empty history -> EmptyHistory") {
-        val e = expectThrows<DelrecException.EmptyHistory> { engine.rank(RankRequest()) }
-        check(e.message!!.contains("history")) { e.message!! }
+    test("empty history -> BadRequest EMPTY_HISTORY") {
+        val e = expectThrows<DelrecException.BadRequest> { engine.rank(RankRequest()) }
+        check(e.kind == BadRequestKind.EMPTY_HISTORY) { "$e" }
+        check(e.reason.contains("history")) { e.reason }
     }
 
-    test("empty candidates -> EmptyCandidates, duplicates -> DuplicateCandidate, topK 0 -> InvalidInput") {
-        expectThrows<DelrecException.EmptyCandidates> { engine.rank(RankRequest(history = history, candidates = listOf())) }
-        val d = expectThrows<DelrecException.DuplicateCandidate> {
+    test("empty candidates, duplicates, topK 0 -> BadRequest of each kind") {
+        val c = expectThrows<DelrecException.BadRequest> {
+            engine.rank(RankRequest(history = history, candidates = listOf()))
+        }
+        check(c.kind == BadRequestKind.EMPTY_CANDIDATES) { "$c" }
+        val d = expectThrows<DelrecException.BadRequest> {
             engine.rank(RankRequest(history = history, candidates = listOf("m003", "m004", "m003")))
         }
-        check(d.message!!.contains("m003")) { d.message!! }
-        val k = expectThrows<DelrecException.InvalidInput> { engine.rank(RankRequest(history = history, topK = 0u)) }
-        check(k.message!!.contains("top_k")) { k.message!! }
+        check(d.kind == BadRequestKind.DUPLICATE_CANDIDATE && d.itemId == "m003") { "$d" }
+        val k = expectThrows<DelrecException.BadRequest> { engine.rank(RankRequest(history = history, topK = 0u)) }
+        check(k.kind == BadRequestKind.INVALID_ARGUMENT && k.field == "top_k") { "$k" }
     }
 
-    test("unknown soft prompt in a request -> UnknownSoftPrompt") {
-        expectThrows<DelrecException.UnknownSoftPrompt> { engine.rank(RankRequest(history = history, softPrompt = "x")) }
+    test("unknown soft prompt in a request -> BadRequest UNKNOWN_SOFT_PROMPT") {
+        val e = expectThrows<DelrecException.BadRequest> {
+            engine.rank(RankRequest(history = history, softPrompt = "x"))
+        }
+        check(e.kind == BadRequestKind.UNKNOWN_SOFT_PROMPT && e.field == "x") { "$e" }
     }
 
-    test("missing model file -> Io naming the path") {
-        val e = expectThrows<DelrecException.Io> { Engine.open("/nonexistent/model.gguf", pack, config()) }
-        check(e.message!!.contains("/nonexistent/model.gguf")) { e.message!! }
+    test("missing model file -> BadFile IO naming the path") {
+        val e = expectThrows<DelrecException.BadFile> { Engine.open("/nonexistent/model.gguf", pack, config()) }
+        check(e.kind == BadFileKind.IO && e.path == "/nonexistent/model.gguf") { "$e" }
     }
 
-    test("missing pack file -> Io naming the path") {
-        val e = expectThrows<DelrecException.Io> { Engine.open(model, "/nonexistent/pack.gguf", config()) }
-        check(e.message!!.contains("/nonexistent/pack.gguf")) { e.message!! }
+    test("missing pack file -> BadFile IO naming the path") {
+        val e = expectThrows<DelrecException.BadFile> { Engine.open(model, "/nonexistent/pack.gguf", config()) }
+        check(e.kind == BadFileKind.IO && e.path == "/nonexistent/pack.gguf") { "$e" }
     }
 
-    test("a file that is not GGUF -> InvalidFile") {
-        val e = expectThrows<DelrecException.InvalidFile> { Engine.open(env("DELREC_CATALOG"), pack, config()) }
-        check(e.message!!.contains("catalog.csv")) { e.message!! }
+    test("a file that is not GGUF -> BadFile INVALID") {
+        val e = expectThrows<DelrecException.BadFile> { Engine.open(env("DELREC_CATALOG"), pack, config()) }
+        check(e.kind == BadFileKind.INVALID && e.path!!.endsWith("catalog.csv")) { "$e" }
     }
 
-    test("pack of another model -> PackMismatch") {
-        val e = expectThrows<DelrecException.PackMismatch> { Engine.open(model, otherPack, config()) }
-        check(e.message!!.contains("qwen2") && e.message!!.contains("llama")) { e.message!! }
+    test("pack of another model -> BadFile MISMATCH with the field and both values") {
+        val e = expectThrows<DelrecException.BadFile> { Engine.open(model, otherPack, config()) }
+        check(e.kind == BadFileKind.MISMATCH && e.field == "architecture") { "$e" }
+        check(e.packValue == "qwen2" && e.modelValue == "llama") { "$e" }
     }
 
-    test("bad config -> InvalidInput") {
-        val e = expectThrows<DelrecException.InvalidInput> { Engine.open(model, pack, config().copy(maxSequences = 1u)) }
-        check(e.message!!.contains("config")) { e.message!! }
+    test("bad config -> BadRequest INVALID_ARGUMENT naming the setting") {
+        val e = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, config().copy(maxSequences = 1u)) }
+        check(e.kind == BadRequestKind.INVALID_ARGUMENT && e.field == "max_sequences") { "$e" }
     }
 
-    test("tiny context -> ContextTooSmall") {
+    test("tiny context -> Capacity with needed > available") {
         // llama.cpp rounds small contexts up (to 256 cells); a 40-item history needs more.
         Engine.open(model, pack, config().copy(contextSize = 16u)).use { small ->
-            val e = expectThrows<DelrecException.ContextTooSmall> { small.rank(RankRequest(history = ids.take(40))) }
-            check(e.message!!.contains("context")) { e.message!! }
+            val e = expectThrows<DelrecException.Capacity> { small.rank(RankRequest(history = ids.take(40))) }
+            check(e.resource == Resource.CONTEXT_CELLS) { "$e" }
+            check(e.needed > e.available && e.available >= 16) { "needed ${e.needed}, available ${e.available}" }
+            check(e.reason.contains("context")) { e.reason }
         }
     }
 
@@ -288,7 +302,7 @@ fun main() {
         token.cancel()
         check(token.isCancelled()) { "cancel() did not stick" }
         val e = expectThrows<DelrecException.Cancelled> { engine.rank(RankRequest(history = history, cancel = token)) }
-        check(e.message == "cancelled") { "${e.message}" }
+        check(e.reason == "cancelled") { e.reason }
         // The engine is still usable afterwards.
         check(engine.rank(RankRequest(history = history, topK = 1u)).items.size == 1) { "engine broken after cancel" }
     }
@@ -323,7 +337,7 @@ fun main() {
         val e = expectThrows<DelrecException.DeadlineExceeded> {
             engine.rank(RankRequest(history = history, timeoutMs = 0uL))
         }
-        check(e.message!!.contains("deadline")) { e.message!! }
+        check(e.reason.contains("deadline")) { e.reason }
     }
 
     test("a closed engine refuses calls; its open session keeps working") {
