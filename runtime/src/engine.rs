@@ -1,6 +1,7 @@
 //! The ranking engine: a model, its pack, and a pool of llama.cpp contexts. This file is the
 //! public API; the work is in the submodules:
 //!
+//! - `rank`: one ranking call from request to sorted result;
 //! - `prompt`: request → catalog indices, prompt prefix rows, candidate token sequences;
 //! - `prefix`: the prefix decoded into sequence 0 (extended in place for sessions);
 //! - `plan`: the scoring plans (shared trie, best-first top-k, naive) behind one shape;
@@ -13,6 +14,7 @@ mod plan;
 mod pool;
 mod prefix;
 mod prompt;
+mod rank;
 mod session;
 
 use std::path::Path;
@@ -22,12 +24,11 @@ use std::time::Duration;
 
 use delrec_format::gguf::GgufFile;
 use delrec_format::identity::file_sha256;
-use delrec_format::{BaseIdentity, Pack, ScoringMode};
+use delrec_format::{BaseIdentity, Pack};
 
-use crate::error::{Error, FileError, Result};
+use crate::error::{FileError, Result};
 use crate::llm::{Context, ContextParams, KvType, Model, ModelParams};
 use call::Call;
-use plan::Job;
 use pool::Pool;
 use prefix::PrefixState;
 pub use session::Session;
@@ -245,7 +246,7 @@ struct Inner {
 impl Engine {
     pub fn open(model: impl AsRef<Path>, pack: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
         let (model, pack) = (model.as_ref(), pack.as_ref());
-        validate(&cfg)?;
+        rank::validate(&cfg)?;
         // Our own parse first: typed errors for non-GGUF or tokenizer-less files before llama.cpp.
         let identity = BaseIdentity::of_model(&GgufFile::open(model)?)?;
         let pack = Pack::open(pack)?;
@@ -255,7 +256,9 @@ impl Engine {
             if !pack.model_sha256.contains(&sum) {
                 let recorded =
                     if pack.model_sha256.is_empty() { "(none recorded)".into() } else { pack.model_sha256.join(" | ") };
-                return Err(FileError::Mismatch { field: "model file sha256".into(), pack: recorded, model: sum }.into());
+                return Err(
+                    FileError::Mismatch { field: "model file sha256".into(), pack: recorded, model: sum }.into()
+                );
             }
         }
         let m = Model::load(model, ModelParams { gpu_layers: cfg.gpu_layers, ..Default::default() })?;
@@ -341,76 +344,6 @@ impl Engine {
             sequences,
         })
     }
-
-    /// Ranks in `ctx`, whose sequence 0 holds what `state` says (sessions keep both).
-    pub(crate) fn rank_in(&self, ctx: &mut Context, state: &mut PrefixState, req: &RankRequest) -> Result<Ranking> {
-        let mut call = Call::new(req);
-        call.arm(ctx);
-        let r = self.rank_armed(ctx, state, req, &mut call);
-        Call::disarm(ctx);
-        r
-    }
-
-    fn rank_armed(
-        &self,
-        ctx: &mut Context,
-        state: &mut PrefixState,
-        req: &RankRequest,
-        call: &mut Call,
-    ) -> Result<Ranking> {
-        let inner = &*self.inner;
-        let pack = &inner.pack;
-        let r = prompt::resolve(pack, req)?;
-        call.stats.candidates = r.candidates.len();
-        let rows = prompt::prefix_rows(pack, &r.history, r.soft_override)?;
-        call.stats.prefix_rows = rows.len();
-        let seqs = prompt::candidate_sequences(pack, &r.candidates)?;
-        let strategy = plan::choose(req, seqs.len(), ctx.n_seq_max(), pack.scoring);
-        let mut job =
-            Job { ctx, state, call, soft: &inner.soft, width: inner.model.n_embd(), rows: &rows, seqs: &seqs };
-        let scores = plan::run(strategy, &mut job)?;
-        let mode = pack.scoring;
-        let mut items = Vec::with_capacity(scores.len());
-        for (&c, s) in r.candidates.iter().zip(scores) {
-            let Some((logprob, n)) = s else { continue };
-            let (id, title) = pack
-                .item_id(c)
-                .zip(pack.item_title(c))
-                .ok_or_else(|| Error::internal(format!("catalog index {c} out of range")))?;
-            let mean = logprob / n as f64;
-            items.push(ScoredItem {
-                id: id.to_string(),
-                title: title.to_string(),
-                index: c,
-                score: if mode == ScoringMode::Mean { mean } else { logprob },
-                logprob,
-                n_tokens: n,
-                mean_logprob: mean,
-            });
-        }
-        // Best first; ties keep catalog order so results are deterministic.
-        items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-        if let Some(k) = req.top_k {
-            items.truncate(k);
-        }
-        Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
-    }
-}
-
-fn validate(cfg: &EngineConfig) -> Result<()> {
-    if cfg.max_contexts == 0 {
-        return Err(Error::invalid("max_contexts", "must be at least 1"));
-    }
-    if !(2..=256).contains(&cfg.max_sequences) {
-        return Err(Error::invalid("max_sequences", format!("{} is outside 2..=256", cfg.max_sequences)));
-    }
-    if cfg.batch_size == 0 {
-        return Err(Error::invalid("batch_size", "must be at least 1"));
-    }
-    if cfg.context_size < 16 {
-        return Err(Error::invalid("context_size", "must be at least 16"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

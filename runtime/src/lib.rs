@@ -22,8 +22,8 @@ mod search;
 pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::{
-    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, ScoredItem,
-    Session, Strategy, TrieRow,
+    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, ScoredItem, Session,
+    Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use llm::KvType;

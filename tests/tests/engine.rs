@@ -228,12 +228,19 @@ fn bad_requests_are_typed_errors() {
     let e = Engine::open(&m, &p, f32_cfg()).unwrap();
     let ids = catalog_ids();
     assert!(matches!(e.rank(&req(&[], None)), Err(Error::BadRequest(RequestError::EmptyHistory))));
-    assert!(matches!(e.rank(&req(&["nope"], None)), Err(Error::BadRequest(RequestError::UnknownItem { id })) if id == "nope"));
+    assert!(
+        matches!(e.rank(&req(&["nope"], None)), Err(Error::BadRequest(RequestError::UnknownItem { id })) if id == "nope")
+    );
     assert!(matches!(e.rank(&req(&[&ids[0]], Some(&[]))), Err(Error::BadRequest(RequestError::EmptyCandidates))));
     let dup = vec![ids[1].clone(), ids[2].clone(), ids[1].clone()];
-    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&dup))), Err(Error::BadRequest(RequestError::DuplicateCandidate { id })) if id == ids[1]));
+    assert!(
+        matches!(e.rank(&req(&[&ids[0]], Some(&dup))), Err(Error::BadRequest(RequestError::DuplicateCandidate { id })) if id == ids[1])
+    );
     let unknown = vec![ids[1].clone(), "zzz".into()];
-    assert!(matches!(e.rank(&req(&[&ids[0]], Some(&unknown))), Err(Error::BadRequest(RequestError::UnknownItem { .. }))));
+    assert!(matches!(
+        e.rank(&req(&[&ids[0]], Some(&unknown))),
+        Err(Error::BadRequest(RequestError::UnknownItem { .. }))
+    ));
     let mut r = req(&[&ids[0]], None);
     r.top_k = Some(0);
     assert!(matches!(e.rank(&r), Err(Error::BadRequest(RequestError::Invalid { field, .. })) if field == "top_k"));
@@ -243,7 +250,9 @@ fn bad_requests_are_typed_errors() {
     // A history longer than the context: a typed error, not an abort.
     let small = Engine::open(&m, &p, EngineConfig { context_size: 32, batch_size: 16, ..f32_cfg() }).unwrap();
     let long: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
-    assert!(matches!(small.rank(&req(&long, None)), Err(Error::Capacity { resource: Resource::ContextCells, needed, available }) if needed > available));
+    assert!(
+        matches!(small.rank(&req(&long, None)), Err(Error::Capacity { resource: Resource::ContextCells, needed, available }) if needed > available)
+    );
     // Still usable after errors.
     assert_eq!(e.rank(&req(&[&ids[0]], Some(&ids[1..3]))).unwrap().items.len(), 2);
 }
@@ -260,7 +269,11 @@ fn wrong_or_broken_files_are_typed_errors() {
     assert!(Engine::open(&m, &p, EngineConfig { verify_checksum: true, ..f32_cfg() }).is_ok());
     let m8 = model("llama-tiny", "q8_0");
     let e = Engine::open(&m8, &p, EngineConfig { verify_checksum: true, ..f32_cfg() });
-    assert!(matches!(e, Err(Error::BadFile(FileError::Mismatch { ref field, .. })) if field.contains("sha256")), "{:?}", e.err());
+    assert!(
+        matches!(e, Err(Error::BadFile(FileError::Mismatch { ref field, .. })) if field.contains("sha256")),
+        "{:?}",
+        e.err()
+    );
     // The same pack without verification works with the quantized model (same tokenizer/width).
     assert!(Engine::open(&m8, &p, f32_cfg()).is_ok());
     // Truncated and non-GGUF files.
@@ -269,18 +282,30 @@ fn wrong_or_broken_files_are_typed_errors() {
     let cut = dir.path().join("cut.gguf");
     for at in [0, 3, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&cut, &bytes[..at]).unwrap();
-        assert!(matches!(Engine::open(&cut, &p, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "model cut at {at}");
+        assert!(
+            matches!(Engine::open(&cut, &p, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))),
+            "model cut at {at}"
+        );
     }
     let pbytes = std::fs::read(&p).unwrap();
     for at in [0, 10, pbytes.len() / 2, pbytes.len() - 1] {
         std::fs::write(&cut, &pbytes[..at]).unwrap();
-        assert!(matches!(Engine::open(&m, &cut, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "pack cut at {at}");
+        assert!(
+            matches!(Engine::open(&m, &cut, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))),
+            "pack cut at {at}"
+        );
     }
     let txt = dir.path().join("x.gguf");
     std::fs::write(&txt, b"hello, not a model").unwrap();
     assert!(matches!(Engine::open(&txt, &p, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))));
-    assert!(matches!(Engine::open(&m, &m, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))), "a model is not a pack");
-    assert!(matches!(Engine::open(dir.path().join("absent.gguf"), &p, f32_cfg()), Err(Error::BadFile(FileError::Io { .. }))));
+    assert!(
+        matches!(Engine::open(&m, &m, f32_cfg()), Err(Error::BadFile(FileError::Invalid { .. }))),
+        "a model is not a pack"
+    );
+    assert!(matches!(
+        Engine::open(dir.path().join("absent.gguf"), &p, f32_cfg()),
+        Err(Error::BadFile(FileError::Io { .. }))
+    ));
 }
 
 #[test]

@@ -14,7 +14,11 @@ pub(crate) struct Call {
 
 impl Call {
     pub fn new(req: &RankRequest) -> Self {
-        Call { cancel: req.cancel.clone(), deadline: req.timeout.map(|t| Instant::now() + t), stats: RankStats::default() }
+        Call {
+            cancel: req.cancel.clone(),
+            deadline: req.timeout.map(|t| Instant::now() + t),
+            stats: RankStats::default(),
+        }
     }
 
     /// Lets llama.cpp's abort callback see this call's cancel token and deadline.

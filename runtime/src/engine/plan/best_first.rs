@@ -19,7 +19,8 @@ pub(crate) fn score(job: &mut Job, k: usize) -> Result<Scores> {
     let mut top = TopK::new(k);
     for r in trie.roots.clone() {
         let r = r as usize;
-        let logit = *last.get(trie.nodes[r].token as usize).ok_or_else(|| Error::internal("token outside the logits"))?;
+        let logit =
+            *last.get(trie.nodes[r].token as usize).ok_or_else(|| Error::internal("token outside the logits"))?;
         trie.set_logp(r, logit as f64 - lse);
         for _ in 0..trie.nodes[r].ends {
             top.push(trie.nodes[r].partial);

@@ -31,11 +31,7 @@ pub(crate) fn groups(seqs: &[Vec<i32>], n_seq_max: usize, n_ctx: usize, prefix_l
 
 /// A group's trie rows in the order [`score`] decodes them.
 pub(crate) fn rows(g: &Group) -> Vec<TrieRow> {
-    g.trie
-        .nodes
-        .iter()
-        .map(|n| TrieRow { token: n.token, depth: n.depth, decoded: !n.children.is_empty() })
-        .collect()
+    g.trie.nodes.iter().map(|n| TrieRow { token: n.token, depth: n.depth, decoded: !n.children.is_empty() }).collect()
 }
 
 pub(crate) fn score(job: &mut Job) -> Result<Scores> {

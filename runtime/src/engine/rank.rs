@@ -1,0 +1,82 @@
+//! One ranking call, from request to sorted result, in a context the caller holds.
+
+use delrec_format::ScoringMode;
+
+use super::call::Call;
+use super::plan::{self, Job};
+use super::prefix::PrefixState;
+use super::{prompt, Engine, EngineConfig, RankRequest, Ranking, ScoredItem};
+use crate::error::{Error, Result};
+use crate::llm::Context;
+
+impl Engine {
+    /// Ranks in `ctx`, whose sequence 0 holds what `state` says (sessions keep both).
+    pub(crate) fn rank_in(&self, ctx: &mut Context, state: &mut PrefixState, req: &RankRequest) -> Result<Ranking> {
+        let mut call = Call::new(req);
+        call.arm(ctx);
+        let r = self.rank_armed(ctx, state, req, &mut call);
+        Call::disarm(ctx);
+        r
+    }
+
+    fn rank_armed(
+        &self,
+        ctx: &mut Context,
+        state: &mut PrefixState,
+        req: &RankRequest,
+        call: &mut Call,
+    ) -> Result<Ranking> {
+        let inner = &*self.inner;
+        let pack = &inner.pack;
+        let r = prompt::resolve(pack, req)?;
+        call.stats.candidates = r.candidates.len();
+        let rows = prompt::prefix_rows(pack, &r.history, r.soft_override)?;
+        call.stats.prefix_rows = rows.len();
+        let seqs = prompt::candidate_sequences(pack, &r.candidates)?;
+        let strategy = plan::choose(req, seqs.len(), ctx.n_seq_max(), pack.scoring);
+        let mut job =
+            Job { ctx, state, call, soft: &inner.soft, width: inner.model.n_embd(), rows: &rows, seqs: &seqs };
+        let scores = plan::run(strategy, &mut job)?;
+        let mode = pack.scoring;
+        let mut items = Vec::with_capacity(scores.len());
+        for (&c, s) in r.candidates.iter().zip(scores) {
+            let Some((logprob, n)) = s else { continue };
+            let (id, title) = pack
+                .item_id(c)
+                .zip(pack.item_title(c))
+                .ok_or_else(|| Error::internal(format!("catalog index {c} out of range")))?;
+            let mean = logprob / n as f64;
+            items.push(ScoredItem {
+                id: id.to_string(),
+                title: title.to_string(),
+                index: c,
+                score: if mode == ScoringMode::Mean { mean } else { logprob },
+                logprob,
+                n_tokens: n,
+                mean_logprob: mean,
+            });
+        }
+        // Best first; ties keep catalog order so results are deterministic.
+        items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        if let Some(k) = req.top_k {
+            items.truncate(k);
+        }
+        Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
+    }
+}
+
+pub(crate) fn validate(cfg: &EngineConfig) -> Result<()> {
+    if cfg.max_contexts == 0 {
+        return Err(Error::invalid("max_contexts", "must be at least 1"));
+    }
+    if !(2..=256).contains(&cfg.max_sequences) {
+        return Err(Error::invalid("max_sequences", format!("{} is outside 2..=256", cfg.max_sequences)));
+    }
+    if cfg.batch_size == 0 {
+        return Err(Error::invalid("batch_size", "must be at least 1"));
+    }
+    if cfg.context_size < 16 {
+        return Err(Error::invalid("context_size", "must be at least 16"));
+    }
+    Ok(())
+}
