@@ -53,8 +53,9 @@ pub struct EngineConfig {
     pub gpu_layers: i32,
     pub kv_type: KvType,
     /// llama.cpp flash attention. On by default: on CPU its kernel skips masked KV cells, so
-    /// trie rows (which see the prefix and their own path only) cost less; measured on SmolLM2-135M
-    /// at H = 10, K = 20: ~20 % faster, and as close to PyTorch as without it (see llm.rs).
+    /// trie rows (which see the prefix and their own path only) cost less, and it scores as close
+    /// to PyTorch as classic attention (README, "How ranking works"). Off together with an F32
+    /// cache is the exact path the parity tests use.
     pub flash_attention: bool,
     /// Hash the whole model file and require it to be one the pack was built for.
     pub verify_checksum: bool,
@@ -64,9 +65,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             threads: 0,
-            // SmolLM2-135M Q4_0, whole catalog (1,682 items), top-10, AVX-512 build: 16 / 32 / 48 /
-            // 64 sequences took 3.8 / 3.0 / 2.9 / 2.9 s (fewer, larger search rounds against more
-            // rows decoded); memory does not depend on it, only on context_size.
+            // More sequences: fewer, larger search rounds against more rows decoded (measured in
+            // bench/README.md); memory depends on context_size, not on this.
             context_size: 2048,
             batch_size: 512,
             max_sequences: 32,
