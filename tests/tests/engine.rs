@@ -417,3 +417,43 @@ fn the_engine_plan_is_what_it_decodes() {
     r.top_k = Some(0);
     assert!(matches!(e.plan(&r), Err(Error::BadRequest(RequestError::Invalid { .. }))));
 }
+
+#[test]
+fn top_k_search_works_with_the_fewest_sequences() {
+    // max_sequences = 2 (the prefix and one path) once made every search stall: a node deferred
+    // in a round stayed deferred after pruning freed its path.
+    let (m, p) = tiny();
+    let ids = catalog_ids();
+    let mut r = req(&[&ids[0]], None);
+    r.top_k = Some(3);
+    let want = Engine::open(&m, &p, f32_cfg()).unwrap().rank(&RankRequest { exhaustive: true, ..r.clone() }).unwrap();
+    for n in [2u32, 3, 4] {
+        let e = Engine::open(&m, &p, EngineConfig { max_sequences: n, ..f32_cfg() }).unwrap();
+        let got = e.rank(&r).unwrap();
+        assert!(got.stats.pruned > 0, "max_sequences {n}: {:?}", got.stats);
+        assert_eq!(
+            got.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+            want.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+            "max_sequences {n}"
+        );
+        assert_close(&got, &want, 1e-4);
+    }
+}
+
+#[test]
+fn a_pack_truncated_under_an_open_engine_does_not_crash_it() {
+    // The catalog is read at every rank; it must not live in mapped pages of a file that can be
+    // cut under us (SIGBUS). Model updates must be atomic renames (llama.cpp maps the weights).
+    let (m, p) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("p.gguf");
+    std::fs::copy(&p, &q).unwrap();
+    let e = Engine::open(&m, &q, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    let want = e.rank(&req(&[&ids[0], &ids[1]], None)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&q).unwrap().set_len(0).unwrap();
+    let got = e.rank(&req(&[&ids[0], &ids[1]], None)).unwrap();
+    assert_close(&got, &want, 1e-6);
+    assert_eq!(e.pack().n_items(), ids.len());
+    assert_eq!(e.pack().item_title(3), want.items.iter().find(|i| i.index == 3).map(|i| i.title.as_str()));
+}
