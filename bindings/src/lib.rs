@@ -117,7 +117,9 @@ impl From<rt::Error> for DelrecError {
                 rt::RequestError::DuplicateCandidate { id } => {
                     bad_request(BadRequestKind::DuplicateCandidate, Some(id), None)
                 }
-                rt::RequestError::Invalid { field, .. } => bad_request(BadRequestKind::InvalidArgument, None, Some(field)),
+                rt::RequestError::Invalid { field, .. } => {
+                    bad_request(BadRequestKind::InvalidArgument, None, Some(field))
+                }
                 _ => bad_request(BadRequestKind::InvalidArgument, None, None),
             },
             rt::Error::BadFile(f) => {
@@ -491,7 +493,8 @@ impl Engine {
     /// The catalog entry with this id.
     pub fn item(&self, id: String) -> Result<CatalogItem> {
         guard(|| {
-            let index = self.inner.pack().item_index(&id).ok_or(rt::Error::from(rt::RequestError::UnknownItem { id }))?;
+            let index =
+                self.inner.pack().item_index(&id).ok_or(rt::Error::from(rt::RequestError::UnknownItem { id }))?;
             self.catalog_item(index)
         })
     }
@@ -536,10 +539,16 @@ impl Engine {
 impl Engine {
     fn catalog_item(&self, index: u32) -> Result<CatalogItem> {
         let p = self.inner.pack();
-        let (id, title) = p.item_id(index).zip(p.item_title(index)).ok_or_else(|| DelrecError::Internal {
-            reason: format!("catalog index {index} out of range"),
-        })?;
-        Ok(CatalogItem { id: id.to_string(), title: title.to_string(), index, text: p.item_text(index).map(str::to_string) })
+        let (id, title) = p
+            .item_id(index)
+            .zip(p.item_title(index))
+            .ok_or_else(|| DelrecError::Internal { reason: format!("catalog index {index} out of range") })?;
+        Ok(CatalogItem {
+            id: id.to_string(),
+            title: title.to_string(),
+            index,
+            text: p.item_text(index).map(str::to_string),
+        })
     }
 }
 
@@ -614,11 +623,8 @@ mod tests {
         assert_eq!(e.to_string(), "bad request: unknown item id \"m999\"");
         let e = DelrecError::from(rt::Error::from(rt::RequestError::EmptyHistory));
         assert!(matches!(e, DelrecError::BadRequest { kind: BadRequestKind::EmptyHistory, .. }));
-        let e = DelrecError::from(rt::Error::Capacity {
-            resource: rt::Resource::ContextCells,
-            needed: 40,
-            available: 32,
-        });
+        let e =
+            DelrecError::from(rt::Error::Capacity { resource: rt::Resource::ContextCells, needed: 40, available: 32 });
         assert!(matches!(e, DelrecError::Capacity { needed: 40, available: 32, .. }), "{e:?}");
         let e = DelrecError::from(rt::Error::from(rt::FileError::Mismatch {
             field: "n_embd".into(),

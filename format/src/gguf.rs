@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};

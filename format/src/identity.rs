@@ -49,7 +49,6 @@ impl BaseIdentity {
     }
 }
 
-
 /// sha256 (hex) over `tokenizer.ggml.model`, `tokenizer.ggml.pre`, every token and every merge,
 /// each followed by a 0 byte, with a 1 byte between the sections.
 pub fn tokenizer_fingerprint(model: &GgufFile) -> Result<String> {

@@ -36,7 +36,9 @@ pub use session::Session;
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Threads per decode; 0 = all available cores.
+    /// Threads per decode; 0 = all available cores. Every setting has a range, checked at open
+    /// (threads ≤ 512, context_size 16..=131072, batch_size 1..=8192, max_sequences 2..=256,
+    /// max_contexts 1..=64); out of range is `BadRequest` naming the field.
     pub threads: usize,
     /// KV cells per context: the prompt prefix plus the trie nodes of one candidate group (or the
     /// live paths of a top-k search).

@@ -457,3 +457,28 @@ fn a_pack_truncated_under_an_open_engine_does_not_crash_it() {
     assert_eq!(e.pack().n_items(), ids.len());
     assert_eq!(e.pack().item_title(3), want.items.iter().find(|i| i.index == 3).map(|i| i.title.as_str()));
 }
+
+#[test]
+fn settings_out_of_range_are_bad_requests_naming_the_field() {
+    let (m, p) = tiny();
+    let bad = [
+        ("threads", EngineConfig { threads: 3000, ..f32_cfg() }),
+        ("context_size", EngineConfig { context_size: 8, ..f32_cfg() }),
+        ("context_size", EngineConfig { context_size: u32::MAX, ..f32_cfg() }),
+        ("batch_size", EngineConfig { batch_size: 0, ..f32_cfg() }),
+        ("batch_size", EngineConfig { batch_size: 1 << 20, ..f32_cfg() }),
+        ("max_sequences", EngineConfig { max_sequences: 1, ..f32_cfg() }),
+        ("max_sequences", EngineConfig { max_sequences: 257, ..f32_cfg() }),
+        ("max_contexts", EngineConfig { max_contexts: 0, ..f32_cfg() }),
+        ("max_contexts", EngineConfig { max_contexts: 1000, ..f32_cfg() }),
+    ];
+    for (name, cfg) in bad {
+        match Engine::open(&m, &p, cfg.clone()) {
+            Err(Error::BadRequest(RequestError::Invalid { field, .. })) => assert_eq!(field, name, "{cfg:?}"),
+            other => panic!("{name}: {:?}", other.map(|_| "opened")),
+        }
+    }
+    // The bounds themselves are accepted.
+    let edge = EngineConfig { max_sequences: 2, max_contexts: 1, batch_size: 1, ..f32_cfg() };
+    assert!(Engine::open(&m, &p, edge).is_ok());
+}

@@ -163,18 +163,8 @@ impl PackBuilder {
             let texts = self.items.iter().map(|i| i.text.clone().unwrap_or_default()).collect();
             w.set(K_TEXTS, Value::Array(Array::Str(texts)));
         }
-        w.add_tensor(
-            T_TOKENS,
-            &[tokens.len() as u64],
-            TensorType::I32,
-            TensorData::Owned(i32_bytes(&tokens)),
-        )?;
-        w.add_tensor(
-            T_OFFSETS,
-            &[offsets.len() as u64],
-            TensorType::I32,
-            TensorData::Owned(i32_bytes(&offsets)),
-        )?;
+        w.add_tensor(T_TOKENS, &[tokens.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&tokens)))?;
+        w.add_tensor(T_OFFSETS, &[offsets.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&offsets)))?;
         w.write_atomic(path, &mut |_, _| {})
     }
 }
@@ -291,4 +281,3 @@ mod tests {
         }
     }
 }
-

@@ -65,18 +65,24 @@ impl Engine {
     }
 }
 
+/// Setting ranges, checked at open. The upper bounds stop settings that would take the process
+/// down or allocate gigabytes before llama.cpp could refuse them (libgomp exits the process on
+/// thousands of threads; KV and logits buffers grow with context and batch).
+pub(crate) const LIMITS: [(&str, usize, usize); 5] = [
+    ("threads", 0, 512),
+    ("context_size", 16, 1 << 17),
+    ("batch_size", 1, 1 << 13),
+    ("max_sequences", 2, 256),
+    ("max_contexts", 1, 64),
+];
+
 pub(crate) fn validate(cfg: &EngineConfig) -> Result<()> {
-    if cfg.max_contexts == 0 {
-        return Err(Error::invalid("max_contexts", "must be at least 1"));
-    }
-    if !(2..=256).contains(&cfg.max_sequences) {
-        return Err(Error::invalid("max_sequences", format!("{} is outside 2..=256", cfg.max_sequences)));
-    }
-    if cfg.batch_size == 0 {
-        return Err(Error::invalid("batch_size", "must be at least 1"));
-    }
-    if cfg.context_size < 16 {
-        return Err(Error::invalid("context_size", "must be at least 16"));
+    let values =
+        [cfg.threads, cfg.context_size as usize, cfg.batch_size as usize, cfg.max_sequences as usize, cfg.max_contexts];
+    for ((field, lo, hi), v) in LIMITS.into_iter().zip(values) {
+        if !(lo..=hi).contains(&v) {
+            return Err(Error::invalid(field, format!("{v} is outside {lo}..={hi}")));
+        }
     }
     Ok(())
 }
