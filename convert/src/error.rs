@@ -56,6 +56,21 @@ pub enum ConvertError {
     SoftPrompt { path: PathBuf, reason: String },
     #[error("LoRA adapter {path}: {reason}")]
     Lora { path: PathBuf, reason: String },
+    /// A LoRA pair whose lora_A rows / lora_B columns differ from `r` in adapter_config.json.
+    #[error("LoRA adapter {path}: {name} has rank {found}, but adapter_config.json says r = {r}")]
+    LoraRank { path: PathBuf, name: String, r: usize, found: usize },
+    /// The LoRA adapts a weight the base model does not have.
+    #[error("LoRA adapter {path} adapts {module}, but the base model {base} has no tensor {tensor:?}")]
+    LoraTarget { path: PathBuf, module: String, base: PathBuf, tensor: String },
+    /// NaN or ±inf in an input tensor (a diverged training run, a corrupt file).
+    #[error("tensor {name:?} in {source_desc} holds {count} NaN or infinite values")]
+    NonFinite { name: String, source_desc: String, count: usize },
+    /// A GGUF tensor type the converter cannot dequantize.
+    #[error(
+        "tensor {name:?} of {path} has ggml type {ty}, which cannot be dequantized here \
+         (supported: {supported})"
+    )]
+    TensorTypeUnsupported { path: PathBuf, name: String, ty: String, supported: String },
     #[error("the models given to pack differ: {0}")]
     ModelMismatch(String),
     #[error("quantization failed: {0}")]

@@ -2,13 +2,15 @@
 //! llama.cpp's own quantizer), and recommender packs (catalog, template, soft prompts) for them.
 //!
 //! The binary `delrec-convert` is a thin CLI over [`model::convert_model`],
-//! [`quant::quantize_file`], [`pack::build_pack`] and [`inspect`].
+//! [`merge::merge_lora_gguf`], [`quant::quantize_file`], [`pack::build_pack`] and [`inspect`].
 
+pub mod dequant;
 pub mod error;
 pub mod hf;
 pub mod inspect;
 pub mod llama;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod pack;
 pub mod progress;

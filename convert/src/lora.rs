@@ -11,16 +11,39 @@ use serde_json::Value as J;
 use crate::error::{read_json, ConvertError, Result};
 use crate::st::{StSet, StTensor};
 
-/// Modules a LoRA may target (the linear layers of a llama/qwen2 block).
-const MODULES: [(&str, &str); 7] = [
-    ("self_attn", "q_proj"),
-    ("self_attn", "k_proj"),
-    ("self_attn", "v_proj"),
-    ("self_attn", "o_proj"),
-    ("mlp", "gate_proj"),
-    ("mlp", "up_proj"),
-    ("mlp", "down_proj"),
+/// Modules a LoRA may target (the linear layers of a llama/qwen2 block), with llama.cpp's name
+/// of the weight (`blk.N.<stem>.weight`).
+const MODULES: [(&str, &str, &str); 7] = [
+    ("self_attn", "q_proj", "attn_q"),
+    ("self_attn", "k_proj", "attn_k"),
+    ("self_attn", "v_proj", "attn_v"),
+    ("self_attn", "o_proj", "attn_output"),
+    ("mlp", "gate_proj", "ffn_gate"),
+    ("mlp", "up_proj", "ffn_up"),
+    ("mlp", "down_proj", "ffn_down"),
 ];
+
+/// Splits an HF block weight name `model.layers.N.GROUP.MODULE.weight` into (N, GROUP, MODULE)
+/// when MODULE is one a LoRA may target.
+fn split_hf(name: &str) -> Option<(usize, &'static str, &'static str, &'static str)> {
+    let tail = name.strip_prefix("model.layers.")?.strip_suffix(".weight")?;
+    let (layer, module_path) = tail.split_once('.')?;
+    let layer = layer.parse::<usize>().ok()?;
+    let (group, module) = module_path.split_once('.')?;
+    let &(g, m, stem) = MODULES.iter().find(|(g, m, _)| *g == group && *m == module)?;
+    Some((layer, g, m, stem))
+}
+
+/// The llama.cpp GGUF name of an adaptable HF weight:
+/// `model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`.
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    split_hf(hf).map(|(layer, _, _, stem)| format!("blk.{layer}.{stem}.weight"))
+}
+
+/// The module of an adaptable HF weight (`q_proj`, `down_proj`, ...).
+pub fn module_name(hf: &str) -> Option<&'static str> {
+    split_hf(hf).map(|(_, _, m, _)| m)
+}
 
 pub struct LoraPair {
     /// `[r, in]`
@@ -35,6 +58,33 @@ pub struct Lora {
     pub scale: f32,
     /// Keyed by the base weight's HF name (`model.layers.0.self_attn.q_proj.weight`).
     pub pairs: BTreeMap<String, LoraPair>,
+}
+
+impl LoraPair {
+    /// (A `[r, in]`, B `[out, r]`) as f32.
+    pub fn factors(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.a.to_f32()?, self.b.to_f32()?))
+    }
+}
+
+/// `w += scale · B·A` on rows of a row-major weight: `w` is `[rows, inp]`, `b` the matching
+/// `[rows, r]` rows of B, `a` is `[r, inp]`. Callers check the lengths; a mismatch adds nothing
+/// past the shortest input (no panic).
+pub fn add_low_rank(w: &mut [f32], inp: usize, a: &[f32], b: &[f32], r: usize, scale: f32) {
+    if inp == 0 || r == 0 {
+        return;
+    }
+    for (row, brow) in w.chunks_exact_mut(inp).zip(b.chunks_exact(r)) {
+        for (&bk, ak) in brow.iter().zip(a.chunks_exact(inp)) {
+            let coef = scale * bk;
+            if coef == 0.0 {
+                continue;
+            }
+            for (x, a) in row.iter_mut().zip(ak) {
+                *x += coef * a;
+            }
+        }
+    }
 }
 
 impl Lora {
@@ -126,12 +176,32 @@ impl Lora {
                     });
                 }
             };
-            if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != r || b.shape[1] != r {
+            if a.shape.len() != 2 || b.shape.len() != 2 {
                 return Err(ConvertError::ShapeMismatch {
-                    name: format!("{base} lora_A/lora_B"),
+                    name: format!("{base} lora_A/lora_B (2-D each)"),
                     expected: vec![r],
                     found: [a.shape.clone(), b.shape.clone()].concat(),
                 });
+            }
+            for (half, found) in [("lora_A", a.shape[0]), ("lora_B", b.shape[1])] {
+                if found != r {
+                    return Err(ConvertError::LoraRank {
+                        path: dir.to_path_buf(),
+                        name: format!("{half} of {base}"),
+                        r,
+                        found,
+                    });
+                }
+            }
+            for t in [&a, &b] {
+                let count = t.to_f32()?.iter().filter(|v| !v.is_finite()).count();
+                if count > 0 {
+                    return Err(ConvertError::NonFinite {
+                        name: t.name.clone(),
+                        source_desc: weights.display().to_string(),
+                        count,
+                    });
+                }
             }
             pairs.insert(base, LoraPair { a, b });
         }
@@ -151,21 +221,15 @@ impl Lora {
                 found: vec![p.b.shape[0], self.r, p.a.shape[1]],
             });
         }
-        let a = p.a.to_f32()?;
-        let b = p.b.to_f32()?;
-        let r = self.r;
-        for o in 0..out {
-            let row = &mut w[o * inp..(o + 1) * inp];
-            for k in 0..r {
-                let coef = self.scale * b[o * r + k];
-                if coef == 0.0 {
-                    continue;
-                }
-                for (x, ak) in row.iter_mut().zip(&a[k * inp..(k + 1) * inp]) {
-                    *x += coef * ak;
-                }
-            }
+        if w.len() != out * inp {
+            return Err(ConvertError::ShapeMismatch {
+                name: base.to_string(),
+                expected: vec![out, inp],
+                found: vec![w.len()],
+            });
         }
+        let (a, b) = p.factors()?;
+        add_low_rank(w, inp, &a, &b, self.r, self.scale);
         Ok(())
     }
 }
@@ -181,14 +245,9 @@ fn parse_name(name: &str) -> Option<(String, char)> {
     } else {
         return None;
     };
-    let tail = stem.strip_prefix("model.layers.")?;
-    let (layer, module_path) = tail.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (group, module) = module_path.split_once('.')?;
-    if !MODULES.contains(&(group, module)) {
-        return None;
-    }
-    Some((format!("{stem}.weight"), which))
+    let weight = format!("{stem}.weight");
+    split_hf(&weight)?;
+    Some((weight, which))
 }
 
 #[cfg(test)]
@@ -205,5 +264,29 @@ mod tests {
         assert_eq!(parse_name("base_model.model.model.embed_tokens.lora_A.weight"), None);
         assert_eq!(parse_name("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"), None);
         assert_eq!(parse_name("base_model.model.model.layers.x.self_attn.q_proj.lora_A.weight"), None);
+    }
+
+    #[test]
+    fn maps_hf_names_to_llama_cpp_names() {
+        assert_eq!(gguf_tensor_name("model.layers.3.self_attn.q_proj.weight").as_deref(), Some("blk.3.attn_q.weight"));
+        assert_eq!(
+            gguf_tensor_name("model.layers.0.self_attn.o_proj.weight").as_deref(),
+            Some("blk.0.attn_output.weight")
+        );
+        assert_eq!(gguf_tensor_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
+        assert_eq!(gguf_tensor_name("model.layers.1.mlp.q_proj.weight"), None);
+        assert_eq!(gguf_tensor_name("model.embed_tokens.weight"), None);
+        assert_eq!(module_name("model.layers.1.self_attn.k_proj.weight"), Some("k_proj"));
+    }
+
+    #[test]
+    fn low_rank_update_matches_the_definition() {
+        // w [2, 3], r = 2
+        let a = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
+        let b = [2.0, 1.0, 0.0, -4.0];
+        let mut w = vec![0.0; 6];
+        add_low_rank(&mut w, 3, &a, &b, 2, 0.5);
+        // row 0: 0.5·(2·a0 + 1·a1) = [0.5, 2.25, 3]; row 1: 0.5·(-4·a1) = [2, -1, 0]
+        assert_eq!(w, vec![0.5, 2.25, 3.0, 2.0, -1.0, 0.0]);
     }
 }

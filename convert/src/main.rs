@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use delrec_convert::merge::{merge_lora_gguf, MergeOptions, MergeOutType};
 use delrec_convert::model::{convert_model, ModelOptions, OutType};
 use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions};
 use delrec_convert::quant::{quantize_file, QuantType};
@@ -45,6 +46,27 @@ enum Cmd {
         /// Quantizer threads (0: all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+    /// Merge a PEFT LoRA into a GGUF base model (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+    /// Q5_0, Q5_1, Q4_K, Q5_K or Q6_K tensors): every tensor dequantized, matrices written at
+    /// --outtype, vectors as F32, all metadata and the tokenizer copied.
+    MergeLora {
+        /// The base model GGUF.
+        #[arg(long)]
+        base: PathBuf,
+        /// The PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        lora: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f16")]
+        outtype: MergeOutType,
+        /// Skip loading the result in llama.cpp before publishing it.
+        #[arg(long)]
+        no_verify: bool,
+        /// Also print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Quantize a GGUF model with llama.cpp's quantizer.
     Quantize {
@@ -132,6 +154,40 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                     "warning: {} values overflowed to ±inf when narrowed to F16; consider --outtype bf16 or f32",
                     r.f16_overflow
                 );
+            }
+        }
+        Cmd::MergeLora { base, lora, out, outtype, no_verify, json } => {
+            let r = merge_lora_gguf(&MergeOptions { base, lora, out, outtype, verify: !no_verify })?;
+            eprintln!(
+                "wrote {} ({} {}, {} tensors: {}, {} bytes; base tensors: {}; LoRA merged into {} tensors)",
+                r.out.display(),
+                r.arch,
+                outtype.name(),
+                r.n_tensors,
+                types_line(&r.types),
+                r.bytes,
+                types_line(&r.base_types),
+                r.lora_merged
+            );
+            if r.f16_overflow > 0 {
+                eprintln!(
+                    "warning: {} values overflowed to ±inf when narrowed to F16; consider --outtype bf16 or f32",
+                    r.f16_overflow
+                );
+            }
+            if json {
+                let v = serde_json::json!({
+                    "out": r.out.display().to_string(),
+                    "arch": r.arch,
+                    "outtype": outtype.name(),
+                    "n_tensors": r.n_tensors,
+                    "types": r.types,
+                    "base_types": r.base_types,
+                    "bytes": r.bytes,
+                    "lora_merged": r.lora_merged,
+                    "f16_overflow": r.f16_overflow,
+                });
+                println!("{v}");
             }
         }
         Cmd::Quantize { input, out, ty, allow_requantize, threads } => {

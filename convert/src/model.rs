@@ -202,7 +202,7 @@ fn tensor_type(dt: Dtype) -> TensorType {
 }
 
 /// f32 values → little-endian bytes of `ty` (F32, F16 or BF16); counts F16 overflows.
-fn encode(values: &[f32], ty: TensorType, overflow: &mut u64) -> Vec<u8> {
+pub(crate) fn encode(values: &[f32], ty: TensorType, overflow: &mut u64) -> Vec<u8> {
     match ty {
         TensorType::F16 => {
             let mut out = Vec::with_capacity(values.len() * 2);
@@ -220,15 +220,15 @@ fn encode(values: &[f32], ty: TensorType, overflow: &mut u64) -> Vec<u8> {
     }
 }
 
-/// A scratch file for converted tensors, removed when dropped.
-struct Spill {
+/// A scratch file for converted tensors, removed when dropped (also used by [`crate::merge`]).
+pub(crate) struct Spill {
     tmp: tempfile::NamedTempFile,
     w: BufWriter<File>,
     pos: u64,
 }
 
 impl Spill {
-    fn new(dir: &Path) -> Result<Self> {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix(".delrec-convert-")
             .suffix(".scratch")
@@ -238,13 +238,18 @@ impl Spill {
         Ok(Spill { w: BufWriter::with_capacity(1 << 20, f), tmp, pos: 0 })
     }
 
-    fn write(&mut self, b: &[u8]) -> Result<()> {
+    pub(crate) fn write(&mut self, b: &[u8]) -> Result<()> {
         self.w.write_all(b).map_err(|e| ConvertError::io(self.tmp.path(), e))?;
         self.pos += b.len() as u64;
         Ok(())
     }
 
-    fn range_from(&self, start: u64) -> TensorData {
+    /// Where the next write starts (pass it to [`range_from`](Self::range_from) afterwards).
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    pub(crate) fn range_from(&self, start: u64) -> TensorData {
         TensorData::FileRange { path: self.tmp.path().to_path_buf(), offset: start, len: self.pos - start }
     }
 
@@ -262,7 +267,7 @@ impl Spill {
         Ok(self.range_from(start))
     }
 
-    fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         self.w.flush().map_err(|e| ConvertError::io(self.tmp.path(), e))
     }
 }
