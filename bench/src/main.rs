@@ -124,7 +124,7 @@ struct RunArgs {
     /// them, else train/.venv/bin/python).
     #[arg(long)]
     torch_python: Option<String>,
-    /// Directory of the helper scripts (fixtures.py, gemm.py, torch_baseline.py, plot.py).
+    /// Directory of the helper scripts (gemm.py, torch_baseline.py, plot.py).
     #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     scripts: PathBuf,
     /// OMP_WAIT_POLICY for every measured process (ours, baselines, PyTorch): `passive` (default:
@@ -354,7 +354,7 @@ fn run(a: &RunArgs) -> BResult<()> {
         Some(c) => c.clone(),
         None => exe.parent().map(|d| d.join("delrec-convert")).ok_or("no directory for the current executable")?,
     };
-    let tools = fixtures::Tools { python: a.python.clone(), convert, scripts: a.scripts.clone() };
+    let tools = fixtures::Tools { python: a.python.clone(), convert };
 
     let pb = ProgressBar::new(0);
     pb.set_style(
