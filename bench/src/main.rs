@@ -121,7 +121,7 @@ struct RunArgs {
     #[arg(long, default_value = "python3")]
     python: String,
     /// Python with torch + transformers for the PyTorch baseline (default: --python if it has
-    /// them, else train/.venv/bin/python).
+    /// them, else target/train-venv/bin/python, the venv scripts/setup-train.sh makes).
     #[arg(long)]
     torch_python: Option<String>,
     /// Directory of the helper scripts (gemm.py, torch_baseline.py, plot.py).
@@ -410,7 +410,7 @@ fn run(a: &RunArgs) -> BResult<()> {
     } else {
         let cands: Vec<String> = match &a.torch_python {
             Some(p) => vec![p.clone()],
-            None => vec![a.python.clone(), "train/.venv/bin/python".into()],
+            None => vec![a.python.clone(), "target/train-venv/bin/python".into()],
         };
         let mut why = vec![];
         let mut found = None;

@@ -51,10 +51,6 @@ impl Session {
         &self.history
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Ranks with the session's history; `req.history` and `req.soft_prompt` are ignored.
     pub fn rank(&mut self, req: &RankRequest) -> Result<Ranking> {
         let req = RankRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
