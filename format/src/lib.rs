@@ -7,6 +7,8 @@
 //!   behind `build`.
 //! - [`template`]: the template language (`{soft:NAME}`, `{history}`, `{candidate}`).
 //! - [`identity`]: what ties a pack to its base model.
+//! - [`model_check`]: proves a model GGUF safe for llama.cpp (architectures, hyperparameters,
+//!   vocabulary, tensor set, shapes and types) before llama.cpp parses it.
 //!
 //! The runtime depends on this crate read-only; the converter, the bench and `inspect` turn on
 //! `build`.
@@ -20,6 +22,7 @@
 pub mod error;
 pub mod gguf;
 pub mod identity;
+pub mod model_check;
 pub mod pack;
 pub mod template;
 

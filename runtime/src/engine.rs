@@ -250,7 +250,11 @@ impl Engine {
         let (model, pack) = (model.as_ref(), pack.as_ref());
         rank::validate(&cfg)?;
         // Our own parse first: typed errors for non-GGUF or tokenizer-less files before llama.cpp.
-        let identity = BaseIdentity::of_model(&GgufFile::open(model)?)?;
+        let gguf = GgufFile::open(model)?;
+        // Every hyperparameter, token and tensor llama.cpp reads, checked: it aborts on hostile ones.
+        delrec_format::model_check::check_model(&gguf)?;
+        let identity = BaseIdentity::of_model(&gguf)?;
+        drop(gguf);
         let pack = Pack::open(pack)?;
         pack.base.check_matches(&identity)?;
         if cfg.verify_checksum {

@@ -1,0 +1,201 @@
+//! Hostile model files are typed errors at `Engine::open`, never a llama.cpp abort (issue #22).
+//!
+//! Each test rewrites the converted llama-tiny model with one hostile change of a class that
+//! aborted the process inside llama.cpp (`GGML_ASSERT` → SIGABRT) before `model_check` existed,
+//! and opens it with the model's genuine pack, in this process: a missed class kills the test
+//! binary, which fails the run.
+
+use std::path::{Path, PathBuf};
+
+use delrec_runtime::format::gguf::{Array, GgufFile, GgufWriter, TensorData, TensorType, Value};
+use delrec_runtime::format::model_check::check_model;
+use delrec_runtime::{Engine, EngineConfig, Error, FileError, KvType, RankRequest};
+use delrec_tests::{catalog_ids, model, pack};
+
+fn cfg() -> EngineConfig {
+    EngineConfig { kv_type: KvType::F32, flash_attention: false, threads: 2, ..Default::default() }
+}
+
+/// The parsed model, editable: every key and tensor, written back by [`Model::write`].
+struct Model {
+    kv: Vec<(String, Value)>,
+    tensors: Vec<(String, Vec<u64>, TensorType, Vec<u8>)>,
+}
+
+impl Model {
+    fn read(path: &Path) -> Self {
+        let f = GgufFile::open(path).unwrap();
+        let kv = f.kv().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tensors = f
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.ty, f.tensor_bytes(t).expect("sized tensor").to_vec()))
+            .collect();
+        Model { kv, tensors }
+    }
+
+    fn set(&mut self, key: &str, v: Value) {
+        match self.kv.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.kv.push((key.into(), v)),
+        }
+    }
+
+    fn tensor(&mut self, name: &str) -> &mut (String, Vec<u64>, TensorType, Vec<u8>) {
+        self.tensors.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    fn write(&self, path: &Path) {
+        let mut w = GgufWriter::new();
+        for (k, v) in &self.kv {
+            w.set(k, v.clone());
+        }
+        for (name, dims, ty, data) in &self.tensors {
+            w.add_tensor(name, dims, *ty, TensorData::Owned(data.clone())).unwrap();
+        }
+        w.write_atomic(path, &mut |_, _| {}).unwrap();
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    model: PathBuf,
+    pack: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let m = model("llama-tiny", "f32");
+    let p = pack(&m, "llama-tiny", "prompt-llama");
+    let tmp = tempfile::tempdir().unwrap();
+    // DELREC_KEEP_HOSTILE=DIR keeps the hostile files (to try them on other binaries).
+    let dir = match std::env::var_os("DELREC_KEEP_HOSTILE") {
+        Some(d) => PathBuf::from(d),
+        None => tmp.path().to_path_buf(),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    Fixture { dir, _dir: tmp, model: m, pack: p }
+}
+
+impl Fixture {
+    /// The model rewritten with `change`, opened with the genuine pack: must be `Invalid` with a
+    /// reason mentioning every one of `needles`.
+    fn refused(&self, what: &str, needles: &[&str], change: impl FnOnce(&mut Model)) {
+        let mut m = Model::read(&self.model);
+        change(&mut m);
+        let path = self.dir.join(format!("{what}.gguf"));
+        m.write(&path);
+        match Engine::open(&path, &self.pack, cfg()) {
+            Err(Error::BadFile(FileError::Invalid { path: p, reason })) => {
+                assert_eq!(p, path, "{what}: the error names another file");
+                for n in needles {
+                    assert!(reason.contains(n), "{what}: reason {reason:?} does not mention {n:?}");
+                }
+            }
+            Err(e) => panic!("{what}: expected FileError::Invalid, got {e:?}"),
+            Ok(_) => panic!("{what}: the hostile model opened"),
+        }
+    }
+}
+
+#[test]
+fn a_faithful_rewrite_still_opens() {
+    let fx = fixture();
+    let path = fx.dir.join("same.gguf");
+    Model::read(&fx.model).write(&path);
+    check_model(&GgufFile::open(&path).unwrap()).unwrap();
+    let e = Engine::open(&path, &fx.pack, cfg()).unwrap();
+    let ids = catalog_ids();
+    let r = e.rank(&RankRequest { history: vec![ids[0].clone(), ids[1].clone()], ..Default::default() }).unwrap();
+    assert_eq!(r.items.len(), ids.len());
+}
+
+#[test]
+fn layer_counts_out_of_range() {
+    let fx = fixture();
+    fx.refused("layers0", &["llama.block_count = 0"], |m| m.set("llama.block_count", Value::U32(0)));
+    fx.refused("layers600", &["llama.block_count = 600"], |m| m.set("llama.block_count", Value::U32(600)));
+    fx.refused("nextn", &["llama.nextn_predict_layers = 9"], |m| m.set("llama.nextn_predict_layers", Value::U32(9)));
+}
+
+#[test]
+fn expert_counts_without_experts() {
+    let fx = fixture();
+    fx.refused("experts", &["llama.expert_count = 4"], |m| {
+        m.set("llama.expert_count", Value::U32(4));
+        m.set("llama.expert_used_count", Value::U32(2));
+    });
+    fx.refused("experts-used", &["llama.expert_used_count = 2"], |m| m.set("llama.expert_used_count", Value::U32(2)));
+}
+
+#[test]
+fn unknown_rope_scaling_type() {
+    let fx = fixture();
+    fx.refused("rope", &["llama.rope.scaling.type", "bogus"], |m| {
+        m.set("llama.rope.scaling.type", Value::Str("bogus".into()))
+    });
+    fx.refused("rope-base", &["llama.rope.freq_base"], |m| m.set("llama.rope.freq_base", Value::F32(-1.0)));
+    fx.refused("n-rot", &["rope.dimension_count 8"], |m| m.set("llama.rope.dimension_count", Value::U32(8)));
+}
+
+#[test]
+fn non_finite_or_negative_norm_epsilon() {
+    let fx = fixture();
+    for (i, eps) in [f32::NAN, -1.0, f32::INFINITY, 0.0].into_iter().enumerate() {
+        fx.refused(&format!("eps{i}"), &["llama.attention.layer_norm_rms_epsilon"], |m| {
+            m.set("llama.attention.layer_norm_rms_epsilon", Value::F32(eps))
+        });
+    }
+}
+
+#[test]
+fn tensor_retyped_to_a_same_size_type() {
+    let fx = fixture();
+    // F32 → I32 keeps every byte count; llama.cpp's norm multiply aborts on I32.
+    fx.refused("i32-norm", &["blk.0.attn_norm.weight", "I32"], |m| {
+        m.tensor("blk.0.attn_norm.weight").2 = TensorType::I32
+    });
+    fx.refused("i32-matrix", &["blk.1.ffn_up.weight", "I32"], |m| m.tensor("blk.1.ffn_up.weight").2 = TensorType::I32);
+    fx.refused("i32-embd", &["token_embd.weight", "I32"], |m| m.tensor("token_embd.weight").2 = TensorType::I32);
+    // An F32 norm stored as F16 halves: BF16 → norms must be F32 whatever the size.
+    fx.refused("bf16-norm", &["output_norm.weight", "BF16"], |m| {
+        let t = m.tensor("output_norm.weight");
+        t.2 = TensorType::BF16;
+        t.3.truncate(t.3.len() / 2);
+    });
+}
+
+#[test]
+fn duplicate_vocabulary_strings() {
+    let fx = fixture();
+    // The tokenizer fingerprint changes too, but the model check runs before the pack match.
+    fx.refused("dup-vocab", &["tokenizer.ggml.tokens", "twice"], |m| {
+        let Some((_, Value::Array(Array::Str(tokens)))) = m.kv.iter_mut().find(|(k, _)| k == "tokenizer.ggml.tokens")
+        else {
+            panic!("no tokens")
+        };
+        tokens[10] = tokens[11].clone();
+    });
+}
+
+#[test]
+fn tensor_set_shapes_and_heads() {
+    let fx = fixture();
+    fx.refused("missing", &["blk.1.attn_v.weight", "missing"], |m| m.tensors.retain(|t| t.0 != "blk.1.attn_v.weight"));
+    fx.refused("extra", &["blk.0.attn_qkv.weight"], |m| {
+        let t = m.tensor("blk.0.attn_q.weight").clone();
+        m.tensors.push(("blk.0.attn_qkv.weight".into(), t.1, t.2, t.3));
+    });
+    fx.refused("shape", &["blk.0.ffn_down.weight", "shape"], |m| {
+        // Same element count, transposed: llama.cpp would multiply the wrong way round.
+        let t = m.tensor("blk.0.ffn_down.weight");
+        t.1.swap(0, 1);
+    });
+    fx.refused("kv-heads", &["head_count_kv = 3", "does not divide"], |m| {
+        m.set("llama.attention.head_count_kv", Value::U32(3))
+    });
+    fx.refused("special", &["tokenizer.ggml.eos_token_id = 700"], |m| {
+        m.set("tokenizer.ggml.eos_token_id", Value::U32(700))
+    });
+    fx.refused("arch", &["gemma3", "not supported"], |m| m.set("general.architecture", Value::Str("gemma3".into())));
+}
