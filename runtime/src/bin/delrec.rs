@@ -146,6 +146,42 @@ fn kv_type(s: &str) -> Result<KvType, String> {
     }
 }
 
+/// One `rank-batch` line: `{"user", "history": [ids], "candidates": [ids] | null, "top_k"}`.
+fn batch_request(
+    line: &str,
+    soft_prompt: Option<&str>,
+    exclude_history: bool,
+) -> Result<(serde_json::Value, RankRequest), String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let ids = |key: &str| -> Result<Option<Vec<String>>, String> {
+        match &v[key] {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("{key} holds a non-string")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            _ => Err(format!("{key} must be a list of ids")),
+        }
+    };
+    let top_k = match &v["top_k"] {
+        serde_json::Value::Null => None,
+        k => Some(k.as_u64().and_then(|k| usize::try_from(k).ok()).ok_or("top_k must be a non-negative integer")?),
+    };
+    let req = RankRequest {
+        history: ids("history")?.unwrap_or_default(),
+        candidates: ids("candidates")?,
+        top_k,
+        soft_prompt: soft_prompt.map(str::to_string),
+        exclude_history,
+        ..Default::default()
+    };
+    Ok((v["user"].clone(), req))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,40 +197,30 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::RankBatch { model, pack, requests, soft_prompt, exclude_history, eng, json: _ } => {
             let engine = Engine::open(&model, &pack, eng.config()?)?;
             let text = std::fs::read_to_string(&requests)?;
+            // A bad line is reported on its own output line and the batch goes on; the exit
+            // status says whether any line was malformed.
+            let mut malformed = 0usize;
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", requests.display(), n + 1))?;
-                let ids = |key: &str| -> Result<Option<Vec<String>>, String> {
-                    match &v[key] {
-                        serde_json::Value::Null => Ok(None),
-                        serde_json::Value::Array(a) => a
-                            .iter()
-                            .map(|x| {
-                                x.as_str()
-                                    .map(str::to_string)
-                                    .ok_or_else(|| format!("line {}: {key} holds a non-string", n + 1))
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                            .map(Some),
-                        _ => Err(format!("line {}: {key} must be a list of ids", n + 1)),
+                let line_no = n + 1;
+                let out = match batch_request(line, soft_prompt.as_deref(), exclude_history) {
+                    Err(reason) => {
+                        malformed += 1;
+                        json!({"line": line_no, "error": format!("{}:{line_no}: {reason}", requests.display())})
                     }
-                };
-                let req = RankRequest {
-                    history: ids("history")?.unwrap_or_default(),
-                    candidates: ids("candidates")?,
-                    top_k: v["top_k"].as_u64().map(|k| k as usize),
-                    soft_prompt: soft_prompt.clone(),
-                    exclude_history,
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let out = match engine.rank(&req) {
-                    Ok(r) => {
-                        json!({"user": v["user"], "items": items_json(&r), "rank_ms": t.elapsed().as_secs_f64() * 1e3})
+                    Ok((user, req)) => {
+                        let t = Instant::now();
+                        match engine.rank(&req) {
+                            Ok(r) => {
+                                json!({"user": user, "items": items_json(&r), "rank_ms": t.elapsed().as_secs_f64() * 1e3})
+                            }
+                            Err(e) => json!({"user": user, "line": line_no, "error": e.to_string()}),
+                        }
                     }
-                    Err(e) => json!({"user": v["user"], "error": e.to_string()}),
                 };
                 println!("{out}");
+            }
+            if malformed > 0 {
+                return Err(format!("{malformed} malformed request line(s) in {}", requests.display()).into());
             }
         }
         Cmd::Rank { model, pack, history, candidates, top_k, soft_prompt, exclude_history, naive, eng, json } => {
