@@ -434,9 +434,16 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file(&file, path)
+    }
+
+    /// Maps and parses an open file (`path` names it in errors). Parsing the descriptor that is
+    /// then handed on (to llama.cpp) means the bytes checked are the bytes loaded, even if the
+    /// path is replaced in between.
+    pub fn from_file(file: &File, path: &Path) -> Result<Self> {
         // SAFETY: the map is read-only; files we map are not expected to change while open (the
         // converter replaces files by rename, which leaves existing maps intact).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
         Self::parse(path, map)
     }
 

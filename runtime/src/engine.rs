@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use delrec_format::gguf::GgufFile;
-use delrec_format::identity::file_sha256;
+use delrec_format::identity::bytes_sha256;
 use delrec_format::{BaseIdentity, Pack};
 
 use crate::error::{FileError, Result};
@@ -249,16 +249,18 @@ impl Engine {
     pub fn open(model: impl AsRef<Path>, pack: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
         let (model, pack) = (model.as_ref(), pack.as_ref());
         rank::validate(&cfg)?;
+        // The model is opened once: our parse, the checks, the digest and llama.cpp all read this
+        // descriptor, so a file replaced at the path meanwhile is never loaded unchecked.
+        let file = std::fs::File::open(model).map_err(|source| FileError::Io { path: model.into(), source })?;
         // Our own parse first: typed errors for non-GGUF or tokenizer-less files before llama.cpp.
-        let gguf = GgufFile::open(model)?;
+        let gguf = GgufFile::from_file(&file, model)?;
         // Every hyperparameter, token and tensor llama.cpp reads, checked: it aborts on hostile ones.
         delrec_format::model_check::check_model(&gguf)?;
         let identity = BaseIdentity::of_model(&gguf)?;
-        drop(gguf);
         let pack = Pack::open(pack)?;
         pack.base.check_matches(&identity)?;
         if cfg.verify_checksum {
-            let sum = file_sha256(model)?;
+            let sum = bytes_sha256(gguf.bytes());
             if !pack.model_sha256.contains(&sum) {
                 let recorded =
                     if pack.model_sha256.is_empty() { "(none recorded)".into() } else { pack.model_sha256.join(" | ") };
@@ -267,7 +269,9 @@ impl Engine {
                 );
             }
         }
-        let m = Model::load(model, ModelParams { gpu_layers: cfg.gpu_layers, ..Default::default() })?;
+        drop(gguf);
+        let m = Model::load_file(&file, model, ModelParams { gpu_layers: cfg.gpu_layers, ..Default::default() })?;
+        drop(file);
         if m.has_encoder() {
             return Err(FileError::ModelLoad {
                 path: model.to_path_buf(),

@@ -482,3 +482,24 @@ fn settings_out_of_range_are_bad_requests_naming_the_field() {
     let edge = EngineConfig { max_sequences: 2, max_contexts: 1, batch_size: 1, ..f32_cfg() };
     assert!(Engine::open(&m, &p, edge).is_ok());
 }
+
+#[test]
+fn a_model_is_loaded_from_the_descriptor_that_was_checked() {
+    // What llama.cpp loads is what our checks read through the same open file, even if another
+    // file is renamed over the path in between.
+    use delrec_runtime::llm::{Model, ModelParams};
+    let tiny = model("llama-tiny", "f32");
+    let wide = model("llama-wide", "f16");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    std::fs::copy(&tiny, &path).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let staged = dir.path().join("staged.gguf");
+    std::fs::copy(&wide, &staged).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let from_fd = Model::load_file(&file, &path, ModelParams::default()).unwrap();
+    let from_path = Model::load(&path, ModelParams::default()).unwrap();
+    assert_ne!(from_fd.n_embd(), from_path.n_embd(), "the two fixtures must differ in width");
+    let want = Model::load(&tiny, ModelParams::default()).unwrap();
+    assert_eq!((from_fd.n_embd(), from_fd.n_vocab()), (want.n_embd(), want.n_vocab()));
+}

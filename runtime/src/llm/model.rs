@@ -61,12 +61,70 @@ impl Model {
             sys::llama_model_load_from_file(cpath.as_ptr(), p)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
+        Ok(Self::from_ptr(ptr))
+    }
+
+    fn from_ptr(ptr: NonNull<sys::llama_model>) -> Self {
         // SAFETY: ptr is a live model.
         let (n_embd, n_vocab) = unsafe {
             let vocab = sys::llama_model_get_vocab(ptr.as_ptr());
             (sys::llama_model_n_embd(ptr.as_ptr()), sys::llama_vocab_n_tokens(vocab))
         };
-        Ok(Model { ptr, n_embd: n_embd.max(0) as usize, n_vocab: n_vocab.max(0) as usize })
+        Model { ptr, n_embd: n_embd.max(0) as usize, n_vocab: n_vocab.max(0) as usize }
+    }
+
+    /// Loads from an open file, read from its start: the bytes a caller checked through the
+    /// same descriptor are the bytes llama.cpp loads, even if the path is replaced meanwhile.
+    /// (`path` names the file in errors.) Elsewhere than Unix, loads by path.
+    pub fn load_file(file: &std::fs::File, path: &Path, params: ModelParams) -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let backend = Backend::get();
+            let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: `dup` of a descriptor `file` keeps open; `fdopen` takes ownership of the
+            // copy (closed with the stream below, or directly if fdopen fails).
+            let fp = unsafe {
+                let fd = libc::dup(file.as_raw_fd());
+                if fd < 0 {
+                    return Err(LlamaError::Load {
+                        path: path.into(),
+                        log: std::io::Error::last_os_error().to_string(),
+                    });
+                }
+                let fp = libc::fdopen(fd, c"rb".as_ptr());
+                if fp.is_null() {
+                    libc::close(fd);
+                    return Err(LlamaError::Load {
+                        path: path.into(),
+                        log: std::io::Error::last_os_error().to_string(),
+                    });
+                }
+                libc::rewind(fp);
+                fp
+            };
+            backend.clear_log();
+            // SAFETY: default params are plain data; `fp` is a valid stream for the call. llama.cpp
+            // does not own a stream it is given, and its weight mappings outlive the descriptor,
+            // so the stream is closed right after.
+            let ptr = unsafe {
+                let mut p = sys::llama_model_default_params();
+                p.n_gpu_layers = params.gpu_layers;
+                p.vocab_only = params.vocab_only;
+                p.use_extra_bufts = params.repack;
+                let ptr = sys::llama_model_load_from_file_ptr(fp.cast(), p);
+                libc::fclose(fp);
+                ptr
+            };
+            let ptr =
+                NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
+            Ok(Self::from_ptr(ptr))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = file;
+            Self::load(path, params)
+        }
     }
 
     /// Whether the model has an encoder (T5-style encoder-decoder).
