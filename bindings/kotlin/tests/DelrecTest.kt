@@ -340,6 +340,30 @@ fun main() {
         check(e.reason.contains("deadline")) { e.reason }
     }
 
+    test("a hostile model (block_count 0, which aborts llama.cpp) -> BadFile INVALID; the library stays usable") {
+        // Patch the u32 value of `llama.block_count` in a copy of the model: key length (u64),
+        // key bytes, value type (u32 = 4), value.
+        val bytes = File(model).readBytes()
+        val key = "llama.block_count".toByteArray()
+        val at = (0..bytes.size - key.size).firstOrNull { i -> key.indices.all { bytes[i + it] == key[it] } }
+            ?: error("no llama.block_count key in $model")
+        val value = at + key.size + 4
+        check(bytes[at + key.size].toInt() == 4) { "llama.block_count is not a u32" }
+        for (j in 0 until 4) bytes[value + j] = 0
+        val hostile = File.createTempFile("hostile", ".gguf")
+        try {
+            hostile.writeBytes(bytes)
+            val e = expectThrows<DelrecException.BadFile> { Engine.open(hostile.path, pack, config()) }
+            check(e.kind == BadFileKind.INVALID && e.reason.contains("block_count")) { "$e" }
+        } finally {
+            hostile.delete()
+        }
+        // The process is alive and the library still works.
+        Engine.open(model, pack, config()).use { ok ->
+            check(ok.rank(RankRequest(history = history, topK = 3u)).items.size == 3) { "engine broken after hostile model" }
+        }
+    }
+
     test("a closed engine refuses calls; its open session keeps working") {
         val e2 = Engine.open(model, pack, config())
         val s = e2.session(null)
