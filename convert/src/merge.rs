@@ -22,7 +22,7 @@ use crate::dequant;
 use crate::error::{ConvertError, Result};
 use crate::llama::{self, ftype};
 use crate::lora::{add_low_rank, gguf_tensor_name, module_name, Lora};
-use crate::model::{encode, out_dir, permute_rows, publish, summarize, type_name, Spill};
+use crate::model::{encode, out_dir, permute_rows, publish, summarize, type_name, write_staged, Spill};
 use crate::progress;
 use crate::st::{decode_f32, Dtype};
 
@@ -271,17 +271,7 @@ pub fn merge_lora_gguf(opts: &MergeOptions) -> Result<MergeReport> {
     spill.finish()?;
 
     // A temp file beside the output; only a file llama.cpp accepted is renamed into place.
-    let stage = tempfile::Builder::new()
-        .prefix(".delrec-convert-")
-        .suffix(".gguf")
-        .tempfile_in(&out_dir)
-        .map_err(|e| ConvertError::io(&out_dir, e))?;
-    let wb = progress::bytes_bar(0, "writing");
-    w.write_atomic(stage.path(), &mut |done, total| {
-        wb.set_length(total);
-        wb.set_position(done);
-    })?;
-    wb.finish_and_clear();
+    let stage = write_staged(&w, &out_dir)?;
     drop(spill);
     drop(base);
     if opts.verify {

@@ -280,6 +280,23 @@ pub(crate) fn out_dir(out: &Path) -> PathBuf {
     }
 }
 
+/// Writes `w` to a temp file in `out_dir` (with a progress bar), to be checked and then
+/// published by rename: nothing half-written ever appears at the output path.
+pub(crate) fn write_staged(w: &GgufWriter, out_dir: &Path) -> Result<tempfile::NamedTempFile> {
+    let stage = tempfile::Builder::new()
+        .prefix(".delrec-convert-")
+        .suffix(".gguf")
+        .tempfile_in(out_dir)
+        .map_err(|e| ConvertError::io(out_dir, e))?;
+    let wb = progress::bytes_bar(0, "writing");
+    w.write_atomic(stage.path(), &mut |done, total| {
+        wb.set_length(total);
+        wb.set_position(done);
+    })?;
+    wb.finish_and_clear();
+    Ok(stage)
+}
+
 /// Gives a finished output the usual rw-r--r-- mode (temp files are created owner-only), then
 /// renames it into place.
 pub(crate) fn publish(tmp: tempfile::NamedTempFile, out: &Path) -> Result<()> {
@@ -449,17 +466,7 @@ pub fn convert_model(opts: &ModelOptions) -> Result<ModelReport> {
     spill.finish()?;
 
     // Write to a temp file beside the output; only a file llama.cpp accepted is renamed into place.
-    let stage = tempfile::Builder::new()
-        .prefix(".delrec-convert-")
-        .suffix(".gguf")
-        .tempfile_in(&out_dir)
-        .map_err(|e| ConvertError::io(&out_dir, e))?;
-    let wb = progress::bytes_bar(0, "writing");
-    w.write_atomic(stage.path(), &mut |done, total| {
-        wb.set_length(total);
-        wb.set_position(done);
-    })?;
-    wb.finish_and_clear();
+    let stage = write_staged(&w, &out_dir)?;
     drop(spill);
     let final_tmp = match quant {
         Some(ft) => {

@@ -26,6 +26,17 @@ pub struct ModelParams {
     pub repack: bool,
 }
 
+impl ModelParams {
+    fn raw(self) -> sys::llama_model_params {
+        // SAFETY: llama.cpp's defaults are plain data.
+        let mut p = unsafe { sys::llama_model_default_params() };
+        p.n_gpu_layers = self.gpu_layers;
+        p.vocab_only = self.vocab_only;
+        p.use_extra_bufts = self.repack;
+        p
+    }
+}
+
 impl Default for ModelParams {
     fn default() -> Self {
         Self { gpu_layers: 0, vocab_only: false, repack: true }
@@ -52,14 +63,8 @@ impl Model {
         let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LlamaError::Path(path.into()))?;
         let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
         backend.clear_log();
-        // SAFETY: default params are plain data; the path is a valid C string.
-        let ptr = unsafe {
-            let mut p = sys::llama_model_default_params();
-            p.n_gpu_layers = params.gpu_layers;
-            p.vocab_only = params.vocab_only;
-            p.use_extra_bufts = params.repack;
-            sys::llama_model_load_from_file(cpath.as_ptr(), p)
-        };
+        // SAFETY: the path is a valid C string.
+        let ptr = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params.raw()) };
         let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
         Ok(Self::from_ptr(ptr))
     }
@@ -104,15 +109,11 @@ impl Model {
                 fp
             };
             backend.clear_log();
-            // SAFETY: default params are plain data; `fp` is a valid stream for the call. llama.cpp
+            // SAFETY: `fp` is a valid stream for the call. llama.cpp
             // does not own a stream it is given, and its weight mappings outlive the descriptor,
             // so the stream is closed right after.
             let ptr = unsafe {
-                let mut p = sys::llama_model_default_params();
-                p.n_gpu_layers = params.gpu_layers;
-                p.vocab_only = params.vocab_only;
-                p.use_extra_bufts = params.repack;
-                let ptr = sys::llama_model_load_from_file_ptr(fp.cast(), p);
+                let ptr = sys::llama_model_load_from_file_ptr(fp.cast(), params.raw());
                 libc::fclose(fp);
                 ptr
             };
