@@ -69,6 +69,8 @@ pub enum BadRequestKind {
     DuplicateCandidate,
     /// A setting or argument out of range (`field` names it).
     InvalidArgument,
+    /// `recommend` on a pack without a sequential model.
+    NoSequentialModel,
 }
 
 /// What was wrong with a file.
@@ -120,6 +122,7 @@ impl From<rt::Error> for DelrecError {
                 rt::RequestError::Invalid { field, .. } => {
                     bad_request(BadRequestKind::InvalidArgument, None, Some(field))
                 }
+                rt::RequestError::NoSequentialModel => bad_request(BadRequestKind::NoSequentialModel, None, None),
                 _ => bad_request(BadRequestKind::InvalidArgument, None, None),
             },
             rt::Error::BadFile(f) => {
@@ -413,6 +416,109 @@ impl From<rt::Ranking> for Ranking {
     }
 }
 
+/// What to recommend (the cascade). Only `history` and `n` matter by default; a `Session`
+/// ignores `history` and `soft_prompt`.
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct RecommendRequest {
+    /// Item ids, most recent last.
+    #[uniffi(default)]
+    pub history: Vec<String>,
+    /// Results wanted.
+    #[uniffi(default = 10)]
+    pub n: u32,
+    /// Items the sequential model hands the LLM; null = the pack's default (at least `n`).
+    #[uniffi(default)]
+    pub retrieve: Option<u32>,
+    /// The LLM's weight in the fused score, 0..1; null = the pack's.
+    #[uniffi(default)]
+    pub llm_weight: Option<f32>,
+    /// Sequential model only (no LLM call).
+    #[uniffi(default = false)]
+    pub llm_off: bool,
+    /// Allow the history's items among the results.
+    #[uniffi(default = false)]
+    pub include_history: bool,
+    #[uniffi(default)]
+    pub soft_prompt: Option<String>,
+    #[uniffi(default)]
+    pub cancel: Option<Arc<CancelToken>>,
+    #[uniffi(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl From<RecommendRequest> for rt::RecommendRequest {
+    #[allow(clippy::needless_update)]
+    fn from(r: RecommendRequest) -> Self {
+        Self {
+            history: r.history,
+            n: r.n as usize,
+            retrieve: r.retrieve.map(|k| k as usize),
+            llm_weight: r.llm_weight,
+            llm_off: r.llm_off,
+            include_history: r.include_history,
+            soft_prompt: r.soft_prompt,
+            cancel: r.cancel.map(|c| c.0.clone()),
+            timeout: r.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
+        }
+    }
+}
+
+/// A recommended item with the scores that placed it.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct Recommended {
+    pub id: String,
+    pub title: String,
+    pub index: u32,
+    /// The sequential model's score.
+    pub seq_score: f64,
+    /// The LLM's score; null with `llm_off`.
+    pub llm_score: Option<f64>,
+    /// What the order follows: the fused score (`seq_score` with `llm_off`).
+    pub score: f64,
+}
+
+/// Counters of one `recommend` call.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RecommendStats {
+    pub retrieved: u64,
+    pub retrieval_micros: u64,
+    pub rerank_micros: u64,
+    /// The LLM re-rank's counters; null with `llm_off`.
+    pub rank: Option<RankStats>,
+}
+
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct Recommendation {
+    pub items: Vec<Recommended>,
+    pub stats: RecommendStats,
+}
+
+impl From<rt::Recommendation> for Recommendation {
+    fn from(r: rt::Recommendation) -> Self {
+        Self {
+            items: r
+                .items
+                .into_iter()
+                .map(|i| Recommended {
+                    id: i.id,
+                    title: i.title,
+                    index: i.index,
+                    seq_score: i.seq_score,
+                    llm_score: i.llm_score,
+                    score: i.score,
+                })
+                .collect(),
+            stats: RecommendStats {
+                retrieved: r.stats.retrieved as u64,
+                retrieval_micros: r.stats.retrieval_micros,
+                rerank_micros: r.stats.rerank_micros,
+                rank: r.stats.rank.map(Into::into),
+            },
+        }
+    }
+}
+
 /// A catalog entry of the pack.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CatalogItem {
@@ -474,6 +580,17 @@ impl Engine {
     /// thread.
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {
         guard(|| Ok(self.inner.rank(&request.into())?.into()))
+    }
+
+    /// The cascade: the pack's sequential model retrieves from the whole catalog, the LLM
+    /// re-ranks, the fused score orders. Blocks; call it off the UI thread.
+    pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
+        guard(|| Ok(self.inner.recommend(&request.into())?.into()))
+    }
+
+    /// Whether the pack carries a sequential model (`recommend` needs one).
+    pub fn has_sequential_model(&self) -> bool {
+        self.inner.pack().seq.is_some()
     }
 
     /// Opens a session that keeps one user's decoded history (it holds one of the engine's
@@ -591,6 +708,13 @@ impl Session {
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {
         let request = request.into();
         self.with(|s| s.rank(&request)).map(Into::into)
+    }
+
+    /// The cascade with the session's history; `request.history` and `request.soft_prompt` are
+    /// ignored.
+    pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
+        let request = request.into();
+        self.with(|s| s.recommend(&request)).map(Into::into)
     }
 }
 

@@ -77,8 +77,16 @@ pub enum ConvertError {
     Quantize(String),
     #[error("llama.cpp refused {path}: {reason}")]
     LlamaLoad { path: PathBuf, reason: String },
+    /// A sequential model (`pack --seq-model`) the pack cannot carry: wrong layout, sizes that
+    /// disagree, items that do not match the catalog.
+    #[error("sequential model {path}: {reason}")]
+    SeqModel { path: PathBuf, reason: String },
     #[error("{0}")]
     Usage(String),
+    /// A `torch.save` file that cannot be read: not a zip archive (or the legacy pre-1.6 format),
+    /// a malformed archive or pickle, a tensor outside its storage, an unsupported dtype.
+    #[error("{path}: cannot read the PyTorch checkpoint: {reason}")]
+    TorchCheckpoint { path: PathBuf, reason: String },
     #[error(transparent)]
     Format(#[from] delrec_format::Error),
 }

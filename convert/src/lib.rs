@@ -15,11 +15,13 @@ pub mod model;
 pub mod pack;
 pub mod progress;
 pub mod quant;
+pub mod seq;
 pub mod st;
 /// Fixture builders for tests only (the `testing` feature; this crate's tests turn it on).
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
+pub mod torch_ckpt;
 pub mod vocab;
 
 pub use error::{ConvertError, Result};

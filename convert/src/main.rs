@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use delrec_convert::merge::{merge_lora_gguf, MergeOptions, MergeOutType};
 use delrec_convert::model::{convert_model, ModelOptions, OutType};
-use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions};
+use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions, SeqInput, SeqOptions};
 use delrec_convert::quant::{quantize_file, QuantType};
 use delrec_convert::{inspect, ConvertError};
 use delrec_format::pack::ScoringMode;
+use delrec_format::seq::Fusion;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +24,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert a Hugging Face Llama/Qwen2 checkpoint (safetensors) to a llama.cpp GGUF.
@@ -114,6 +117,23 @@ enum Cmd {
         /// Store soft prompts as F16 (half the size) instead of F32.
         #[arg(long)]
         soft_f16: bool,
+        /// A SASRec checkpoint for the cascade (`recommend`): RecBole's Trainer file, the recipe's
+        /// sasrec.pth, or a state dict saved with torch.save.
+        #[arg(long)]
+        seq_model: Option<PathBuf>,
+        /// The model's item tokens, one per line in row order (row 0 = [PAD]); needed when the
+        /// checkpoint does not list them (RecBole's own files).
+        #[arg(long, requires = "seq_model")]
+        seq_items: Option<PathBuf>,
+        /// Store the sequential model as F16 instead of F32.
+        #[arg(long, requires = "seq_model")]
+        seq_f16: bool,
+        /// The cascade's LLM weight in [0, 1] (fitted by the recipe on the validation split).
+        #[arg(long)]
+        fusion_weight: Option<f32>,
+        /// Items the sequential model retrieves for the LLM by default.
+        #[arg(long)]
+        retrieve: Option<u32>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -206,9 +226,23 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
             bos,
             scoring,
             soft_f16,
+            seq_model,
+            seq_items,
+            seq_f16,
+            fusion_weight,
+            retrieve,
             name,
             out,
         } => {
+            let fusion = match (fusion_weight, retrieve) {
+                (None, None) => None,
+                (w, n) => {
+                    let d = Fusion::default();
+                    Some(Fusion { llm_weight: w.unwrap_or(d.llm_weight), retrieve: n.unwrap_or(d.retrieve) })
+                }
+            };
+            let seq =
+                seq_model.map(|path| SeqOptions { input: SeqInput::File { path, items: seq_items }, f16: seq_f16 });
             let template = match (template, template_file) {
                 (Some(t), _) => t,
                 (None, Some(p)) => std::fs::read_to_string(&p).map_err(|e| ConvertError::Io { path: p, source: e })?,
@@ -228,6 +262,8 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 soft_f16,
                 name,
                 out,
+                seq,
+                fusion,
             })?;
             let soft: Vec<String> = r.soft_prompts.iter().map(|(n, k)| format!("{n} ({k} tokens)")).collect();
             eprintln!(
@@ -240,6 +276,16 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 r.tokenizer,
                 r.bytes
             );
+            if let Some(q) = &r.seq {
+                eprintln!(
+                    "sequential model: SASRec {} layers, hidden {}, max_len {}; {} of its {} items in the catalog",
+                    q.n_layers,
+                    q.hidden,
+                    q.max_len,
+                    q.model_items - q.dropped,
+                    q.model_items
+                );
+            }
         }
         Cmd::Inspect { file, json, items } => {
             if json {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use delrec_format::gguf::{GgufFile, Value};
 use delrec_format::identity::{file_sha256, BaseIdentity};
 use delrec_format::pack::{CatalogItem, Pack, PackBuilder, ScoringMode};
+use delrec_format::seq::Fusion;
 use delrec_format::template::{self, Piece};
 use serde_json::Value as J;
 
@@ -62,6 +63,25 @@ pub struct PackOptions {
     pub soft_f16: bool,
     pub name: Option<String>,
     pub out: PathBuf,
+    /// A sequential model for the cascade (`--seq-model`).
+    pub seq: Option<SeqOptions>,
+    /// Fusion weight and retrieval size stored in the pack (runtime defaults otherwise).
+    pub fusion: Option<Fusion>,
+}
+
+/// `pack --seq-model PATH [--seq-items FILE] [--seq-f16]`.
+pub struct SeqOptions {
+    pub input: SeqInput,
+    /// Store the weights as F16.
+    pub f16: bool,
+}
+
+/// Where the sequential model comes from.
+pub enum SeqInput {
+    /// A checkpoint file and, when it does not list its items, the item list.
+    File { path: PathBuf, items: Option<PathBuf> },
+    /// Weights already in memory (tests, other importers); `desc` names them in errors.
+    Loaded { source: Box<crate::seq::SeqSource>, desc: PathBuf },
 }
 
 #[derive(Debug)]
@@ -73,6 +93,7 @@ pub struct PackReport {
     pub bos: Option<i32>,
     pub tokenizer: String,
     pub bytes: u64,
+    pub seq: Option<crate::seq::SeqReport>,
 }
 
 /// Parses `NAME=DIR`.
@@ -381,6 +402,19 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         let (n, v) = load_soft_prompt(name, dir, base.n_embd as usize)?;
         soft.push((name.clone(), n, v));
     }
+    let seq = match &opts.seq {
+        Some(so) => {
+            let ids: Vec<String> = items.iter().map(|(_, it)| it.id.clone()).collect();
+            let imported = match &so.input {
+                SeqInput::File { path, items } => {
+                    crate::seq::for_catalog(&crate::seq::load(path, items.as_deref())?, &ids, path)?
+                }
+                SeqInput::Loaded { source, desc } => crate::seq::for_catalog(source, &ids, desc)?,
+            };
+            Some((imported, so.f16))
+        }
+        None => None,
+    };
     let bos = match opts.bos {
         BosChoice::Auto => model_bos(&model)?,
         BosChoice::None => None,
@@ -422,6 +456,9 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     b.bos = bos;
     b.scoring = opts.scoring;
     b.name = opts.name.clone();
+    b.fusion = opts.fusion;
+    let seq_report = seq.as_ref().map(|((_, r), _)| r.clone());
+    b.seq = seq.map(|((m, _), f16)| (m, f16));
     let mut soft_report = Vec::new();
     for (name, n, v) in soft {
         b.add_soft_prompt(&name, n, v, opts.soft_f16)?;
@@ -471,6 +508,7 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         bos,
         tokenizer: tok_desc,
         bytes: pack.file().len(),
+        seq: seq_report,
     })
 }
 

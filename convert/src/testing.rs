@@ -804,6 +804,52 @@ pub fn write_random_model(dir: &Path, shape: &RandomShape, seed: u64, tokenizer_
     Ok(n_tok)
 }
 
+/// A random SASRec in RecBole's state-dict names (what `delrec-convert pack --seq-model` reads),
+/// for `item_tokens` (row 0 is padding). Norm weights are away from 1 and biases non-zero, so a
+/// mix-up of tensors shows in the scores.
+pub fn random_sasrec(
+    item_tokens: Vec<String>,
+    hidden: usize,
+    n_layers: usize,
+    n_heads: usize,
+    max_len: usize,
+    seed: u64,
+) -> crate::seq::SeqSource {
+    let mut rng = Rng(seed);
+    let mut tensors = std::collections::HashMap::new();
+    let mut put = |name: String, shape: Vec<usize>, rng: &mut Rng, scale: f32, center: f32| {
+        let n = shape.iter().product();
+        let v = rng.vec(n, scale).into_iter().map(|x| x + center).collect();
+        tensors.insert(name, (shape, v));
+    };
+    let inner = 2 * hidden;
+    put("item_embedding.weight".into(), vec![item_tokens.len(), hidden], &mut rng, 0.5, 0.0);
+    put("position_embedding.weight".into(), vec![max_len, hidden], &mut rng, 0.5, 0.0);
+    put("LayerNorm.weight".into(), vec![hidden], &mut rng, 0.2, 1.0);
+    put("LayerNorm.bias".into(), vec![hidden], &mut rng, 0.1, 0.0);
+    for i in 0..n_layers {
+        let a = format!("trm_encoder.layer.{i}.multi_head_attention");
+        let f = format!("trm_encoder.layer.{i}.feed_forward");
+        for p in ["query", "key", "value", "dense"] {
+            put(format!("{a}.{p}.weight"), vec![hidden, hidden], &mut rng, 0.4, 0.0);
+            put(format!("{a}.{p}.bias"), vec![hidden], &mut rng, 0.1, 0.0);
+        }
+        put(format!("{f}.dense_1.weight"), vec![inner, hidden], &mut rng, 0.4, 0.0);
+        put(format!("{f}.dense_1.bias"), vec![inner], &mut rng, 0.1, 0.0);
+        put(format!("{f}.dense_2.weight"), vec![hidden, inner], &mut rng, 0.4, 0.0);
+        put(format!("{f}.dense_2.bias"), vec![hidden], &mut rng, 0.1, 0.0);
+        for p in [format!("{a}.LayerNorm"), format!("{f}.LayerNorm")] {
+            put(format!("{p}.weight"), vec![hidden], &mut rng, 0.2, 1.0);
+            put(format!("{p}.bias"), vec![hidden], &mut rng, 0.1, 0.0);
+        }
+    }
+    crate::seq::SeqSource {
+        tensors,
+        config: crate::seq::SasrecConfig { n_layers, n_heads, hidden_act: "gelu".into(), layer_norm_eps: 1e-12 },
+        item_tokens,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -903,6 +949,8 @@ mod tests {
                 soft_f16: false,
                 name: None,
                 out: dir.path().join(format!("{arch}.pack.gguf")),
+                seq: None,
+                fusion: None,
             })
             .unwrap();
             assert_eq!(p.n_items, 40);

@@ -47,6 +47,8 @@ fn options(f: &Fixture, catalog: PathBuf, out: &Path) -> PackOptions {
         soft_f16: false,
         name: Some("test".into()),
         out: out.to_path_buf(),
+        seq: None,
+        fusion: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`pack`]: the recommender pack (`docs/format.md`): soft prompts, template, pre-tokenized
 //!   catalog, scoring mode, base identity; validated completely on open. [`pack::PackBuilder`]
 //!   behind `build`.
+//! - [`seq`]: the sequential recommender (SASRec) a pack may carry, and the cascade's fusion.
 //! - [`template`]: the template language (`{soft:NAME}`, `{history}`, `{candidate}`).
 //! - [`identity`]: what ties a pack to its base model.
 //! - [`model_check`]: proves a model GGUF safe for llama.cpp (architectures, hyperparameters,
@@ -24,6 +25,7 @@ pub mod gguf;
 pub mod identity;
 pub mod model_check;
 pub mod pack;
+pub mod seq;
 pub mod template;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use half::f16;
 use crate::error::{bad_file, Error, Result};
 use crate::gguf::{Array, GgufFile, TensorType, Value};
 pub use crate::identity::BaseIdentity;
+use crate::seq::{self as seqm, Fusion, Sasrec};
 use crate::template::{self, Piece};
 
 /// Version of the pack layout this build reads and writes.
@@ -105,6 +106,10 @@ pub struct Pack {
     /// The catalog's tokens, copied out of the map: read at every rank, so they must not live in
     /// pages a file truncated under us would turn into SIGBUS.
     tokens: Vec<i32>,
+    /// The sequential recommender, when the pack carries one (the cascade's retriever).
+    pub seq: Option<Sasrec>,
+    /// How the cascade fuses its scores (defaults when the pack does not say).
+    pub fusion: Fusion,
 }
 
 pub(crate) const K_VERSION: &str = "delrec.pack.version";
@@ -306,8 +311,12 @@ impl Pack {
         }
         let tokens: Vec<i32> = read_i32s(tok_bytes).collect();
         check_tokens(T_TOKENS, &tokens)?;
+        let seq = seqm::read_sasrec(f, n)?;
+        let fusion = seqm::read_fusion(f, n)?;
 
         Ok(Pack {
+            seq,
+            fusion,
             base,
             model_sha256,
             template,

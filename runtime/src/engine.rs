@@ -2,6 +2,7 @@
 //! public API; the work is in the submodules:
 //!
 //! - `rank`: one ranking call from request to sorted result;
+//! - `recommend`: the cascade (sequential retrieval, LLM re-rank, fusion);
 //! - `prompt`: request → catalog indices, prompt prefix rows, candidate token sequences;
 //! - `prefix`: the prefix decoded into sequence 0 (extended in place for sessions);
 //! - `plan`: the scoring plans (shared trie, best-first top-k, naive) behind one shape;
@@ -10,11 +11,13 @@
 //! - `session`: [`Session`], a user's history kept decoded.
 
 mod call;
+mod embed;
 mod plan;
 mod pool;
 mod prefix;
 mod prompt;
 mod rank;
+mod recommend;
 mod session;
 
 use std::path::Path;
@@ -165,6 +168,63 @@ pub struct RankStats {
 pub struct Ranking {
     pub items: Vec<ScoredItem>,
     pub stats: RankStats,
+}
+
+/// What to recommend: the cascade of [`Engine::recommend`]. `Default` gives the pack's
+/// retrieval size and fusion weight, the LLM on, and the history's items left out.
+#[derive(Clone, Debug, Default)]
+pub struct RecommendRequest {
+    /// Item ids, most recent last. Must not be empty. The sequential model reads the latest
+    /// `max_len` of them; the LLM's prompt takes them all.
+    pub history: Vec<String>,
+    /// Results wanted (1..= the items left to recommend).
+    pub n: usize,
+    /// Items the sequential model retrieves for the LLM to re-rank (`n..=` items left);
+    /// `None` = the pack's `delrec.fusion.retrieve`, raised to `n` if below.
+    pub retrieve: Option<usize>,
+    /// Weight of the LLM in the fused score, in `[0, 1]`; `None` = the pack's.
+    pub llm_weight: Option<f32>,
+    /// Sequential model only: no LLM call, ordered by the sequential score.
+    pub llm_off: bool,
+    /// Allow items of the history among the results (left out by default).
+    pub include_history: bool,
+    /// As in [`RankRequest::soft_prompt`].
+    pub soft_prompt: Option<String>,
+    pub cancel: Option<CancelToken>,
+    /// For the whole call, retrieval included.
+    pub timeout: Option<Duration>,
+}
+
+/// A recommended item with the scores that placed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recommended {
+    pub id: String,
+    pub title: String,
+    pub index: u32,
+    /// The sequential model's score (user vector · item vector).
+    pub seq_score: f64,
+    /// The LLM's score under the pack's scoring mode; `None` with `llm_off`.
+    pub llm_score: Option<f64>,
+    /// What the order follows: the fused score, or `seq_score` with `llm_off`.
+    pub score: f64,
+}
+
+/// Counters of one `recommend` call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecommendStats {
+    pub retrieved: usize,
+    /// Sequential forward + whole-catalog scan + top-N.
+    pub retrieval_micros: u64,
+    /// The LLM's re-rank (0 with `llm_off`).
+    pub rerank_micros: u64,
+    /// The re-rank's counters.
+    pub rank: Option<RankStats>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Recommendation {
+    pub items: Vec<Recommended>,
+    pub stats: RecommendStats,
 }
 
 /// One input row of the prompt prefix: a token, or a row of a soft prompt fed as an embedding.
@@ -326,6 +386,28 @@ impl Engine {
     pub fn rank(&self, req: &RankRequest) -> Result<Ranking> {
         let mut lease = self.inner.pool.acquire(Some(&Call::new(req)))?;
         self.rank_in(lease.ctx(), &mut PrefixState::default(), req)
+    }
+
+    /// The cascade: the pack's sequential model retrieves the best `retrieve` items of the whole
+    /// catalog, the LLM re-ranks them, and the fused score orders the result (see
+    /// [`RecommendRequest`]). Needs a pack with a sequential model.
+    ///
+    /// ```no_run
+    /// use delrec_runtime::{Engine, EngineConfig, RecommendRequest};
+    /// let engine = Engine::open("model.gguf", "pack.gguf", EngineConfig::default())?;
+    /// let recs = engine.recommend(&RecommendRequest {
+    ///     history: vec!["m001".into(), "m002".into()],
+    ///     n: 10,
+    ///     retrieve: Some(50),
+    ///     ..Default::default()
+    /// })?;
+    /// for r in &recs.items {
+    ///     println!("{} fused {:.2} (sequential {:.2}, LLM {:?})", r.title, r.score, r.seq_score, r.llm_score);
+    /// }
+    /// # Ok::<(), delrec_runtime::Error>(())
+    /// ```
+    pub fn recommend(&self, req: &RecommendRequest) -> Result<Recommendation> {
+        self.recommend_in(None, req)
     }
 
     /// Opens a session that keeps a user's prompt prefix in a context of its own (taken from the

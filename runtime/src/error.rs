@@ -55,6 +55,9 @@ pub enum RequestError {
     EmptyCandidates,
     #[error("candidate {id:?} appears more than once")]
     DuplicateCandidate { id: String },
+    /// `recommend` on a pack without a sequential model (build the pack with `--seq-model`).
+    #[error("the pack has no sequential model; recommend needs one (rank works without)")]
+    NoSequentialModel,
     /// A setting or argument out of range; `field` names it (`top_k`, `max_sequences`, ...).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },

@@ -18,12 +18,13 @@ pub mod error;
 pub mod llm;
 mod scorer;
 mod search;
+mod seq;
 
 pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::{
-    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, ScoredItem, Session,
-    Strategy, TrieRow,
+    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, RecommendRequest,
+    RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
-pub use llm::KvType;
+pub use llm::{KvType, Pooling};

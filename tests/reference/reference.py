@@ -9,6 +9,10 @@ CLI (every subcommand prints one JSON object on stdout):
 
   reference.py logits   --model-dir D --tokens 1,2,3 [--lora-dir L]
         -> {"logits": [[vocab floats] per position]}
+  reference.py embed    --model-dir D --tokens 1,2,3 [--tokens 4,5 ...] [--pooling mean|last] [--lora-dir L]
+        -> {"pooling", "dim", "embeddings": [[hidden floats] per --tokens]}
+           (final hidden state after the final RMSNorm, pooled over the sequence's positions:
+           mean = average, last = the last position; each sequence its own forward, no BOS)
   reference.py tokenize --tokenizer T/tokenizer.json --strings FILE.json
         -> {"ids": [[...], ...]}                       (add_special_tokens=False)
   reference.py score    --model-dir D --tokenizer T/tokenizer.json --catalog catalog.csv|.jsonl
@@ -262,8 +266,9 @@ class Model:
             raise ValueError(f"token id out of range [0, {self.vocab})")
         return self.embed[ids]
 
-    def forward_embeds(self, x):
-        """x: [n, hidden] input embeddings -> logits [n, vocab] (float64)."""
+    def final_hidden_embeds(self, x):
+        """x: [n, hidden] input embeddings -> final hidden states after the final RMSNorm
+        [n, hidden] (float64): what the LM head reads."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.hidden:
             raise ValueError(f"input embeddings shape {x.shape}, hidden {self.hidden}")
@@ -271,11 +276,25 @@ class Model:
             p = f"model.layers.{i}."
             x = x + self.attention(self.rmsnorm(x, self.w[p + "input_layernorm.weight"]), i)
             x = x + self.mlp(self.rmsnorm(x, self.w[p + "post_attention_layernorm.weight"]), i)
-        x = self.rmsnorm(x, self.w["model.norm.weight"])
-        return x @ self.lm_head.T
+        return self.rmsnorm(x, self.w["model.norm.weight"])
+
+    def forward_embeds(self, x):
+        """x: [n, hidden] input embeddings -> logits [n, vocab] (float64)."""
+        return self.final_hidden_embeds(x) @ self.lm_head.T
 
     def forward_tokens(self, ids):
         return self.forward_embeds(self.embed_tokens(ids))
+
+    def embed_pooled(self, ids, pooling: str = "mean"):
+        """One token sequence -> its pooled final-norm hidden state [hidden] (float64)."""
+        if len(ids) == 0:
+            raise ValueError("an empty token sequence has no embedding")
+        h = self.final_hidden_embeds(self.embed_tokens(ids))
+        if pooling == "mean":
+            return h.mean(axis=0)
+        if pooling == "last":
+            return h[-1]
+        raise ValueError(f"unknown pooling {pooling!r} (mean or last)")
 
 
 def log_softmax(z):
@@ -456,6 +475,12 @@ def main(argv=None) -> int:
     a.add_argument("--tokens", required=True)
     a.add_argument("--lora-dir")
 
+    e = sub.add_parser("embed")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--tokens", required=True, action="append", help="comma-separated ids; repeat for more sequences")
+    e.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    e.add_argument("--lora-dir")
+
     t = sub.add_parser("tokenize")
     t.add_argument("--tokenizer", required=True)
     t.add_argument("--strings", required=True)
@@ -478,6 +503,11 @@ def main(argv=None) -> int:
         m = Model(args.model_dir, args.lora_dir)
         toks = [int(x) for x in args.tokens.split(",") if x.strip() != ""]
         out = {"logits": m.forward_tokens(toks).tolist()}
+    elif args.cmd == "embed":
+        m = Model(args.model_dir, args.lora_dir)
+        seqs = [[int(x) for x in spec.split(",") if x.strip() != ""] for spec in args.tokens]
+        out = {"pooling": args.pooling, "dim": m.hidden,
+               "embeddings": [m.embed_pooled(s, args.pooling).tolist() for s in seqs]}
     elif args.cmd == "tokenize":
         tok = load_tokenizer(args.tokenizer)
         with open(args.strings, encoding="utf-8") as f:

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use delrec_convert::model::{convert_model, ModelOptions, OutType};
-use delrec_convert::pack::{build_pack, BosChoice, PackOptions};
+use delrec_convert::pack::{build_pack, BosChoice, PackOptions, SeqInput, SeqOptions};
+use delrec_convert::seq::SeqSource;
 use delrec_runtime::ScoringMode;
 
 pub const TEMPLATE: &str = "{soft:default}Recently watched:{history}.\nNext:{candidate}\n";
@@ -80,9 +81,27 @@ pub fn model(fixture: &str, outtype: &str) -> PathBuf {
 
 /// A pack for `model` with the fixture catalog and the PEFT soft prompt `prompt` as `default`.
 pub fn pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
+    build(model, fixture, prompt, None)
+}
+
+/// The SASRec of [`seq_pack`]: random weights in RecBole's names, its rows in another order than
+/// the catalog's (reversed) plus one item the catalog lacks, so the import's mapping is exercised.
+pub fn seq_source() -> SeqSource {
+    let mut tokens = vec!["[PAD]".to_string(), "not-in-catalog".to_string()];
+    tokens.extend(catalog_ids().into_iter().rev());
+    delrec_convert::testing::random_sasrec(tokens, 16, 2, 2, 6, 5)
+}
+
+/// [`pack`] plus the sequential model of [`seq_source`] (F32) and fusion weight 0.5, retrieve 8.
+pub fn seq_pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
+    build(model, fixture, prompt, Some(seq_source()))
+}
+
+fn build(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>) -> PathBuf {
     let fx = fixtures();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let out = artifacts().join(format!("{stem}.{prompt}.pack.gguf"));
+    let kind = if seq.is_some() { "seq." } else { "" };
+    let out = artifacts().join(format!("{stem}.{prompt}.{kind}pack.gguf"));
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         // The CLI's defaults: item prefix " ", history separator ",", BOS auto, sum scoring, F32.
@@ -99,6 +118,11 @@ pub fn pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
             soft_f16: false,
             name: None,
             out: out.clone(),
+            fusion: seq.as_ref().map(|_| delrec_runtime::format::seq::Fusion { llm_weight: 0.5, retrieve: 8 }),
+            seq: seq.map(|source| SeqOptions {
+                input: SeqInput::Loaded { source: Box::new(source), desc: "tests::seq_source".into() },
+                f16: false,
+            }),
         };
         if let Err(e) = build_pack(&opts) {
             panic!("building the pack {}: {e:?}", out.display());

@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
+from conftest import write_hf  # noqa: E402
 from delrec_train import export as export_mod  # noqa: E402
 from delrec_train.export import ConvertError, convert_bin, export, verify_export  # noqa: E402
 from delrec_train.llm import freeze, load_gguf_model  # noqa: E402
@@ -114,33 +115,6 @@ def run(*args):
     p = subprocess.run([str(a) for a in args], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return p
-
-
-def write_hf(d, arch):
-    """A tiny random HF checkpoint with a byte-level BPE tokenizer (what ``delrec-convert model`` takes)."""
-    torch.manual_seed(1)
-    kw = dict(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=0,
-              eos_token_id=0)
-    if arch == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
-    else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw, use_sliding_window=False))
-    with torch.no_grad():  # norms away from 1, so a mix-up of norm tensors would show
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.uniform_(0.8, 1.2)
-    model.save_pretrained(d, safe_serialization=True)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {"<|endoftext|>": 0} | {c: i + 1 for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<|endoftext|>"])
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|endoftext|>",
-                                                         "eos_token": "<|endoftext|>", "add_bos_token": False}))
 
 
 @pytest.fixture(scope="module", params=[("llama", "q8_0"), ("qwen2", "q4_1")], ids=lambda p: "-".join(p))

@@ -1,28 +1,13 @@
 """End-to-end RecBole teacher on a small synthetic dataset (skipped when RecBole is not installed)."""
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("recbole")
 
-from conftest import write_items  # noqa: E402
 from delrec_train import teacher  # noqa: E402
 from delrec_train.data import load_dataset  # noqa: E402
-
-
-@pytest.fixture
-def synth(tmp_path):
-    write_items(tmp_path / "syn.item", 60)
-    rng = np.random.default_rng(0)
-    with open(tmp_path / "syn.inter", "w") as f:
-        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
-        for u in range(1, 41):
-            start = int(rng.integers(1, 30))
-            for k in range(12):  # a learnable pattern: consecutive item ids
-                f.write(f"{u}\t{start + k}\t5\t{1000 + k // 2}\n")  # pairs of equal timestamps
-    return tmp_path
 
 
 def test_teacher_end_to_end(synth, tmp_path):

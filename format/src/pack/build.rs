@@ -7,6 +7,7 @@ use half::f16;
 
 use super::*;
 use crate::gguf::{f32_bytes, i32_bytes, GgufWriter, TensorData};
+use crate::seq::{self as seqm, Fusion, Sasrec};
 use crate::template;
 
 /// An item to put in a pack.
@@ -30,6 +31,9 @@ pub struct PackBuilder {
     pub name: Option<String>,
     soft: Vec<(String, usize, Vec<f32>, bool)>,
     items: Vec<CatalogItem>,
+    /// The sequential model (item table in catalog order) and whether to store it as f16.
+    pub seq: Option<(Sasrec, bool)>,
+    pub fusion: Option<Fusion>,
 }
 
 impl PackBuilder {
@@ -45,6 +49,8 @@ impl PackBuilder {
             name: None,
             soft: vec![],
             items: vec![],
+            seq: None,
+            fusion: None,
         }
     }
 
@@ -165,14 +171,64 @@ impl PackBuilder {
         }
         w.add_tensor(T_TOKENS, &[tokens.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&tokens)))?;
         w.add_tensor(T_OFFSETS, &[offsets.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&offsets)))?;
+        if let Some((m, as_f16)) = &self.seq {
+            write_sasrec(&mut w, m, *as_f16, self.items.len())?;
+        }
+        if let Some(fu) = &self.fusion {
+            seqm::check_fusion(fu)?;
+            w.set(seqm::K_FUSION_W, Value::F32(fu.llm_weight));
+            w.set(seqm::K_FUSION_N, Value::U32(fu.retrieve));
+        }
         w.write_atomic(path, &mut |_, _| {})
     }
+}
+
+fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize) -> Result<()> {
+    m.validate(n_items).map_err(|e| Error::InvalidInput(format!("sequential model: {e}")))?;
+    let mut put = |name: &str, dims: &[usize], v: &[f32]| -> Result<()> {
+        let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        let (ty, bytes) = if as_f16 {
+            (TensorType::F16, v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect())
+        } else {
+            (TensorType::F32, f32_bytes(v))
+        };
+        w.add_tensor(name, &dims, ty, TensorData::Owned(bytes))
+    };
+    let h = m.hidden;
+    put(seqm::item_tensor(), &[h, n_items], &m.items)?;
+    put("seq.pos_embd", &[h, m.max_len], &m.positions)?;
+    put("seq.norm.weight", &[h], &m.norm.weight)?;
+    put("seq.norm.bias", &[h], &m.norm.bias)?;
+    for (i, b) in m.blocks.iter().enumerate() {
+        let n = seqm::tensor_names(i);
+        let lin = [&b.q, &b.k, &b.v, &b.out];
+        for (j, l) in lin.iter().enumerate() {
+            put(&n[2 * j], &[l.n_in, l.n_out], &l.weight)?;
+            put(&n[2 * j + 1], &[l.n_out], &l.bias)?;
+        }
+        put(&n[8], &[h], &b.attn_norm.weight)?;
+        put(&n[9], &[h], &b.attn_norm.bias)?;
+        put(&n[10], &[b.up.n_in, b.up.n_out], &b.up.weight)?;
+        put(&n[11], &[b.up.n_out], &b.up.bias)?;
+        put(&n[12], &[b.down.n_in, b.down.n_out], &b.down.weight)?;
+        put(&n[13], &[b.down.n_out], &b.down.bias)?;
+        put(&n[14], &[h], &b.ffn_norm.weight)?;
+        put(&n[15], &[h], &b.ffn_norm.bias)?;
+    }
+    w.set(seqm::K_KIND, Value::Str(seqm::KIND_SASREC.into()));
+    w.set(seqm::K_LAYERS, Value::U32(m.blocks.len() as u32));
+    w.set(seqm::K_HEADS, Value::U32(m.n_heads as u32));
+    w.set(seqm::K_ACT, Value::Str(m.act.as_str().into()));
+    w.set(seqm::K_EPS, Value::F32(m.eps));
+    w.set(seqm::K_SOURCE, Value::Str(m.source.as_str().into()));
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pack::{Pack, Part};
+    use crate::seq::{Fusion, Sasrec};
 
     fn base() -> BaseIdentity {
         BaseIdentity { architecture: "llama".into(), n_embd: 4, n_vocab: 300, tokenizer_fingerprint: "ab".into() }
@@ -211,6 +267,118 @@ mod tests {
         assert_eq!(pack.template.terminator(), bytes_tok("\n").unwrap());
         assert_eq!(pack.template.separator_tokens, bytes_tok(",").unwrap());
         assert_eq!(pack.scoring, ScoringMode::Sum);
+    }
+
+    /// A small SASRec for the 2-item catalog of [`builder`], values from a counter.
+    fn sasrec() -> Sasrec {
+        use crate::seq::{Activation, ItemSource, LayerNorm, Linear, SasrecBlock};
+        let mut k = 0f32;
+        let mut v = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    k += 1.0;
+                    (k * 0.37).sin()
+                })
+                .collect()
+        };
+        let (h, inner) = (4, 8);
+        let mut lin = |n_in: usize, n_out: usize| Linear { n_in, n_out, weight: v(n_in * n_out), bias: v(n_out) };
+        let block = SasrecBlock {
+            q: lin(h, h),
+            k: lin(h, h),
+            v: lin(h, h),
+            out: lin(h, h),
+            attn_norm: LayerNorm { weight: vec![1.0; h], bias: vec![0.1; h] },
+            up: lin(h, inner),
+            down: lin(inner, h),
+            ffn_norm: LayerNorm { weight: vec![0.9; h], bias: vec![0.0; h] },
+        };
+        Sasrec {
+            n_heads: 2,
+            hidden: h,
+            inner,
+            max_len: 3,
+            act: Activation::Gelu,
+            eps: 1e-12,
+            source: ItemSource::Id,
+            items: (0..2 * h).map(|i| i as f32 * 0.25).collect(),
+            positions: (0..3 * h).map(|i| i as f32 * -0.5).collect(),
+            norm: LayerNorm { weight: vec![1.1; h], bias: vec![0.2; h] },
+            blocks: vec![block.clone(), block],
+        }
+    }
+
+    #[test]
+    fn sequential_model_round_trips_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        let pack = {
+            builder().write(&p, &mut bytes_tok).unwrap();
+            Pack::open(&p).unwrap()
+        };
+        assert!(pack.seq.is_none(), "a pack without one");
+        // The defaults, retrieve capped at the catalog's 2 items.
+        assert_eq!(pack.fusion, Fusion { retrieve: 2, ..Fusion::default() });
+        for f16 in [false, true] {
+            let mut b = builder();
+            b.seq = Some((sasrec(), f16));
+            b.fusion = Some(Fusion { llm_weight: 0.25, retrieve: 50 });
+            b.write(&p, &mut bytes_tok).unwrap();
+            let pack = Pack::open(&p).unwrap();
+            let got = pack.seq.clone().unwrap();
+            if f16 {
+                let want = sasrec();
+                assert_eq!(got.items.len(), want.items.len());
+                assert!(got.items.iter().zip(&want.items).all(|(a, b)| (a - b).abs() < 1e-3));
+            } else {
+                assert_eq!(got, sasrec());
+            }
+            // retrieve is capped at the catalog's 2 items.
+            assert_eq!(pack.fusion, Fusion { llm_weight: 0.25, retrieve: 2 });
+        }
+        // Writers refuse what readers would.
+        let mut b = builder();
+        let mut m = sasrec();
+        m.items.pop();
+        b.seq = Some((m, false));
+        assert!(matches!(b.write(&p, &mut bytes_tok), Err(Error::InvalidInput(e)) if e.contains("item table")));
+        let mut b = builder();
+        let mut m = sasrec();
+        m.blocks[1].up.bias[2] = f32::INFINITY;
+        b.seq = Some((m, false));
+        assert!(matches!(b.write(&p, &mut bytes_tok), Err(Error::InvalidInput(e)) if e.contains("inf")));
+        let mut b = builder();
+        b.fusion = Some(Fusion { llm_weight: 1.5, retrieve: 5 });
+        assert!(b.write(&p, &mut bytes_tok).is_err());
+    }
+
+    #[test]
+    fn a_hostile_sequential_model_is_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        let mut b = builder();
+        b.seq = Some((sasrec(), false));
+        b.write(&p, &mut bytes_tok).unwrap();
+        let pack = Pack::open(&p).unwrap();
+        let t = pack.file().tensor("seq.blk.1.ffn_down.weight").unwrap();
+        let at = t.offset as usize + 8;
+        drop(pack);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Pack::open(&p).err().unwrap();
+        assert!(
+            matches!(&e, Error::InvalidFile { reason, .. } if reason.contains("ffn_down") && reason.contains("NaN")),
+            "{e}"
+        );
+        // Every truncation is an error, never a panic.
+        b.write(&p, &mut bytes_tok).unwrap();
+        let full = std::fs::read(&p).unwrap();
+        let q = dir.path().join("q.gguf");
+        for cut in (0..full.len()).step_by(13) {
+            std::fs::write(&q, &full[..cut]).unwrap();
+            assert!(Pack::open(&q).is_err(), "cut at {cut} opened");
+        }
     }
 
     #[test]

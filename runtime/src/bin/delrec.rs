@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use delrec_runtime::llm::{sequence_logits, Model, ModelParams};
 use delrec_runtime::KvType;
-use delrec_runtime::{Engine, EngineConfig, Plan, RankRequest, Ranking};
+use delrec_runtime::{Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest, Recommendation};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -74,6 +74,73 @@ enum Cmd {
         model: PathBuf,
         #[arg(long, value_delimiter = ',')]
         tokens: Vec<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embed texts and/or catalog items: the model's final-norm hidden states pooled per input.
+    /// Prints {"pooling", "dim", "embeddings": [[dim floats] per input]}: texts, then token
+    /// sequences, then items, each in the order given.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        pack: PathBuf,
+        /// mean (average over the input's tokens) or last (the last token's state).
+        #[arg(long, default_value = "mean")]
+        pooling: String,
+        /// A text to embed (repeatable): its tokens exactly, no BOS.
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        /// A token sequence to embed as given, comma-separated ids (repeatable).
+        #[arg(long = "tokens")]
+        tokens: Vec<String>,
+        /// Catalog item ids, comma-separated, embedded over their pack tokens.
+        #[arg(long, value_delimiter = ',', conflicts_with = "all_items")]
+        items: Option<Vec<String>>,
+        /// Embed every catalog item, in catalog order.
+        #[arg(long)]
+        all_items: bool,
+        /// F32 KV cache and classic attention (the exact path the parity tests compare).
+        #[arg(long)]
+        exact: bool,
+        #[command(flatten)]
+        eng: EngineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cascade: the pack's sequential model retrieves, the LLM re-ranks, the fused score
+    /// orders. One request from the flags, or many from --requests (JSON lines: {"user",
+    /// "history", "n", "retrieve", "llm_weight", "llm_off"}, absent keys taken from the flags);
+    /// one JSON object per request with --json.
+    Recommend {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        pack: PathBuf,
+        /// Item ids, most recent last, comma-separated.
+        #[arg(long, value_delimiter = ',', required_unless_present = "requests", conflicts_with = "requests")]
+        history: Vec<String>,
+        #[arg(long)]
+        requests: Option<PathBuf>,
+        /// Results wanted.
+        #[arg(long, default_value_t = 10)]
+        n: usize,
+        /// Items the sequential model hands the LLM (default: the pack's).
+        #[arg(long)]
+        retrieve: Option<usize>,
+        /// The LLM's weight in the fused score (default: the pack's).
+        #[arg(long)]
+        llm_weight: Option<f32>,
+        /// Sequential model only.
+        #[arg(long)]
+        llm_off: bool,
+        /// Allow items of the history among the results.
+        #[arg(long)]
+        include_history: bool,
+        #[arg(long)]
+        soft_prompt: Option<String>,
+        #[command(flatten)]
+        eng: EngineArgs,
         #[arg(long)]
         json: bool,
     },
@@ -182,6 +249,145 @@ fn batch_request(
     Ok((v["user"].clone(), req))
 }
 
+struct EmbedArgs {
+    model: PathBuf,
+    pack: PathBuf,
+    pooling: String,
+    texts: Vec<String>,
+    tokens: Vec<String>,
+    items: Option<Vec<String>>,
+    all_items: bool,
+    exact: bool,
+    eng: EngineArgs,
+    json: bool,
+}
+
+/// `delrec embed`: texts, then token sequences, then items; large inputs go in chunks of
+/// `Engine::MAX_EMBED_INPUTS` (the result does not depend on the chunking).
+fn embed_cmd(a: EmbedArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let pooling =
+        Pooling::parse(&a.pooling).ok_or_else(|| format!("--pooling {}: expected mean or last", a.pooling))?;
+    let seqs = a
+        .tokens
+        .iter()
+        .map(|s| {
+            s.split(',')
+                .filter(|x| !x.trim().is_empty())
+                .map(|x| x.trim().parse::<i32>().map_err(|e| format!("--tokens {s:?}: {x:?}: {e}")))
+                .collect::<Result<Vec<i32>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = a.eng.config()?;
+    if a.exact {
+        cfg.kv_type = KvType::F32;
+        cfg.flash_attention = false;
+    }
+    let t0 = Instant::now();
+    let engine = Engine::open(&a.model, &a.pack, cfg)?;
+    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let p = engine.pack();
+    let indices: Vec<u32> = if a.all_items {
+        (0..p.n_items() as u32).collect()
+    } else {
+        a.items
+            .iter()
+            .flatten()
+            .map(|id| p.item_index(id).ok_or_else(|| format!("unknown item id {id:?}")))
+            .collect::<Result<_, _>>()?
+    };
+    let t1 = Instant::now();
+    let mut out: Vec<Vec<f32>> = Vec::new();
+    if a.texts.is_empty() && seqs.is_empty() && indices.is_empty() {
+        // Nothing to embed: the engine's error says so.
+        out.extend(engine.embed(&[], pooling)?);
+    }
+    for chunk in a.texts.chunks(Engine::MAX_EMBED_INPUTS) {
+        out.extend(engine.embed(chunk, pooling)?);
+    }
+    for chunk in seqs.chunks(Engine::MAX_EMBED_INPUTS) {
+        out.extend(engine.embed_tokens(chunk, pooling)?);
+    }
+    for chunk in indices.chunks(Engine::MAX_EMBED_INPUTS) {
+        out.extend(engine.embed_items(chunk, pooling)?);
+    }
+    let embed_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let dim = engine.model().n_embd();
+    if a.json {
+        let o = json!({"pooling": pooling.as_str(), "dim": dim, "embeddings": out,
+                       "stats": {"open_ms": open_ms, "embed_ms": embed_ms, "inputs": out.len()}});
+        println!("{o}");
+    } else {
+        let labels = a
+            .texts
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .chain(a.tokens.iter().map(|t| format!("[{t}]")))
+            .chain(indices.iter().map(|&i| p.item_id(i).unwrap_or("?").to_string()));
+        for (label, e) in labels.zip(&out) {
+            let norm = e.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let head: Vec<String> = e.iter().take(4).map(|x| format!("{x:.4}")).collect();
+            println!("{label}: |e| = {norm:.4}, [{}, ...]", head.join(", "));
+        }
+        println!(
+            "\n{} embeddings of width {dim} ({} pooling) in {embed_ms:.1} ms; engine opened in {open_ms:.1} ms",
+            out.len(),
+            pooling.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn recommendation_json(user: &serde_json::Value, r: &Recommendation, ms: f64) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = r
+        .items
+        .iter()
+        .map(|i| json!({"id": i.id, "title": i.title, "score": i.score, "seq_score": i.seq_score, "llm_score": i.llm_score}))
+        .collect();
+    json!({"user": user, "items": items, "retrieved": r.stats.retrieved, "retrieval_us": r.stats.retrieval_micros,
+           "rerank_us": r.stats.rerank_micros, "recommend_ms": ms})
+}
+
+/// One `recommend --requests` line over the flags' defaults.
+fn recommend_line(line: &str, base: &RecommendRequest) -> Result<(serde_json::Value, RecommendRequest), String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let mut req = base.clone();
+    req.history = match &v["history"] {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or("history holds a non-string"))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err("history must be a list of ids".into()),
+    };
+    let count = |key: &str| -> Result<Option<usize>, String> {
+        match &v[key] {
+            serde_json::Value::Null => Ok(None),
+            k => k
+                .as_u64()
+                .and_then(|k| usize::try_from(k).ok())
+                .map(Some)
+                .ok_or(format!("{key} must be a non-negative integer")),
+        }
+    };
+    if let Some(n) = count("n")? {
+        req.n = n;
+    }
+    if let Some(r) = count("retrieve")? {
+        req.retrieve = Some(r);
+    }
+    match &v["llm_weight"] {
+        serde_json::Value::Null => {}
+        w => req.llm_weight = Some(w.as_f64().ok_or("llm_weight must be a number")? as f32),
+    }
+    match &v["llm_off"] {
+        serde_json::Value::Null => {}
+        b => req.llm_off = b.as_bool().ok_or("llm_off must be true or false")?,
+    }
+    Ok((v["user"].clone(), req))
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,6 +400,81 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.cmd {
+        Cmd::Recommend {
+            model,
+            pack,
+            history,
+            requests,
+            n,
+            retrieve,
+            llm_weight,
+            llm_off,
+            include_history,
+            soft_prompt,
+            eng,
+            json,
+        } => {
+            let engine = Engine::open(&model, &pack, eng.config()?)?;
+            let base = RecommendRequest {
+                history,
+                n,
+                retrieve,
+                llm_weight,
+                llm_off,
+                include_history,
+                soft_prompt,
+                ..Default::default()
+            };
+            let Some(requests) = requests else {
+                let t = Instant::now();
+                let r = engine.recommend(&base)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                if json {
+                    println!("{}", recommendation_json(&serde_json::Value::Null, &r, ms));
+                } else {
+                    for (k, i) in r.items.iter().enumerate() {
+                        let llm = i.llm_score.map(|s| format!("{s:9.3}")).unwrap_or_else(|| "        -".into());
+                        println!(
+                            "{:3}. {:>8.3}  seq {:8.3}  llm {llm}  {} ({})",
+                            k + 1,
+                            i.score,
+                            i.seq_score,
+                            i.title,
+                            i.id
+                        );
+                    }
+                    println!(
+                        "\nretrieved {} in {} µs, re-ranked in {:.1} ms; {ms:.1} ms in all",
+                        r.stats.retrieved,
+                        r.stats.retrieval_micros,
+                        r.stats.rerank_micros as f64 / 1e3
+                    );
+                }
+                return Ok(());
+            };
+            let text = std::fs::read_to_string(&requests)?;
+            let mut malformed = 0usize;
+            for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let line_no = k + 1;
+                let out = match recommend_line(line, &base) {
+                    Err(reason) => {
+                        malformed += 1;
+                        json!({"line": line_no, "error": format!("{}:{line_no}: {reason}", requests.display())})
+                    }
+                    Ok((user, req)) => {
+                        let t = Instant::now();
+                        match engine.recommend(&req) {
+                            Ok(r) => recommendation_json(&user, &r, t.elapsed().as_secs_f64() * 1e3),
+                            Err(e) => json!({"user": user, "line": line_no, "error": e.to_string()}),
+                        }
+                    }
+                };
+                println!("{out}");
+            }
+            if malformed > 0 {
+                return Err(format!("{malformed} malformed request line(s) in {}", requests.display()).into());
+            }
+        }
         Cmd::RankBatch { model, pack, requests, soft_prompt, exclude_history, eng, json: _ } => {
             let engine = Engine::open(&model, &pack, eng.config()?)?;
             let text = std::fs::read_to_string(&requests)?;
@@ -280,6 +561,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     println!("pos {i}: argmax {best}");
                 }
             }
+        }
+        Cmd::Embed { model, pack, pooling, texts, tokens, items, all_items, exact, eng, json } => {
+            embed_cmd(EmbedArgs { model, pack, pooling, texts, tokens, items, all_items, exact, eng, json })?
         }
         Cmd::Tokenize { model, strings, json } => {
             let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&strings)?)?;

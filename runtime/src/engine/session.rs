@@ -2,7 +2,7 @@
 
 use super::pool::Lease;
 use super::prefix::PrefixState;
-use super::{prompt, Engine, RankRequest, Ranking};
+use super::{prompt, Engine, RankRequest, Ranking, RecommendRequest, Recommendation};
 use crate::error::Result;
 
 /// A user's running history, kept decoded: after a new item only the changed tail of the prompt
@@ -55,5 +55,13 @@ impl Session {
     pub fn rank(&mut self, req: &RankRequest) -> Result<Ranking> {
         let req = RankRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
         self.engine.rank_in(self.lease.ctx(), &mut self.state, &req)
+    }
+
+    /// The cascade with the session's history (the LLM re-rank reuses the decoded prefix);
+    /// `req.history` and `req.soft_prompt` are ignored.
+    pub fn recommend(&mut self, req: &RecommendRequest) -> Result<Recommendation> {
+        let req =
+            RecommendRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
+        self.engine.recommend_in(Some((self.lease.ctx(), &mut self.state)), &req)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use llama_cpp_sys_2 as sys;
 
 use super::error::{LlamaError, Result};
-use super::{Backend, Batch, Model};
+use super::{Backend, Batch, Model, Pooling};
 
 /// KV cache element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,11 @@ pub struct Context {
     n_ctx: u32,
     n_batch: u32,
     n_seq_max: u32,
+    /// `Some` for an embeddings context ([`Context::with_embeddings`]): every row is an output
+    /// and llama.cpp pools the final hidden states per sequence.
+    pooling: Option<Pooling>,
+    /// Width of one pooled embedding (`llama_model_n_embd_out`).
+    n_embd_out: usize,
 }
 
 // SAFETY: a context is only used through &mut (one thread at a time); moving it between threads is
@@ -71,9 +76,36 @@ unsafe impl Send for Context {}
 
 impl Context {
     pub fn new(model: Arc<Model>, p: &ContextParams) -> Result<Self> {
+        Self::create(model, p, None)
+    }
+
+    /// A context that outputs pooled final hidden states (after the model's final norm) per
+    /// sequence instead of being read for logits: `llama_context_params.embeddings = true` with
+    /// `pooling_type` MEAN or LAST. Read them with [`Context::seq_embedding`]. llama.cpp pools
+    /// over the rows of one ubatch, and `n_ubatch = n_batch` here, so a sequence decoded whole
+    /// in one [`Context::decode`] gets the pooled state of exactly its rows.
+    ///
+    /// `min(n_ctx, n_batch)` must be a multiple of `n_seq_max` (llama.cpp aborts the process
+    /// otherwise, at creation, with MEAN pooling); refused here when it is not.
+    pub fn with_embeddings(model: Arc<Model>, p: &ContextParams, pooling: Pooling) -> Result<Self> {
+        Self::create(model, p, Some(pooling))
+    }
+
+    fn create(model: Arc<Model>, p: &ContextParams, pooling: Option<Pooling>) -> Result<Self> {
         let backend = Backend::get();
         if p.n_seq_max == 0 || p.n_seq_max > 256 || p.n_batch == 0 || p.n_ctx < p.n_batch.min(16) {
             return Err(LlamaError::Refused(format!("context parameters out of range: {p:?}")));
+        }
+        // llama.cpp reserves its worst-case graph for min(n_ctx, n_batch) tokens rounded up to a
+        // multiple of n_seq_max, but with only min(n_ctx, n_batch) outputs; an embeddings graph
+        // (MEAN pooling's matmul of every output row by every token) then fails a GGML_ASSERT
+        // inside llama_init_from_model unless the two agree.
+        if pooling.is_some() && !p.n_batch.min(p.n_ctx).is_multiple_of(p.n_seq_max) {
+            return Err(LlamaError::Refused(format!(
+                "an embeddings context needs min(n_ctx, n_batch) = {} to be a multiple of n_seq_max = {}",
+                p.n_batch.min(p.n_ctx),
+                p.n_seq_max
+            )));
         }
         let kv = match p.kv_type {
             KvType::F16 => sys::GGML_TYPE_F16,
@@ -102,16 +134,39 @@ impl Context {
                 sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
             };
             c.no_perf = true;
+            if let Some(pooling) = pooling {
+                c.embeddings = true;
+                c.pooling_type = pooling.raw();
+            }
             c.abort_callback = Some(abort_cb);
             c.abort_callback_data = (&mut *abort) as *mut AbortState as *mut c_void;
             sys::llama_init_from_model(model.as_ptr(), c)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::NoContext { log: backend.take_log() })?;
-        // SAFETY: live context.
-        let (n_ctx, n_batch, n_seq_max) = unsafe {
-            (sys::llama_n_ctx(ptr.as_ptr()), sys::llama_n_batch(ptr.as_ptr()), sys::llama_n_seq_max(ptr.as_ptr()))
+        // SAFETY: live context; the model is alive (we hold an Arc).
+        let (n_ctx, n_batch, n_seq_max, pooling_type, n_embd_out) = unsafe {
+            (
+                sys::llama_n_ctx(ptr.as_ptr()),
+                sys::llama_n_batch(ptr.as_ptr()),
+                sys::llama_n_seq_max(ptr.as_ptr()),
+                sys::llama_pooling_type(ptr.as_ptr()),
+                sys::llama_model_n_embd_out(model.as_ptr()),
+            )
         };
-        Ok(Self { ptr, model, abort, n_ctx, n_batch, n_seq_max })
+        let n_embd_out = n_embd_out.max(0) as usize;
+        // Built here so that a refusal below frees the llama.cpp context (Drop).
+        let ctx = Self { ptr, model, abort, n_ctx, n_batch, n_seq_max, pooling, n_embd_out };
+        if let Some(pooling) = pooling {
+            if pooling_type != pooling.raw() || ctx.n_embd_out == 0 {
+                return Err(LlamaError::Refused(format!(
+                    "llama.cpp made an embeddings context with pooling type {pooling_type} (asked for {}) \
+                     and embedding width {}",
+                    pooling.raw(),
+                    ctx.n_embd_out
+                )));
+            }
+        }
+        Ok(ctx)
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -134,6 +189,16 @@ impl Context {
 
     pub fn n_seq_max(&self) -> usize {
         self.n_seq_max as usize
+    }
+
+    /// The pooling of an embeddings context; `None` for a logits context.
+    pub fn pooling(&self) -> Option<Pooling> {
+        self.pooling
+    }
+
+    /// Width of the vectors [`Context::seq_embedding`] returns.
+    pub fn n_embd_out(&self) -> usize {
+        self.n_embd_out
     }
 
     fn mem(&self) -> sys::llama_memory_t {
@@ -198,6 +263,9 @@ impl Context {
                 self.model.n_embd()
             )));
         }
+        if self.pooling.is_some() && b.out.contains(&0) {
+            return Err(LlamaError::Refused("an embeddings context outputs every row: flag every row".into()));
+        }
         let n_vocab = i32::try_from(self.model.n_vocab()).unwrap_or(i32::MAX);
         if b.tokens.iter().any(|&t| t < 0 || t >= n_vocab) {
             return Err(LlamaError::Refused("token id outside the vocabulary".into()));
@@ -249,6 +317,33 @@ impl Context {
                 return Err(LlamaError::NoLogits(i));
             }
             Ok(std::slice::from_raw_parts(p, self.model.n_vocab()))
+        }
+    }
+
+    /// The pooled embedding of sequence `seq` from the last decode, which must have been of `b`
+    /// in this embeddings context, with rows of `seq`. It pools only the rows of that decode:
+    /// decode a sequence whole, from an empty KV cache for that sequence, to embed it.
+    pub fn seq_embedding(&self, b: &Batch, seq: i32) -> Result<&[f32]> {
+        if self.pooling.is_none() {
+            return Err(LlamaError::Refused("not an embeddings context".into()));
+        }
+        if seq < 0 || seq as u32 >= self.n_seq_max {
+            return Err(LlamaError::Refused(format!("sequence id {seq} out of range")));
+        }
+        // `outputs` is set only by a successful decode of `b`; the sequence must have had rows.
+        if b.outputs.is_empty() || !b.seqs.iter().any(|s| s.contains(&seq)) {
+            return Err(LlamaError::Refused(format!("sequence {seq} had no rows in the last decode")));
+        }
+        // SAFETY: live embeddings context with pooling MEAN/LAST (checked at creation), seq id in
+        // range. llama.cpp returns a pointer into its per-sequence map (filled by the last decode,
+        // synchronized by the call) holding n_embd_out floats, or null when the sequence has none;
+        // it stays valid until the next decode, which needs `&mut self` (the borrow of self).
+        unsafe {
+            let p = sys::llama_get_embeddings_seq(self.ptr.as_ptr(), seq);
+            if p.is_null() {
+                return Err(LlamaError::Refused(format!("llama.cpp has no pooled embedding for sequence {seq}")));
+            }
+            Ok(std::slice::from_raw_parts(p, self.n_embd_out))
         }
     }
 }

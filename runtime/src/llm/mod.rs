@@ -1,8 +1,9 @@
 //! The one layer over `llama-cpp-sys-2`, used by the engine, the converter and the CLIs.
 //!
 //! One concern per file: [`backend`] (process-wide init and the single log router), [`model`],
-//! [`context`] (KV cache operations, decode, logits), [`batch`] (token or embedding rows),
-//! [`quantize`]. The safe `llama-cpp-2` crate cannot feed input embeddings, hence our own.
+//! [`context`] (KV cache operations, decode, logits, pooled embeddings), [`batch`] (token or
+//! embedding rows), [`embed`] (many sequences' pooled embeddings per decode), [`quantize`].
+//! The safe `llama-cpp-2` crate cannot feed input embeddings, hence our own.
 //!
 //! llama.cpp aborts the process on many invalid calls (a logits index without an output flag, a
 //! sequence id out of range, an encoder input larger than a ubatch, ...), so every check that can
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod batch;
 pub mod context;
+pub mod embed;
 mod error;
 pub mod model;
 pub mod quantize;
@@ -19,6 +21,7 @@ pub mod quantize;
 pub use backend::Backend;
 pub use batch::Batch;
 pub use context::{sequence_logits, Context, ContextParams, KvType};
+pub use embed::{embed_sequences, Pooling};
 pub use error::LlamaError;
 pub use model::{Model, ModelParams};
 pub use quantize::{ftype, quantize};
