@@ -112,6 +112,10 @@ enum Cmd {
         /// auto (what the model's tokenizer does), none, or a token id.
         #[arg(long, default_value = "auto")]
         bos: BosChoice,
+        /// The prompt takes only the latest N history items (the history length the LLM was
+        /// trained with); default: all.
+        #[arg(long)]
+        max_history: Option<u32>,
         #[arg(long, default_value = "sum", value_parser = ["sum", "mean"])]
         scoring: String,
         /// Store soft prompts as F16 (half the size) instead of F32.
@@ -224,6 +228,7 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
             item_prefix,
             history_sep,
             bos,
+            max_history,
             scoring,
             soft_f16,
             seq_model,
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 item_prefix,
                 history_separator: history_sep,
                 bos,
+                max_history,
                 scoring,
                 soft_f16,
                 name,

@@ -59,6 +59,8 @@ pub struct PackOptions {
     pub item_prefix: String,
     pub history_separator: String,
     pub bos: BosChoice,
+    /// The prompt takes only the latest this many history items (`--max-history`).
+    pub max_history: Option<u32>,
     pub scoring: ScoringMode,
     pub soft_f16: bool,
     pub name: Option<String>,
@@ -454,6 +456,7 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     b.item_prefix = opts.item_prefix.clone();
     b.history_separator = opts.history_separator.clone();
     b.bos = bos;
+    b.max_history = opts.max_history;
     b.scoring = opts.scoring;
     b.name = opts.name.clone();
     b.fusion = opts.fusion;

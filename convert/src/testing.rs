@@ -945,6 +945,7 @@ mod tests {
                 item_prefix: " ".into(),
                 history_separator: ",".into(),
                 bos: BosChoice::Auto,
+                max_history: None,
                 scoring: delrec_format::pack::ScoringMode::Sum,
                 soft_f16: false,
                 name: None,

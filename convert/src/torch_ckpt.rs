@@ -20,6 +20,7 @@
 //! [`ConvertError::TorchCheckpoint`], never a panic or an unbounded allocation. The legacy
 //! (pre-1.6, non-zip) format is refused with a hint to re-save the file.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -751,11 +752,18 @@ struct Vm<'a> {
     marks: Vec<Vec<Id>>,
     /// Ids held in `marks`, for the bound on ids held in all.
     marked: usize,
-    memo: HashMap<u32, Id>,
+    /// The memo: indices are dense in what Python writes (0, 1, 2, ...), so a vector, with a map
+    /// for any index beyond its end.
+    memo: Vec<Id>,
+    memo_sparse: HashMap<u32, Id>,
     zip: &'a Zip<'a>,
     prefix: &'a str,
     /// Storage key → (byte offset in the file, byte length), each entry checked once.
     storages: HashMap<String, (usize, usize)>,
+    /// Ids left to copy out of existing tuples and lists (call arguments, `set(list)`): a large
+    /// tuple passed to many calls must not turn a linear input into quadratic memory. Real
+    /// pickles copy each (small) argument tuple about once.
+    copies_left: Cell<usize>,
 }
 
 /// Opcode names, for errors.
@@ -851,10 +859,12 @@ impl<'a> Vm<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             marked: 0,
-            memo: HashMap::new(),
+            memo: Vec::new(),
+            memo_sparse: HashMap::new(),
             zip,
             prefix,
             storages: HashMap::new(),
+            copies_left: Cell::new(pkl.len().saturating_mul(2).saturating_add(SHARED_SLACK)),
         }
     }
 
@@ -1066,7 +1076,8 @@ impl<'a> Vm<'a> {
                 self.memo_put(i)?;
             }
             0x94 => {
-                let i = u32::try_from(self.memo.len()).map_err(|_| "memo too large")?;
+                let len = self.memo.len() + self.memo_sparse.len();
+                let i = u32::try_from(len).map_err(|_| "memo too large")?;
                 self.memo_put(i)?;
             }
             b'g' => {
@@ -1226,15 +1237,25 @@ impl<'a> Vm<'a> {
 
     fn memo_put(&mut self, i: u32) -> R<()> {
         let top = self.top()?;
-        if self.memo.len() >= MAX_VALUES && !self.memo.contains_key(&i) {
+        let at = i as usize;
+        if let Some(slot) = self.memo.get_mut(at) {
+            *slot = top;
+            return Ok(());
+        }
+        if self.memo.len() + self.memo_sparse.len() >= MAX_VALUES {
             return Err(format!("more than {MAX_VALUES} memo entries"));
         }
-        self.memo.insert(i, top);
+        if at == self.memo.len() && !self.memo_sparse.contains_key(&i) {
+            self.memo.push(top);
+        } else {
+            self.memo_sparse.insert(i, top);
+        }
         Ok(())
     }
 
     fn memo_get(&mut self, i: u32) -> R<()> {
-        let id = *self.memo.get(&i).ok_or_else(|| format!("memo entry {i} was never stored"))?;
+        let id = self.memo.get(i as usize).or_else(|| self.memo_sparse.get(&i));
+        let id = *id.ok_or_else(|| format!("memo entry {i} was never stored"))?;
         self.push(id)
     }
 
@@ -1256,11 +1277,21 @@ impl<'a> Vm<'a> {
         Ok(())
     }
 
+    /// A copy of the ids of a tuple or list.
     fn tuple_items(&self, id: Id) -> R<Vec<Id>> {
         match self.node(id)? {
-            Node::Tuple(v) | Node::List(v) => Ok(v.clone()),
+            Node::Tuple(v) | Node::List(v) => {
+                self.charge_copies(v.len())?;
+                Ok(v.clone())
+            }
             other => Err(format!("arguments are a {}, not a tuple", other.kind())),
         }
+    }
+
+    fn charge_copies(&self, n: usize) -> R<()> {
+        let left = self.copies_left.get().checked_sub(n);
+        self.copies_left.set(left.ok_or("containers copied into calls more often than the pickle's size allows")?);
+        Ok(())
     }
 
     fn int(&self, id: Id) -> Option<i64> {
@@ -1378,14 +1409,18 @@ impl<'a> Vm<'a> {
     /// The pairs of `dict(items)` / `OrderedDict(items)`: a dict, or a list of 2-item sequences.
     fn pairs_of(&self, items: Id) -> Option<Vec<(Id, Id)>> {
         match self.node(items).ok()? {
-            Node::Dict(d) => Some(d.clone()),
-            Node::List(v) | Node::Tuple(v) => v
-                .iter()
-                .map(|&p| match self.node(p).ok()? {
-                    Node::List(kv) | Node::Tuple(kv) if kv.len() == 2 => Some((*kv.first()?, *kv.get(1)?)),
-                    _ => None,
-                })
-                .collect(),
+            Node::Dict(d) => {
+                self.charge_copies(2 * d.len()).ok()?;
+                Some(d.clone())
+            }
+            Node::List(v) | Node::Tuple(v) => self.charge_copies(2 * v.len()).ok().and_then(|()| {
+                v.iter()
+                    .map(|&p| match self.node(p).ok()? {
+                        Node::List(kv) | Node::Tuple(kv) if kv.len() == 2 => Some((*kv.first()?, *kv.get(1)?)),
+                        _ => None,
+                    })
+                    .collect()
+            }),
             _ => None,
         }
     }
@@ -1745,7 +1780,9 @@ impl Builder<'_> {
     /// Dict items in insertion order; a str or int key set twice keeps its first position and its
     /// last value, as in Python.
     fn dict(&mut self, pairs: &[(Id, Id)], depth: usize) -> R<Vec<(PyValue, PyValue)>> {
-        let mut out: Vec<(PyValue, PyValue)> = Vec::with_capacity(pairs.len());
+        // No capacity reserved up front: the pairs may all share one value, so only the budget
+        // checks in `build` bound their size.
+        let mut out: Vec<(PyValue, PyValue)> = Vec::new();
         let mut index: HashMap<DictKey, usize> = HashMap::new();
         for &(k, v) in pairs {
             let k = self.build(k, depth + 1)?;
@@ -2376,6 +2413,15 @@ mod tests {
         strings.op(b'(').op(0x8d).raw(&(1u64 << 20).to_le_bytes()).raw(&vec![b'x'; 1 << 20]).op(b'q').op(0);
         strings.raw(&[b'h', 0].repeat(300)).op(b'l');
         assert!(err(strings.done()).contains("exceed 4× the file size"));
+        // one big tuple passed to many calls
+        let mut calls = P::new(2);
+        calls.global("m", "f").op(b'q').op(0).op(b'(').op(b'N').raw(&[b'2'; 100_000]).op(b't').op(b'q').op(1);
+        calls.raw(&[b'h', 0, b'h', 1, b'R', b'0'].repeat(1000)).op(b'N');
+        assert!(err(calls.done()).contains("copied into calls"));
+        // a dict of a million pairs that all share one value, in a list twice
+        let mut dict = P::new(2);
+        dict.op(b'(').op(b'}').op(b'(').op(b'N').raw(&vec![b'2'; 2_000_000 - 1]).op(b'u').op(b'2').op(b'l');
+        assert!(err(dict.done()).contains("shared references expand"));
         let mut marks = P::new(2);
         marks.raw(&vec![b'('; MAX_MARKS + 1]);
         assert!(err(marks.done()).contains("nested MARKs"));

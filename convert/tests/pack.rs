@@ -43,6 +43,7 @@ fn options(f: &Fixture, catalog: PathBuf, out: &Path) -> PackOptions {
         item_prefix: " ".into(),
         history_separator: ",".into(),
         bos: BosChoice::Auto,
+        max_history: None,
         scoring: ScoringMode::Sum,
         soft_f16: false,
         name: Some("test".into()),

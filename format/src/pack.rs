@@ -65,6 +65,9 @@ pub struct Template {
     pub separator_tokens: Vec<i32>,
     /// Token put before everything, if any.
     pub bos: Option<i32>,
+    /// The prompt takes only the latest this many history items (what the LLM was trained
+    /// with); `None` takes them all.
+    pub max_history: Option<usize>,
 }
 
 impl Template {
@@ -124,6 +127,7 @@ pub(crate) const K_PREFIX: &str = "delrec.template.item_prefix";
 pub(crate) const K_SEP: &str = "delrec.template.history_separator";
 pub(crate) const K_SEP_TOK: &str = "delrec.template.history_separator.tokens";
 pub(crate) const K_BOS: &str = "delrec.template.bos";
+pub(crate) const K_MAX_HISTORY: &str = "delrec.template.max_history";
 pub(crate) const K_SCORING: &str = "delrec.scoring.mode";
 pub(crate) const K_SOFT: &str = "delrec.soft_prompt.names";
 pub(crate) const K_IDS: &str = "delrec.catalog.ids";
@@ -253,6 +257,15 @@ impl Pack {
             history_separator: f.req_str(K_SEP)?.to_string(),
             separator_tokens: tok_array(K_SEP_TOK)?,
             bos,
+            max_history: match f.get(K_MAX_HISTORY) {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|&n| n >= 1)
+                        .ok_or_else(|| bad_file(f, format!("{K_MAX_HISTORY} must be a positive integer")))?,
+                ),
+            },
         };
         let scoring = ScoringMode::parse(f.req_str(K_SCORING)?).map_err(|e| bad_file(f, e.to_string()))?;
 

@@ -114,6 +114,7 @@ fn build(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>) -> P
             item_prefix: " ".to_string(),
             history_separator: ",".to_string(),
             bos: BosChoice::Auto,
+            max_history: None,
             scoring: ScoringMode::Sum,
             soft_f16: false,
             name: None,

@@ -27,6 +27,8 @@ pub struct PackBuilder {
     pub item_prefix: String,
     pub history_separator: String,
     pub bos: Option<i32>,
+    /// The prompt takes only the latest this many history items.
+    pub max_history: Option<u32>,
     pub scoring: ScoringMode,
     pub name: Option<String>,
     soft: Vec<(String, usize, Vec<f32>, bool)>,
@@ -45,6 +47,7 @@ impl PackBuilder {
             item_prefix: " ".into(),
             history_separator: ",".into(),
             bos: None,
+            max_history: None,
             scoring: ScoringMode::Sum,
             name: None,
             soft: vec![],
@@ -127,6 +130,11 @@ impl PackBuilder {
             }
         }
         w.set(K_BOS, Value::I32(self.bos.unwrap_or(-1)));
+        match self.max_history {
+            Some(0) => return Err(Error::InvalidInput("max_history must be at least 1".into())),
+            Some(n) => w.set(K_MAX_HISTORY, Value::U32(n)),
+            None => {}
+        }
         w.set(K_SCORING, Value::Str(self.scoring.as_str().into()));
         w.set(K_SOFT, Value::Array(Array::Str(self.soft.iter().map(|s| s.0.clone()).collect())));
         for (name, n_virtual, values, as_f16) in &self.soft {
@@ -267,6 +275,13 @@ mod tests {
         assert_eq!(pack.template.terminator(), bytes_tok("\n").unwrap());
         assert_eq!(pack.template.separator_tokens, bytes_tok(",").unwrap());
         assert_eq!(pack.scoring, ScoringMode::Sum);
+        assert_eq!(pack.template.max_history, None);
+        let mut b = builder();
+        b.max_history = Some(10);
+        b.write(&p, &mut bytes_tok).unwrap();
+        assert_eq!(Pack::open(&p).unwrap().template.max_history, Some(10));
+        b.max_history = Some(0);
+        assert!(b.write(&p, &mut bytes_tok).is_err());
     }
 
     /// A small SASRec for the 2-item catalog of [`builder`], values from a counter.

@@ -432,6 +432,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 if json {
                     println!("{}", recommendation_json(&serde_json::Value::Null, &r, ms));
                 } else {
+                    let p = engine.pack();
+                    let shown = base.history.len().min(10);
+                    println!("history ({} items; the latest {shown}, oldest first):", base.history.len());
+                    for h in &base.history[base.history.len() - shown..] {
+                        let title = p.item_index(h).and_then(|i| p.item_title(i)).unwrap_or("?");
+                        println!("  {h:>8}  {title}");
+                    }
+                    println!("\n{:>4}  {:>8}  {:>9}  {:>9}  {:>8}  title", "rank", "fused", "seq", "llm", "id");
                     for (k, i) in r.items.iter().enumerate() {
                         let llm = i.llm_score.map(|s| format!("{s:9.3}")).unwrap_or_else(|| "        -".into());
                         println!(

@@ -60,9 +60,14 @@ fn tokens(pack: &Pack, i: u32) -> Result<&[i32]> {
     pack.item_tokens(i).ok_or_else(|| Error::internal(format!("catalog index {i} out of range")))
 }
 
-/// The prompt prefix rows for a history: everything before `{candidate}`.
+/// The prompt prefix rows for a history: everything before `{candidate}`. A pack with
+/// `max_history` takes the latest that many items.
 pub(crate) fn prefix_rows(pack: &Pack, history: &[u32], soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
     let t = &pack.template;
+    let history = match t.max_history {
+        Some(h) => &history[history.len().saturating_sub(h)..],
+        None => history,
+    };
     let mut rows: Vec<PrefixRow> = t.bos.map(PrefixRow::Token).into_iter().collect();
     for part in &t.parts {
         match part {
