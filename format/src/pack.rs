@@ -324,7 +324,7 @@ impl Pack {
         }
         let tokens: Vec<i32> = read_i32s(tok_bytes).collect();
         check_tokens(T_TOKENS, &tokens)?;
-        let seq = seqm::read_sasrec(f, n)?;
+        let seq = seqm::read_sasrec(f, n, base.n_embd as usize)?;
         let fusion = seqm::read_fusion(f, n)?;
 
         Ok(Pack {

@@ -17,6 +17,7 @@ pub(crate) const K_HEADS: &str = "delrec.seq.n_heads";
 pub(crate) const K_ACT: &str = "delrec.seq.hidden_act";
 pub(crate) const K_EPS: &str = "delrec.seq.layer_norm_eps";
 pub(crate) const K_SOURCE: &str = "delrec.seq.item_source";
+pub(crate) const K_POOLING: &str = "delrec.seq.item_pooling";
 pub(crate) const K_FUSION_W: &str = "delrec.fusion.llm_weight";
 pub(crate) const K_FUSION_N: &str = "delrec.fusion.retrieve";
 
@@ -78,6 +79,39 @@ impl ItemSource {
     }
 }
 
+/// How an item's LLM embedding pools the hidden states of its tokens (`item_prefix + title`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemPooling {
+    Mean,
+    Last,
+}
+
+impl ItemPooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemPooling::Mean => "mean",
+            ItemPooling::Last => "last",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "mean" => Some(ItemPooling::Mean),
+            "last" => Some(ItemPooling::Last),
+            _ => None,
+        }
+    }
+}
+
+/// TSLRec's item projection: an item's vector is `proj(LLM embedding of item_prefix + title)`,
+/// so an item added on the device gets one without retraining.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemProjection {
+    /// `n_in` = the base model's width, `n_out` = the SASRec hidden size.
+    pub linear: Linear,
+    pub pooling: ItemPooling,
+}
+
 /// `y = W x + b`, `W` row-major `n_out × n_in` (PyTorch's `nn.Linear.weight` layout).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
@@ -125,6 +159,8 @@ pub struct Sasrec {
     /// Applied to item + position embeddings before the first block.
     pub norm: LayerNorm,
     pub blocks: Vec<SasrecBlock>,
+    /// Present when item vectors can be made from LLM embeddings (TSLRec).
+    pub item_proj: Option<ItemProjection>,
 }
 
 /// How the cascade combines its two scores (documented in `docs/format.md`).
@@ -173,6 +209,19 @@ impl Sasrec {
         table("item table", &self.items, n_items)?;
         table("position table", &self.positions, self.max_len)?;
         norm_ok("norm", &self.norm, h)?;
+        if let Some(p) = &self.item_proj {
+            let l = &p.linear;
+            if l.n_out != h || l.n_in == 0 || Some(l.weight.len()) != l.n_in.checked_mul(h) || l.bias.len() != h {
+                return Err(format!(
+                    "item projection: shape {}×{} (bias {}), expected {h}×width",
+                    l.n_out,
+                    l.n_in,
+                    l.bias.len()
+                ));
+            }
+            finite("item projection", &l.weight)?;
+            finite("item projection", &l.bias)?;
+        }
         for (i, b) in self.blocks.iter().enumerate() {
             for (name, l, n_in, n_out) in [
                 ("attn_q", &b.q, h, h),
@@ -220,6 +269,9 @@ fn norm_ok(what: &str, n: &LayerNorm, h: usize) -> std::result::Result<(), Strin
     finite(what, &n.bias)
 }
 
+pub(crate) const PROJ_W: &str = "seq.item_proj.weight";
+pub(crate) const PROJ_B: &str = "seq.item_proj.bias";
+
 pub(crate) fn item_tensor() -> &'static str {
     "seq.item_embd"
 }
@@ -262,8 +314,9 @@ fn read(f: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-/// The pack's sequential model, if it has one; `n_items` is the catalog size.
-pub(crate) fn read_sasrec(f: &GgufFile, n_items: usize) -> Result<Option<Sasrec>> {
+/// The pack's sequential model, if it has one; `n_items` is the catalog size, `n_embd` the base
+/// model's width (an item projection's input).
+pub(crate) fn read_sasrec(f: &GgufFile, n_items: usize, n_embd: usize) -> Result<Option<Sasrec>> {
     let kind = match f.get(K_KIND) {
         None => return Ok(None),
         Some(v) => v.as_str().ok_or_else(|| bad_file(f, format!("{K_KIND} is not a string")))?,
@@ -324,7 +377,19 @@ pub(crate) fn read_sasrec(f: &GgufFile, n_items: usize) -> Result<Option<Sasrec>
             ffn_norm: norm(&n[14], &n[15])?,
         });
     }
+    let item_proj = match f.tensor(PROJ_W) {
+        None => None,
+        Some(_) => {
+            let pooling = f
+                .get(K_POOLING)
+                .and_then(Value::as_str)
+                .and_then(ItemPooling::parse)
+                .ok_or_else(|| bad_file(f, format!("{K_POOLING}: expected mean or last")))?;
+            Some(ItemProjection { linear: linear(PROJ_W, PROJ_B, n_embd, hidden)?, pooling })
+        }
+    };
     let s = Sasrec {
+        item_proj,
         n_heads,
         hidden,
         inner,

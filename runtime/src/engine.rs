@@ -3,6 +3,7 @@
 //!
 //! - `rank`: one ranking call from request to sorted result;
 //! - `recommend`: the cascade (sequential retrieval, LLM re-rank, fusion);
+//! - `catalog`: the pack's items plus those added on the device, snapshotted per call;
 //! - `prompt`: request → catalog indices, prompt prefix rows, candidate token sequences;
 //! - `prefix`: the prefix decoded into sequence 0 (extended in place for sessions);
 //! - `plan`: the scoring plans (shared trie, best-first top-k, naive) behind one shape;
@@ -11,6 +12,7 @@
 //! - `session`: [`Session`], a user's history kept decoded.
 
 mod call;
+mod catalog;
 mod embed;
 mod plan;
 mod pool;
@@ -22,7 +24,7 @@ mod session;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use delrec_format::gguf::GgufFile;
@@ -32,6 +34,7 @@ use delrec_format::{BaseIdentity, Pack};
 use crate::error::{FileError, Result};
 use crate::llm::{Context, ContextParams, KvType, Model, ModelParams};
 use call::Call;
+pub use catalog::AddedInfo;
 use pool::Pool;
 use prefix::PrefixState;
 pub use session::Session;
@@ -300,6 +303,8 @@ struct Inner {
     soft: Vec<Vec<f32>>,
     cfg: EngineConfig,
     pool: Arc<Pool>,
+    /// Items added on the device (`add_item`), after the pack's.
+    added: RwLock<Arc<catalog::Added>>,
     /// What the contexts really have (llama.cpp may round what was asked for).
     n_ctx: usize,
     n_seq_max: usize,
@@ -366,7 +371,9 @@ impl Engine {
             let ctx: &mut Context = lease.ctx();
             (ctx.n_ctx(), ctx.n_seq_max())
         };
-        Ok(Engine { inner: Arc::new(Inner { model, pack, soft, cfg, pool, n_ctx, n_seq_max }) })
+        Ok(Engine {
+            inner: Arc::new(Inner { model, pack, soft, cfg, pool, added: RwLock::default(), n_ctx, n_seq_max }),
+        })
     }
 
     pub fn pack(&self) -> &Pack {
@@ -423,9 +430,10 @@ impl Engine {
     /// How this engine would serve `req`, without decoding anything (validated like a rank).
     pub fn plan(&self, req: &RankRequest) -> Result<RankPlan> {
         let inner = &*self.inner;
-        let r = prompt::resolve(&inner.pack, req)?;
-        let prefix = prompt::prefix_rows(&inner.pack, &r.history, r.soft_override)?;
-        let sequences = prompt::candidate_sequences(&inner.pack, &r.candidates)?;
+        let cat = self.catalog();
+        let r = prompt::resolve(&cat, req)?;
+        let prefix = prompt::prefix_rows(&cat, &r.history, r.soft_override)?;
+        let sequences = prompt::candidate_sequences(&cat, &r.candidates)?;
         let strategy = plan::choose(req, sequences.len(), inner.n_seq_max, inner.pack.scoring);
         let groups = plan::shared::groups(&sequences, inner.n_seq_max, inner.n_ctx, prefix.len())?;
         Ok(RankPlan {

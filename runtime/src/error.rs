@@ -55,6 +55,9 @@ pub enum RequestError {
     EmptyCandidates,
     #[error("candidate {id:?} appears more than once")]
     DuplicateCandidate { id: String },
+    /// `add_item` with an id the catalog already has.
+    #[error("item id {id:?} is already in the catalog")]
+    DuplicateItem { id: String },
     /// `recommend` on a pack without a sequential model (build the pack with `--seq-model`).
     #[error("the pack has no sequential model; recommend needs one (rank works without)")]
     NoSequentialModel,

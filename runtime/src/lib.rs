@@ -23,8 +23,8 @@ mod seq;
 pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::{
-    CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking, RecommendRequest,
-    RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
+    AddedInfo, CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking,
+    RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use llm::{KvType, Pooling};

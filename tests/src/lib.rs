@@ -97,10 +97,52 @@ pub fn seq_pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
     build(model, fixture, prompt, Some(seq_source()))
 }
 
+/// [`seq_pack`] with a TSLRec-style SASRec: its item table is `proj(E)`, `E` the runtime's own
+/// mean-pooled LLM embeddings of the catalog items (`Engine::embed_items` on `model`, exact
+/// path), `proj` random; the projection rides along, so items added on the device get vectors
+/// made the same way as the trained ones.
+pub fn tslrec_pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
+    use delrec_runtime::{Engine, EngineConfig, KvType, Pooling};
+    let plain = pack(model, fixture, prompt);
+    let cfg = EngineConfig { kv_type: KvType::F32, flash_attention: false, threads: 2, ..Default::default() };
+    let e = Engine::open(model, &plain, cfg).expect("open the plain pack");
+    let n = e.pack().n_items() as u32;
+    let emb = e.embed_items(&(0..n).collect::<Vec<_>>(), Pooling::Mean).expect("embed the catalog");
+    let width = emb[0].len();
+    let mut src = seq_source();
+    let hidden = src.tensors["item_embedding.weight"].0[1];
+    let mut rng = delrec_convert::testing::Rng(77);
+    let w = rng.vec(hidden * width, 1.0 / (width as f32).sqrt());
+    let b = rng.vec(hidden, 0.1);
+    let project = |x: &[f32]| -> Vec<f32> {
+        (0..hidden)
+            .map(|o| w[o * width..(o + 1) * width].iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + b[o])
+            .collect()
+    };
+    let rows: Vec<f32> = src
+        .item_tokens
+        .iter()
+        .flat_map(|t| match e.pack().item_index(t) {
+            Some(i) => project(&emb[i as usize]),
+            None => vec![0.0; hidden], // padding and the item the catalog lacks
+        })
+        .collect();
+    src.tensors.insert("item_embedding.weight".into(), (vec![src.item_tokens.len(), hidden], rows));
+    src.tensors.insert("item_proj.weight".into(), (vec![hidden, width], w.clone()));
+    src.tensors.insert("item_proj.bias".into(), (vec![hidden], b.clone()));
+    src.item_source = Some("llm".into());
+    src.item_pooling = Some("mean".into());
+    build_kind(model, fixture, prompt, Some(src), "tslrec.")
+}
+
 fn build(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>) -> PathBuf {
+    let kind = if seq.is_some() { "seq." } else { "" };
+    build_kind(model, fixture, prompt, seq, kind)
+}
+
+fn build_kind(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>, kind: &str) -> PathBuf {
     let fx = fixtures();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let kind = if seq.is_some() { "seq." } else { "" };
     let out = artifacts().join(format!("{stem}.{prompt}.{kind}pack.gguf"));
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {

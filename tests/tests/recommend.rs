@@ -155,3 +155,81 @@ fn bad_requests_are_typed_errors() {
     // The engine still works after all that.
     assert_eq!(e.recommend(&req(3)).unwrap().items.len(), 3);
 }
+
+fn tslrec_engine() -> Engine {
+    let m = model("llama-tiny", "f32");
+    Engine::open(&m, delrec_tests::tslrec_pack(&m, "llama-tiny", "prompt-llama"), cfg()).unwrap()
+}
+
+#[test]
+fn an_item_added_on_the_device_is_recommended() {
+    let e = tslrec_engine();
+    let n_pack = e.pack().n_items();
+    // The sequential model's favourite for this history.
+    let top = e.recommend(&RecommendRequest { llm_off: true, ..req(3) }).unwrap().items;
+    let best = &top[0];
+    // A new item with the same title gets the same vector as the trained table holds for `best`
+    // (the table is proj(LLM embedding), the way TSLRec builds it), so the two share the top
+    // (their order is float rounding: the projection is summed in another order here).
+    let copy = e.add_item("added-copy", &best.title).unwrap();
+    assert_eq!((copy.index as usize, copy.retrievable), (n_pack, true));
+    let novel = e.add_item("added-novel", "Midnight Harbor Lights (2031)").unwrap();
+    assert_eq!(novel.index as usize, n_pack + 1);
+    assert_eq!(e.n_items(), n_pack + 2);
+    let r = e.recommend(&RecommendRequest { llm_off: true, ..req(3) }).unwrap().items;
+    let mut top2 = [r[0].id.as_str(), r[1].id.as_str()];
+    top2.sort();
+    assert_eq!(top2, ["added-copy", best.id.as_str()], "{:?}", &r[..3]);
+    let copy_score = r.iter().find(|i| i.id == "added-copy").map_or(f64::NAN, |i| i.seq_score);
+    assert!((copy_score - best.seq_score).abs() < 1e-4, "{copy_score} vs {}", best.seq_score);
+    assert!(r[2].seq_score < best.seq_score - 1e-3, "a clear third: {:?}", r[2]);
+    // Both added items are scored over the whole catalog, with finite scores.
+    let all = e.recommend(&RecommendRequest { llm_off: true, ..req(n_pack + 2 - 3) }).unwrap().items;
+    let novel_score = all.iter().find(|i| i.id == "added-novel").map(|i| i.seq_score);
+    assert!(novel_score.is_some_and(f64::is_finite), "{novel_score:?}");
+    // The LLM re-rank scores the added copy exactly like the original (same tokens).
+    let fused = e.recommend(&RecommendRequest { retrieve: Some(6), ..req(6) }).unwrap().items;
+    let llm = |id: &str| fused.iter().find(|i| i.id == id).and_then(|i| i.llm_score);
+    assert!(llm("added-copy").is_some() && llm("added-copy") == llm(&best.id), "{fused:?}");
+    // An added item can be in the history, and `rank` sees added items too.
+    let mut h = history();
+    h.push("added-novel".into());
+    let with =
+        e.recommend(&RecommendRequest { history: h.clone(), n: 3, llm_off: true, ..Default::default() }).unwrap();
+    assert!(with.items.iter().all(|i| i.id != "added-novel"));
+    let ranked = e.rank(&RankRequest { history: h, ..Default::default() }).unwrap();
+    assert_eq!(ranked.items.len(), n_pack + 2);
+    // Sessions accept added ids.
+    let mut s = e.session(None).unwrap();
+    s.push("added-copy").unwrap();
+}
+
+#[test]
+fn adding_bad_items_is_a_typed_error() {
+    let e = tslrec_engine();
+    let ids = catalog_ids();
+    let dup = |r: delrec_runtime::Result<delrec_runtime::AddedInfo>, want: &str| match r {
+        Err(Error::BadRequest(RequestError::DuplicateItem { id })) => assert_eq!(id, want),
+        other => panic!("{want}: {other:?}"),
+    };
+    dup(e.add_item(&ids[0], "Whatever"), &ids[0]);
+    e.add_item("x1", "A New Film").unwrap();
+    dup(e.add_item("x1", "Another"), "x1");
+    for (id, title, field) in [("", "T", "id"), ("  ", "T", "id"), ("x2", "", "title"), ("x2", " \t", "title")] {
+        match e.add_item(id, title) {
+            Err(Error::BadRequest(RequestError::Invalid { field: f, .. })) => assert_eq!(f, field),
+            other => panic!("{id:?}/{title:?}: {other:?}"),
+        }
+    }
+    let long = "a".repeat(5000);
+    assert!(matches!(e.add_item("x3", &long), Err(Error::BadRequest(RequestError::Invalid { .. }))));
+    assert_eq!(e.n_items(), ids.len() + 1);
+    // Without an item projection an added item is ranked but not retrieved.
+    let plain = engine();
+    let a = plain.add_item("x4", "Some Title (1999)").unwrap();
+    assert!(!a.retrievable);
+    let all = plain.recommend(&RecommendRequest { llm_off: true, ..req(ids.len() - 3) }).unwrap();
+    assert!(all.items.iter().all(|i| i.id != "x4"));
+    let r = plain.rank(&RankRequest { history: history(), candidates: Some(vec!["x4".into()]), ..Default::default() });
+    assert_eq!(r.unwrap().items[0].id, "x4");
+}

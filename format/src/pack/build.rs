@@ -180,7 +180,7 @@ impl PackBuilder {
         w.add_tensor(T_TOKENS, &[tokens.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&tokens)))?;
         w.add_tensor(T_OFFSETS, &[offsets.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&offsets)))?;
         if let Some((m, as_f16)) = &self.seq {
-            write_sasrec(&mut w, m, *as_f16, self.items.len())?;
+            write_sasrec(&mut w, m, *as_f16, self.items.len(), self.base.n_embd as usize)?;
         }
         if let Some(fu) = &self.fusion {
             seqm::check_fusion(fu)?;
@@ -191,8 +191,16 @@ impl PackBuilder {
     }
 }
 
-fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize) -> Result<()> {
+fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize, n_embd: usize) -> Result<()> {
     m.validate(n_items).map_err(|e| Error::InvalidInput(format!("sequential model: {e}")))?;
+    if let Some(p) = &m.item_proj {
+        if p.linear.n_in != n_embd {
+            return Err(Error::InvalidInput(format!(
+                "sequential model: the item projection takes {}-wide embeddings, the base model is {n_embd} wide",
+                p.linear.n_in
+            )));
+        }
+    }
     let mut put = |name: &str, dims: &[usize], v: &[f32]| -> Result<()> {
         let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         let (ty, bytes) = if as_f16 {
@@ -222,6 +230,11 @@ fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize) ->
         put(&n[13], &[b.down.n_out], &b.down.bias)?;
         put(&n[14], &[h], &b.ffn_norm.weight)?;
         put(&n[15], &[h], &b.ffn_norm.bias)?;
+    }
+    if let Some(p) = &m.item_proj {
+        put(seqm::PROJ_W, &[p.linear.n_in, h], &p.linear.weight)?;
+        put(seqm::PROJ_B, &[h], &p.linear.bias)?;
+        w.set(seqm::K_POOLING, Value::Str(p.pooling.as_str().into()));
     }
     w.set(seqm::K_KIND, Value::Str(seqm::KIND_SASREC.into()));
     w.set(seqm::K_LAYERS, Value::U32(m.blocks.len() as u32));
@@ -320,6 +333,7 @@ mod tests {
             positions: (0..3 * h).map(|i| i as f32 * -0.5).collect(),
             norm: LayerNorm { weight: vec![1.1; h], bias: vec![0.2; h] },
             blocks: vec![block.clone(), block],
+            item_proj: None,
         }
     }
 
@@ -351,6 +365,21 @@ mod tests {
             // retrieve is capped at the catalog's 2 items.
             assert_eq!(pack.fusion, Fusion { llm_weight: 0.25, retrieve: 2 });
         }
+        // With a TSLRec item projection (base width 4 → hidden 4).
+        let mut b = builder();
+        let mut m = sasrec();
+        m.source = crate::seq::ItemSource::Llm;
+        m.item_proj = Some(crate::seq::ItemProjection {
+            linear: crate::seq::Linear { n_in: 4, n_out: 4, weight: vec![0.5; 16], bias: vec![0.1; 4] },
+            pooling: crate::seq::ItemPooling::Last,
+        });
+        b.seq = Some((m.clone(), false));
+        b.write(&p, &mut bytes_tok).unwrap();
+        assert_eq!(Pack::open(&p).unwrap().seq, Some(m.clone()));
+        m.item_proj.as_mut().unwrap().linear =
+            crate::seq::Linear { n_in: 3, n_out: 4, weight: vec![0.5; 12], bias: vec![0.1; 4] };
+        b.seq = Some((m, false));
+        assert!(matches!(b.write(&p, &mut bytes_tok), Err(Error::InvalidInput(e)) if e.contains("3-wide")));
         // Writers refuse what readers would.
         let mut b = builder();
         let mut m = sasrec();

@@ -104,16 +104,16 @@ impl Engine {
     /// "indices[i]", .. })`; an item longer than one decode holds: `Capacity { ContextCells, .. }`.
     pub fn embed_items(&self, indices: &[u32], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         check_count(indices.len(), "indices")?;
-        let pack = &self.inner.pack;
+        let cat = self.catalog();
         let seqs = indices
             .iter()
             .enumerate()
             .map(|(i, &item)| {
                 let field = || format!("indices[{i}]");
-                match pack.item_tokens(item) {
+                match cat.tokens(item) {
                     None => Err(Error::invalid(
                         &field(),
-                        format!("no catalog item {item} (the catalog has {})", pack.n_items()),
+                        format!("no catalog item {item} (the catalog has {})", cat.n_items()),
                     )),
                     Some([]) => Err(Error::invalid(&field(), format!("catalog item {item} has no tokens"))),
                     Some(t) => Ok(t),

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use delrec_format::pack::Part;
 use delrec_format::Pack;
 
+use super::catalog::Catalog;
+
 use super::{PrefixRow, RankRequest};
 use crate::error::{Error, RequestError, Result};
 
@@ -16,8 +18,8 @@ pub(crate) struct Resolved {
     pub candidates: Vec<u32>,
 }
 
-pub(crate) fn item(pack: &Pack, id: &str) -> Result<u32> {
-    pack.item_index(id).ok_or_else(|| RequestError::UnknownItem { id: id.to_string() }.into())
+pub(crate) fn item(cat: &Catalog, id: &str) -> Result<u32> {
+    cat.index(id).ok_or_else(|| RequestError::UnknownItem { id: id.to_string() }.into())
 }
 
 pub(crate) fn soft_prompt(pack: &Pack, name: &str) -> Result<usize> {
@@ -26,21 +28,22 @@ pub(crate) fn soft_prompt(pack: &Pack, name: &str) -> Result<usize> {
     })
 }
 
-pub(crate) fn resolve(pack: &Pack, req: &RankRequest) -> Result<Resolved> {
+pub(crate) fn resolve(cat: &Catalog, req: &RankRequest) -> Result<Resolved> {
+    let pack = cat.pack;
     if req.history.is_empty() {
         return Err(RequestError::EmptyHistory.into());
     }
     if req.top_k == Some(0) {
         return Err(Error::invalid("top_k", "must be at least 1"));
     }
-    let history = req.history.iter().map(|h| item(pack, h)).collect::<Result<Vec<_>>>()?;
+    let history = req.history.iter().map(|h| item(cat, h)).collect::<Result<Vec<_>>>()?;
     let soft_override = req.soft_prompt.as_deref().map(|s| soft_prompt(pack, s)).transpose()?;
     let candidates: Vec<u32> = match &req.candidates {
         Some(c) => {
             let mut seen = HashSet::with_capacity(c.len());
             let mut out = Vec::with_capacity(c.len());
             for id in c {
-                let i = item(pack, id)?;
+                let i = item(cat, id)?;
                 if !seen.insert(i) {
                     return Err(RequestError::DuplicateCandidate { id: id.clone() }.into());
                 }
@@ -48,7 +51,7 @@ pub(crate) fn resolve(pack: &Pack, req: &RankRequest) -> Result<Resolved> {
             }
             out
         }
-        None => (0..pack.n_items() as u32).filter(|i| !(req.exclude_history && history.contains(i))).collect(),
+        None => (0..cat.n_items() as u32).filter(|i| !(req.exclude_history && history.contains(i))).collect(),
     };
     if candidates.is_empty() {
         return Err(RequestError::EmptyCandidates.into());
@@ -56,13 +59,14 @@ pub(crate) fn resolve(pack: &Pack, req: &RankRequest) -> Result<Resolved> {
     Ok(Resolved { history, soft_override, candidates })
 }
 
-fn tokens(pack: &Pack, i: u32) -> Result<&[i32]> {
-    pack.item_tokens(i).ok_or_else(|| Error::internal(format!("catalog index {i} out of range")))
+fn tokens<'a>(cat: &'a Catalog, i: u32) -> Result<&'a [i32]> {
+    cat.tokens(i).ok_or_else(|| Error::internal(format!("catalog index {i} out of range")))
 }
 
 /// The prompt prefix rows for a history: everything before `{candidate}`. A pack with
 /// `max_history` takes the latest that many items.
-pub(crate) fn prefix_rows(pack: &Pack, history: &[u32], soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
+pub(crate) fn prefix_rows(cat: &Catalog, history: &[u32], soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
+    let pack = cat.pack;
     let t = &pack.template;
     let history = match t.max_history {
         Some(h) => &history[history.len().saturating_sub(h)..],
@@ -82,7 +86,7 @@ pub(crate) fn prefix_rows(pack: &Pack, history: &[u32], soft_override: Option<us
                     if i > 0 {
                         rows.extend(t.separator_tokens.iter().map(|&x| PrefixRow::Token(x)));
                     }
-                    rows.extend(tokens(pack, h)?.iter().map(|&x| PrefixRow::Token(x)));
+                    rows.extend(tokens(cat, h)?.iter().map(|&x| PrefixRow::Token(x)));
                 }
             }
             Part::Candidate => break,
@@ -95,12 +99,12 @@ pub(crate) fn prefix_rows(pack: &Pack, history: &[u32], soft_override: Option<us
 }
 
 /// What is scored for each candidate: its title tokens, then the template's terminator.
-pub(crate) fn candidate_sequences(pack: &Pack, candidates: &[u32]) -> Result<Vec<Vec<i32>>> {
-    let terminator = pack.template.terminator();
+pub(crate) fn candidate_sequences(cat: &Catalog, candidates: &[u32]) -> Result<Vec<Vec<i32>>> {
+    let terminator = cat.pack.template.terminator();
     candidates
         .iter()
         .map(|&c| {
-            let mut s = tokens(pack, c)?.to_vec();
+            let mut s = tokens(cat, c)?.to_vec();
             s.extend_from_slice(&terminator);
             Ok(s)
         })

@@ -28,11 +28,12 @@ impl Engine {
     ) -> Result<Ranking> {
         let inner = &*self.inner;
         let pack = &inner.pack;
-        let r = prompt::resolve(pack, req)?;
+        let cat = self.catalog();
+        let r = prompt::resolve(&cat, req)?;
         call.stats.candidates = r.candidates.len();
-        let rows = prompt::prefix_rows(pack, &r.history, r.soft_override)?;
+        let rows = prompt::prefix_rows(&cat, &r.history, r.soft_override)?;
         call.stats.prefix_rows = rows.len();
-        let seqs = prompt::candidate_sequences(pack, &r.candidates)?;
+        let seqs = prompt::candidate_sequences(&cat, &r.candidates)?;
         let strategy = plan::choose(req, seqs.len(), ctx.n_seq_max(), pack.scoring);
         let mut job =
             Job { ctx, state, call, soft: &inner.soft, width: inner.model.n_embd(), rows: &rows, seqs: &seqs };
@@ -41,9 +42,9 @@ impl Engine {
         let mut items = Vec::with_capacity(scores.len());
         for (&c, s) in r.candidates.iter().zip(scores) {
             let Some((logprob, n)) = s else { continue };
-            let (id, title) = pack
-                .item_id(c)
-                .zip(pack.item_title(c))
+            let (id, title) = cat
+                .id(c)
+                .zip(cat.title(c))
                 .ok_or_else(|| Error::internal(format!("catalog index {c} out of range")))?;
             let mean = logprob / n as f64;
             items.push(ScoredItem {

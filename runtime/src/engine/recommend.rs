@@ -27,15 +27,18 @@ impl Engine {
         if req.history.is_empty() {
             return Err(RequestError::EmptyHistory.into());
         }
-        let history = req.history.iter().map(|h| prompt::item(pack, h)).collect::<Result<Vec<_>>>()?;
-        let n_items = pack.n_items();
-        let mut seen = vec![false; n_items];
+        let cat = self.catalog();
+        let history = req.history.iter().map(|h| prompt::item(&cat, h)).collect::<Result<Vec<_>>>()?;
+        let n_items = cat.n_items();
+        // Retrievable: the model's table (the pack's items) and added items with a vector.
+        let mut skip: Vec<bool> =
+            (0..n_items as u32).map(|i| i as usize >= pack.n_items() && cat.added_vector(i).is_none()).collect();
         if !req.include_history {
             for &h in &history {
-                seen[h as usize] = true;
+                skip[h as usize] = true;
             }
         }
-        let available = n_items - seen.iter().filter(|s| **s).count();
+        let available = skip.iter().filter(|s| !**s).count();
         if req.n == 0 || req.n > available {
             return Err(Error::invalid("n", format!("{} is outside 1..={available} (items left to recommend)", req.n)));
         }
@@ -52,18 +55,22 @@ impl Engine {
         }
 
         let t0 = Instant::now();
-        let user = sasrec::user_vector(model, &history);
+        // The model reads added items through their projected vectors.
+        let user = sasrec::user_vector(model, &history, |i| cat.added_vector(i));
         let mut scores = Vec::with_capacity(n_items);
         sasrec::scores(model, &user, &mut scores);
-        let top = topn::top_n(&scores, retrieve, |i| seen[i as usize]);
+        for i in pack.n_items()..n_items {
+            scores.push(cat.added_vector(i as u32).map_or(f32::NEG_INFINITY, |v| sasrec::dot(v, &user)));
+        }
+        let top = topn::top_n(&scores, retrieve, |i| skip[i as usize]);
         let retrieval_micros = t0.elapsed().as_micros() as u64;
         let mut stats = RecommendStats { retrieved: top.len(), retrieval_micros, ..Default::default() };
 
         let mut items: Vec<Recommended> = Vec::with_capacity(top.len());
         for &(index, s) in &top {
-            let (id, title) = pack
-                .item_id(index)
-                .zip(pack.item_title(index))
+            let (id, title) = cat
+                .id(index)
+                .zip(cat.title(index))
                 .ok_or_else(|| Error::internal(format!("catalog index {index} out of range")))?;
             items.push(Recommended {
                 id: id.to_string(),

@@ -33,7 +33,7 @@ impl Session {
 
     /// Appends an item (most recent last). Unknown ids are rejected here, not at the next rank.
     pub fn push(&mut self, id: &str) -> Result<()> {
-        prompt::item(self.engine.pack(), id)?;
+        prompt::item(&self.engine.catalog(), id)?;
         self.history.push(id.to_string());
         Ok(())
     }
@@ -41,7 +41,7 @@ impl Session {
     /// Replaces the history.
     pub fn set_history(&mut self, ids: &[String]) -> Result<()> {
         for id in ids {
-            prompt::item(self.engine.pack(), id)?;
+            prompt::item(&self.engine.catalog(), id)?;
         }
         self.history = ids.to_vec();
         Ok(())

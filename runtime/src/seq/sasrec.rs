@@ -8,14 +8,20 @@
 use delrec_format::seq::{Activation, LayerNorm, Linear, Sasrec};
 
 /// The user vector for a history of catalog indices (oldest first; longer than `max_len` keeps
-/// the latest). The caller has checked the indices and that the history is not empty.
-pub(crate) fn user_vector(m: &Sasrec, history: &[u32]) -> Vec<f32> {
+/// the latest). Indices past the model's table are items added on the device: `extra` gives
+/// their vectors (an item without one contributes zeros, as an unknown item would).
+/// The caller has checked the indices and that the history is not empty.
+pub(crate) fn user_vector<'a>(m: &'a Sasrec, history: &[u32], extra: impl Fn(u32) -> Option<&'a [f32]>) -> Vec<f32> {
     let h = m.hidden;
     let hist = &history[history.len().saturating_sub(m.max_len)..];
     let l = hist.len();
     let mut x = vec![0f32; l * h];
+    let zeros = vec![0f32; h];
     for (t, &item) in hist.iter().enumerate() {
-        let e = &m.items[item as usize * h..][..h];
+        let e: &[f32] = match m.items.get(item as usize * h..(item as usize + 1) * h) {
+            Some(row) => row,
+            None => extra(item).filter(|v| v.len() == h).unwrap_or(&zeros),
+        };
         let p = &m.positions[t * h..][..h];
         for ((o, a), b) in x[t * h..][..h].iter_mut().zip(e).zip(p) {
             *o = a + b;

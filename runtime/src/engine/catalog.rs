@@ -1,0 +1,177 @@
+//! The catalog a call sees: the pack's items (indices `0..pack.n_items()`), then the items added
+//! on the device with [`Engine::add_item`] (the indices after). Each call takes a snapshot at its
+//! start, so an item added meanwhile never changes a running call; adding copies the small
+//! added list (copy on write) and never touches the pack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use delrec_format::seq::ItemPooling;
+use delrec_format::Pack;
+
+use super::Engine;
+use crate::error::{Error, RequestError, Result};
+use crate::llm::Pooling;
+
+/// The most items one engine accepts on top of its pack.
+pub(crate) const MAX_ADDED: usize = 1 << 20;
+const MAX_ID_BYTES: usize = 256;
+const MAX_TITLE_BYTES: usize = 4096;
+/// Longest title in tokens: a title is a candidate's scored tokens and part of prompts.
+const MAX_TITLE_TOKENS: usize = 256;
+
+#[derive(Clone, Debug)]
+pub(crate) struct AddedItem {
+    pub id: String,
+    pub title: String,
+    pub tokens: Vec<i32>,
+    /// The sequential model's vector (`hidden` wide), when the pack's model has an item
+    /// projection; without one the item can be ranked by the LLM but not retrieved.
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Added {
+    pub items: Vec<AddedItem>,
+    pub index: HashMap<String, u32>,
+}
+
+/// A snapshot of the whole catalog.
+pub(crate) struct Catalog<'a> {
+    pub pack: &'a Pack,
+    pub added: Arc<Added>,
+}
+
+impl Catalog<'_> {
+    pub fn n_items(&self) -> usize {
+        self.pack.n_items() + self.added.items.len()
+    }
+
+    fn added_item(&self, i: u32) -> Option<&AddedItem> {
+        (i as usize).checked_sub(self.pack.n_items()).and_then(|k| self.added.items.get(k))
+    }
+
+    pub fn index(&self, id: &str) -> Option<u32> {
+        self.pack.item_index(id).or_else(|| self.added.index.get(id).copied())
+    }
+
+    pub fn id(&self, i: u32) -> Option<&str> {
+        self.pack.item_id(i).or_else(|| self.added_item(i).map(|a| a.id.as_str()))
+    }
+
+    pub fn title(&self, i: u32) -> Option<&str> {
+        self.pack.item_title(i).or_else(|| self.added_item(i).map(|a| a.title.as_str()))
+    }
+
+    /// `item_prefix + title`, tokenized.
+    pub fn tokens(&self, i: u32) -> Option<&[i32]> {
+        self.pack.item_tokens(i).or_else(|| self.added_item(i).map(|a| a.tokens.as_slice()))
+    }
+
+    /// The sequential model's vector of an added item (pack items are in the model's table).
+    pub fn added_vector(&self, i: u32) -> Option<&[f32]> {
+        self.added_item(i).and_then(|a| a.vector.as_deref())
+    }
+}
+
+/// What [`Engine::add_item`] made of an item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddedInfo {
+    /// Its catalog index (after the pack's items).
+    pub index: u32,
+    /// Tokens of `item_prefix + title`.
+    pub n_tokens: usize,
+    /// Whether the sequential model can retrieve it (the pack's model has an item projection).
+    pub retrievable: bool,
+}
+
+impl Engine {
+    pub(crate) fn catalog(&self) -> Catalog<'_> {
+        let added = self.inner.added.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        Catalog { pack: &self.inner.pack, added }
+    }
+
+    /// Items in the catalog: the pack's plus those added on the device.
+    pub fn n_items(&self) -> usize {
+        self.catalog().n_items()
+    }
+
+    /// Catalog index of an item id (the pack's or an added one).
+    pub fn item_index(&self, id: &str) -> Option<u32> {
+        self.catalog().index(id)
+    }
+
+    /// Id and title of the item at a catalog index.
+    pub fn item(&self, index: u32) -> Option<(String, String)> {
+        let c = self.catalog();
+        c.id(index).zip(c.title(index)).map(|(i, t)| (i.to_string(), t.to_string()))
+    }
+
+    /// Adds an item that is not in the pack: `rank` scores its title like any other, and when
+    /// the pack's sequential model has a TSLRec item projection, `recommend` retrieves it too,
+    /// with the vector `proj(LLM embedding of item_prefix + title)`, pooled as the recipe did,
+    /// with no retraining. The title is tokenized with the model's own vocabulary, exactly as
+    /// `delrec-convert pack` does by default. Kept for the engine's lifetime (not written to
+    /// the pack).
+    ///
+    /// Errors (`BadRequest`): an empty or over-long id or title (256 / 4096 bytes; 256 tokens),
+    /// an id already in the catalog (`DuplicateItem`), more than 2^20 added items.
+    pub fn add_item(&self, id: &str, title: &str) -> Result<AddedInfo> {
+        if id.trim().is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(Error::invalid("id", format!("must be 1..={MAX_ID_BYTES} bytes and not blank")));
+        }
+        if title.trim().is_empty() || title.len() > MAX_TITLE_BYTES {
+            return Err(Error::invalid("title", format!("must be 1..={MAX_TITLE_BYTES} bytes and not blank")));
+        }
+        let pack = &self.inner.pack;
+        let text = format!("{}{}", pack.template.item_prefix, title);
+        let tokens = self.inner.model.tokenize(&text, false)?;
+        if tokens.is_empty() || tokens.len() > MAX_TITLE_TOKENS {
+            return Err(Error::invalid("title", format!("{} tokens (1..={MAX_TITLE_TOKENS})", tokens.len())));
+        }
+        let n_vocab = pack.base.n_vocab as i64;
+        if tokens.iter().any(|&t| t < 0 || t as i64 >= n_vocab) {
+            return Err(Error::internal("the tokenizer produced a token outside the vocabulary"));
+        }
+        let vector = match pack.seq.as_ref().and_then(|m| m.item_proj.as_ref()) {
+            None => None,
+            Some(p) => {
+                let pooling = match p.pooling {
+                    ItemPooling::Mean => Pooling::Mean,
+                    ItemPooling::Last => Pooling::Last,
+                };
+                let e = self.embed_tokens(std::slice::from_ref(&tokens), pooling)?;
+                let e = e.first().ok_or_else(|| Error::internal("no embedding returned"))?;
+                let l = &p.linear;
+                if e.len() != l.n_in {
+                    return Err(Error::internal(format!("embedding width {} ≠ projection input {}", e.len(), l.n_in)));
+                }
+                let v: Vec<f32> = l
+                    .weight
+                    .chunks_exact(l.n_in)
+                    .zip(&l.bias)
+                    .map(|(w, b)| crate::seq::sasrec::dot(w, e) + b)
+                    .collect();
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::internal("the item projection produced a non-finite vector"));
+                }
+                Some(v)
+            }
+        };
+        let mut guard = self.inner.added.write().unwrap_or_else(|e| e.into_inner());
+        if pack.item_index(id).is_some() || guard.index.contains_key(id) {
+            return Err(RequestError::DuplicateItem { id: id.to_string() }.into());
+        }
+        if guard.items.len() >= MAX_ADDED {
+            return Err(Error::invalid("id", format!("at most {MAX_ADDED} items can be added")));
+        }
+        let mut next = (**guard).clone();
+        let index =
+            u32::try_from(pack.n_items() + next.items.len()).map_err(|_| Error::invalid("id", "catalog full"))?;
+        let info = AddedInfo { index, n_tokens: tokens.len(), retrievable: vector.is_some() };
+        next.index.insert(id.to_string(), index);
+        next.items.push(AddedItem { id: id.to_string(), title: title.to_string(), tokens, vector });
+        *guard = Arc::new(next);
+        Ok(info)
+    }
+}

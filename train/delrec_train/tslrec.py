@@ -1,0 +1,447 @@
+"""TSLRec stage 2: SASRec over frozen LLM item embeddings (arXiv 2406.00333).
+
+    python -m delrec_train.tslrec --out DIR [--model GGUF_OR_HF_DIR] [--pooling mean|last] [--epochs 15]
+        [--max-minutes M] [--hidden 64] [--max-len 20] [--threads 2] [--device cpu]
+
+TSLRec ("A Practice-Friendly Two-Stage LLM-Enhanced Paradigm in Sequential Recommendation", no
+released code) feeds every item's text to the LLM and trains an ordinary sequential recommender on
+the resulting item embeddings; the small model is what serves. Stage 1 of the paper (a user-level
+SFT of the LLM) is not implemented: the base LLM is used as is.
+
+1. **LLM item embeddings.** For every catalog item (``data.write_catalog`` order) the text is
+   ``item_prefix + title`` with the pack's default item prefix ``" "``, tokenized without special
+   tokens / BOS: exactly the token ids ``delrec-convert pack`` stores (``--tokenizer llama-cli``,
+   the default for a GGUF model, asks llama.cpp itself through ``delrec tokenize``). The frozen base
+   LLM runs over the items in right-padded batches; the final hidden states *after the final norm*
+   (what llama.cpp's pooled embeddings read, and transformers' ``hidden_states[-1]``: its
+   ``check_model_inputs`` overwrites the last entry with ``last_hidden_state``, i.e. after
+   ``model.norm``) are pooled over the item's own tokens: the mean (padding excluded) or the last
+   token. The runtime computes the same: ``delrec embed --model M --pack P --all-items --pooling mean``.
+   Cached in ``DIR/tslrec/item_llm_emb.npy`` (float32 [n_catalog, n_embd], catalog order) +
+   ``item_llm_ids.json`` (ids, token ids, model digest, pooling); reused when all of these match.
+
+2. **SASRec on them.** RecBole 1.2.1's ``SASRec`` with ``item_embedding`` replaced by
+   :class:`LLMItemEmbedding`: ``forward(ids) = proj(Z[ids])`` and a ``weight`` property
+   ``proj(Z)``, where ``Z`` is the frozen LLM table in RecBole's row order (row 0 = [PAD] = zeros),
+   standardized per dimension (mean / std over the real items; fixed buffers, not learned) and
+   ``proj = nn.Linear(n_embd_llm, hidden)`` learned. RecBole's ``forward`` calls
+   ``self.item_embedding(item_seq)``; ``calculate_loss`` (CE), ``full_sort_predict`` and ``predict``
+   use ``self.item_embedding.weight`` / ``self.item_embedding(ids)``, so every path goes through
+   the projection. Everything else (config, split, Trainer, early stopping on valid NDCG@10, time
+   budget, seeds) is the teacher's (``teacher.recbole_config``, ``write_recbole_inter``).
+
+3. **Export** ``DIR/tslrec/sasrec_llm.pth``: the teacher's ``sasrec.pth`` layout
+   (``state_dict``, ``item_tokens``, ``max_len``, ``config``) with the plain SASRec tensors, where
+   ``item_embedding.weight`` = ``proj(standardize(E))`` [n_items, hidden], plus
+   ``item_proj.weight`` [hidden, n_embd] and ``item_proj.bias`` [hidden] with the standardization
+   folded in, so that ``item_embedding.weight == E @ item_proj.weight.T + item_proj.bias`` on the
+   *raw* LLM embeddings (row 0 = proj(0), padding). Extra keys: ``item_source: "llm"``,
+   ``item_pooling``, ``item_text: "item_prefix+title"``, ``item_prefix``. A new item gets
+   ``item_proj(embed(" " + title))`` and is scored like any other (dot product with the user vector).
+   Also ``metrics.json`` (RecBole full-ranking valid/test metrics, the 20-candidate test metrics,
+   timings, embedding cost) and ``test_scores.jsonl`` in the teacher's format
+   (``{"user", "target", "candidates", "scores"}``, history = every item before the test target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset, load_dataset, write_catalog
+from .paths import model_path, work_dir
+from .teacher import DATASET_NAME, TeacherScorer, _build_sasrec_from_blob, _NullWriter, recbole_config, \
+    write_recbole_inter
+from .util import set_threads, write_json
+
+ITEM_PREFIX = " "  # the pack's default --item-prefix
+SMALL_CFG_KEYS = ["n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob",
+                  "hidden_act", "layer_norm_eps", "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH",
+                  "USER_ID_FIELD", "ITEM_ID_FIELD", "LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD", "NEG_PREFIX", "device"]
+
+
+# ---- 1. LLM item embeddings ---------------------------------------------------------------------
+
+def item_text(title: str, item_prefix: str = ITEM_PREFIX) -> str:
+    return item_prefix + title
+
+
+def make_item_tokenizer(kind: str, model: Path, tokenizer_model: Path | None = None, binary: Path | None = None):
+    """kind: auto (llama-cli for a GGUF file, the HF directory's own tokenizer otherwise), llama-cli
+    (``delrec tokenize`` on ``tokenizer_model`` or ``model``: the pack's ids), hf, hf-gguf."""
+    from .tokens import HFTokenizer, LlamaCliTokenizer, make_tokenizer
+
+    model = Path(model)
+    if kind == "auto":
+        kind = "hf" if model.is_dir() and tokenizer_model is None else "llama-cli"
+    if kind == "llama-cli":
+        src = Path(tokenizer_model or model)
+        if src.is_dir():
+            raise SystemExit(f"--tokenizer llama-cli needs a GGUF file ({src} is a directory): pass --tokenizer-model")
+        return LlamaCliTokenizer(src, binary)
+    if kind == "hf":
+        from transformers import AutoTokenizer
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(tokenizer_model or model)))
+    return make_tokenizer(kind, tokenizer_model or model, binary)
+
+
+def embed_token_seqs(model, seqs: list[list[int]], pooling: str = "mean", batch_size: int = 64):
+    """Final-norm hidden states of a causal LM pooled per sequence -> float32 numpy [N, n_embd].
+
+    Each sequence alone from position 0, no BOS; batches are right-padded (a causal model's real
+    tokens never attend to later pads, and positions start at 0 for every row), so the result does
+    not depend on the batch. mean: average over the sequence's own tokens; last: its last token."""
+    import torch
+
+    if pooling not in ("mean", "last"):
+        raise ValueError(f"pooling {pooling!r}: mean or last")
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("an item tokenizes to nothing")
+    dev = model.get_input_embeddings().weight.device
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    n_embd = model.get_input_embeddings().weight.shape[1]
+    out = np.zeros((len(seqs), n_embd), dtype=np.float32)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: little padding
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        L = max(len(seqs[i]) for i in idx)
+        ids = torch.zeros(len(idx), L, dtype=torch.long)
+        mask = torch.zeros(len(idx), L, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
+            mask[r, :len(seqs[i])] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = torch.arange(L, device=dev)[None].expand(len(idx), L)
+        with torch.no_grad():
+            h = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state.float()
+        if pooling == "mean":
+            m = mask[..., None].to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1)
+        else:
+            pooled = h[torch.arange(len(idx), device=dev), mask.sum(1) - 1]
+        out[idx] = pooled.cpu().numpy()
+    return out
+
+
+def embed_texts(model, tokenizer, texts: list[str], pooling: str = "mean", batch_size: int = 64):
+    """-> (embeddings [N, n_embd], token ids per text). Texts are tokenized exactly (no BOS)."""
+    seqs = tokenizer.encode_many(texts)
+    return embed_token_seqs(model, seqs, pooling, batch_size), seqs
+
+
+def item_embeddings(ds: Dataset, model_file: Path, tdir: Path, pooling: str, tokenizer, model=None,
+                    device="cpu", batch_size: int = 64):
+    """The catalog's LLM embeddings (catalog order), cached in ``tdir``. -> (ids, E, info)."""
+    from .tokens import file_sha256
+
+    ids = list(ds.items)
+    texts = [item_text(ds.items[i].title) for i in ids]
+    t0 = time.time()
+    seqs = tokenizer.encode_many(texts)
+    tok_s = time.time() - t0
+    meta = {"model": str(model_file), "model_sha256": file_sha256(model_file), "pooling": pooling,
+            "item_text": "item_prefix+title", "item_prefix": ITEM_PREFIX, "ids": ids, "tokens": seqs}
+    npy, js = tdir / "item_llm_emb.npy", tdir / "item_llm_ids.json"
+    if npy.is_file() and js.is_file():
+        old = json.loads(js.read_text(encoding="utf-8"))
+        if all(old.get(k) == meta[k] for k in ("model_sha256", "pooling", "item_prefix", "ids", "tokens")):
+            E = np.load(npy)
+            logging.getLogger().info("LLM item embeddings reused from %s", npy)
+            return ids, E, {**old.get("info", {}), "reused": True}
+    from .llm import load_gguf_model
+
+    t1 = time.time()
+    if model is None:
+        model = load_gguf_model(model_file, device)
+    load_s = time.time() - t1
+    t2 = time.time()
+    E = embed_token_seqs(model, seqs, pooling, batch_size)
+    emb_s = time.time() - t2
+    if not np.isfinite(E).all():
+        raise RuntimeError("non-finite LLM item embeddings")
+    info = {"items": len(ids), "tokens": int(sum(len(s) for s in seqs)), "max_tokens": max(len(s) for s in seqs),
+            "dim": int(E.shape[1]), "pooling": pooling, "tokenize_seconds": tok_s, "load_seconds": load_s,
+            "embed_seconds": emb_s, "reused": False}
+    tdir.mkdir(parents=True, exist_ok=True)
+    tmp = tdir / "item_llm_emb.part.npy"
+    np.save(tmp, E)
+    os.replace(tmp, npy)
+    write_json(js, meta | {"info": info})
+    return ids, E, info
+
+
+# ---- 2. SASRec on the LLM table -----------------------------------------------------------------
+
+def _torch_nn():
+    import torch
+    from torch import nn
+    return torch, nn
+
+
+def make_item_module(table, hidden: int):
+    """``LLMItemEmbedding``: ids -> proj(standardize(table[ids])); ``.weight`` = the whole projected table."""
+    torch, nn = _torch_nn()
+
+    class LLMItemEmbedding(nn.Module):
+        def __init__(self, table, hidden):
+            super().__init__()
+            table = torch.as_tensor(table, dtype=torch.float32)
+            real = table[1:]
+            mu = real.mean(0)
+            std = real.std(0, unbiased=False).clamp_min(1e-6)
+            self.register_buffer("table", table)
+            self.register_buffer("mu", mu)
+            self.register_buffer("inv_std", 1.0 / std)
+            self.proj = nn.Linear(table.shape[1], hidden)
+
+        def forward(self, ids):
+            return self.proj((self.table[ids] - self.mu) * self.inv_std)
+
+        @property
+        def weight(self):
+            return self.proj((self.table - self.mu) * self.inv_std)
+
+        def folded(self):
+            """(W, b) with proj(standardize(x)) == x @ W.T + b on raw LLM embeddings x."""
+            W = self.proj.weight * self.inv_std[None, :]
+            b = self.proj.bias - W @ self.mu
+            return W, b
+
+    return LLMItemEmbedding(table, hidden)
+
+
+_CLASS = None
+
+
+def tslrec_sasrec_class():
+    """RecBole's SASRec with the item embedding replaced by the projected frozen LLM table."""
+    global _CLASS
+    if _CLASS is None:
+        from recbole.model.sequential_recommender import SASRec
+
+        class TSLRecSASRec(SASRec):
+            def __init__(self, config, dataset, item_table):
+                super().__init__(config, dataset)
+                if tuple(item_table.shape[:1]) != (self.n_items,):
+                    raise ValueError(f"LLM table has {item_table.shape[0]} rows, the model {self.n_items} items")
+                del self.item_embedding
+                self.item_embedding = make_item_module(item_table, self.hidden_size)
+                self._init_weights(self.item_embedding.proj)  # RecBole's init (normal 0.02, bias 0)
+
+        _CLASS = TSLRecSASRec
+    return _CLASS
+
+
+def recbole_table(item_tokens: list[str], ids: list[str], E: np.ndarray) -> np.ndarray:
+    """The LLM table in RecBole's row order; row 0 ([PAD]) = zeros."""
+    pos = {i: k for k, i in enumerate(ids)}
+    missing = [t for t in item_tokens[1:] if t not in pos]
+    if missing:
+        raise ValueError(f"{len(missing)} RecBole items have no LLM embedding, first: {missing[:5]}")
+    T = np.zeros((len(item_tokens), E.shape[1]), dtype=np.float32)
+    for r, t in enumerate(item_tokens[1:], start=1):
+        T[r] = E[pos[t]]
+    return T
+
+
+def train_recbole_llm(ds: Dataset, tdir: Path, args, ids: list[str], E: np.ndarray):
+    """teacher.train_recbole with the TSLRec model (the teacher's code builds a plain SASRec inline)."""
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.trainer import Trainer
+    import recbole.trainer.trainer as rb_trainer
+    from recbole.utils import init_seed
+
+    rb_trainer.get_tensorboard = lambda logger: _NullWriter()
+    data_root = tdir / "recbole_data"
+    write_recbole_inter(ds, data_root)
+    cfg = recbole_config(data_root, tdir, args)
+    config = Config(model="SASRec", dataset=DATASET_NAME, config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    set_threads(args.threads)
+    t0 = time.time()
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    item_tokens = list(dataset.field2id_token["item_id"])
+    table = recbole_table(item_tokens, ids, E)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = tslrec_sasrec_class()(config, train_data._dataset, table).to(config["device"])
+    trainer = Trainer(config, model)
+    t1 = time.time()
+
+    class _OutOfTime(Exception):
+        pass
+
+    def budget(epoch_idx, valid_score):
+        if args.max_minutes and time.time() - t1 > 60 * args.max_minutes:
+            raise _OutOfTime
+
+    stopped_by_budget = False
+    try:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False, verbose=True, callback_fn=budget)
+    except _OutOfTime:
+        stopped_by_budget = True
+        logging.getLogger().info("time budget (--max-minutes %s) reached: keeping the best checkpoint so far",
+                                 args.max_minutes)
+    ckpt_file = trainer.saved_model_file
+    train_s = time.time() - t1
+    ckpt = torch.load(ckpt_file, map_location=config["device"], weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    model.load_other_parameter(ckpt.get("other_parameter"))
+    t2 = time.time()
+    valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    os.replace(ckpt_file, tdir / "recbole_best.pth")
+    return model.eval(), item_tokens, config, test_data, {
+        "best_valid": {k: float(v) for k, v in dict(valid_result).items()},
+        "test_full_ranking": {k: float(v) for k, v in dict(test_result).items()},
+        "epochs_run": len(trainer.train_loss_dict), "best_epoch": int(ckpt.get("epoch", -1)),
+        "stopped_by_time_budget": stopped_by_budget, "train_seconds": train_s, "prepare_seconds": t1 - t0,
+        "eval_seconds": time.time() - t2,
+        "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
+    }
+
+
+# ---- 3. export / reload -------------------------------------------------------------------------
+
+def export_blob(model, item_tokens: list[str], max_len: int, config, pooling: str) -> dict:
+    import torch
+
+    emb = model.item_embedding
+    with torch.no_grad():
+        W, b = emb.folded()
+        table = emb.weight
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("item_embedding.")}
+    sd["item_embedding.weight"] = table.detach().cpu().clone()
+    sd["item_proj.weight"] = W.detach().cpu().clone()
+    sd["item_proj.bias"] = b.detach().cpu().clone()
+    small = {k: config[k] for k in SMALL_CFG_KEYS}
+    small["device"] = "cpu"
+    return {"state_dict": sd, "item_tokens": list(item_tokens), "max_len": max_len, "config": small,
+            "item_source": "llm", "item_pooling": pooling, "item_text": "item_prefix+title", "item_prefix": ITEM_PREFIX}
+
+
+class TSLRecScorer(TeacherScorer):
+    """The exported model: a plain SASRec (``TeacherScorer``) + ``item_proj`` for items it never saw."""
+
+    def __init__(self, blob: dict, device="cpu"):
+        import torch
+
+        sd = blob["state_dict"]
+        plain = {**blob, "state_dict": {k: v for k, v in sd.items() if not k.startswith("item_proj.")}}
+        super().__init__(_build_sasrec_from_blob(plain, device), blob["item_tokens"], blob["max_len"], device)
+        self.proj_w = sd["item_proj.weight"].to(device)
+        self.proj_b = sd["item_proj.bias"].to(device)
+        self.blob = blob
+        self.torch = torch
+
+    def user_vectors(self, prefixes: list[list[str]]):
+        torch = self.torch
+        seq = torch.zeros(len(prefixes), self.max_len, dtype=torch.long)
+        lens = torch.zeros(len(prefixes), dtype=torch.long)
+        for b, p in enumerate(prefixes):
+            ids = self._ids(p[-self.max_len:])
+            seq[b, :len(ids)] = torch.tensor(ids)
+            lens[b] = len(ids)
+        with torch.no_grad():
+            return self.model.forward(seq.to(self.device), lens.to(self.device))
+
+    def project(self, llm_emb):
+        """Item vectors [N, hidden] of raw LLM embeddings [N, n_embd] (e.g. of unseen titles)."""
+        x = self.torch.as_tensor(np.asarray(llm_emb), dtype=self.torch.float32, device=self.device)
+        return x @ self.proj_w.T + self.proj_b
+
+
+def load_tslrec(out: Path, device="cpu") -> TSLRecScorer:
+    import torch
+    from recbole.model.sequential_recommender import SASRec  # noqa: F401
+
+    blob = torch.load(Path(out) / "tslrec" / "sasrec_llm.pth", map_location=device, weights_only=False)
+    return TSLRecScorer(blob, device)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec",
+                                 description="TSLRec stage 2: SASRec (RecBole) over frozen LLM item embeddings.")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--name", default="ml-100k")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="base LLM: GGUF (default: the asset model) or HF directory")
+    ap.add_argument("--tokenizer", default="auto", choices=["auto", "llama-cli", "hf", "hf-gguf"],
+                    help="auto: llama.cpp's ids (delrec tokenize, = the pack) for a GGUF, the HF tokenizer for a directory")
+    ap.add_argument("--tokenizer-model", type=Path, default=None, help="GGUF whose tokenizer gives the ids (llama-cli)")
+    ap.add_argument("--delrec-bin", type=Path, default=None)
+    ap.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    ap.add_argument("--embed-batch", type=int, default=64)
+    ap.add_argument("--history", type=int, default=10, help="H, used for the candidates' identity only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--stopping-step", type=int, default=3)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop after the epoch that passes this budget (0 = none)")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--max-len", type=int, default=20)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    import torch
+
+    from .metrics import metrics_from_ranks, target_rank
+
+    set_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    t_start = time.time()
+    out = args.out or work_dir()
+    tdir = out / "tslrec"
+    tdir.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
+    write_catalog(ds, tdir / "catalog.csv")  # the items embedded, in the order of item_llm_emb.npy
+    mpath = args.model or model_path()
+    tok = make_item_tokenizer(args.tokenizer, mpath, args.tokenizer_model, args.delrec_bin)
+    ids, E, emb_info = item_embeddings(ds, mpath, tdir, args.pooling, tok, device=args.device,
+                                       batch_size=args.embed_batch)
+    logging.getLogger().info("LLM item embeddings: %s", json.dumps(emb_info))
+    model, item_tokens, config, _, info = train_recbole_llm(ds, tdir, args, ids, E)
+    blob = export_blob(model, item_tokens, args.max_len, config, args.pooling)
+    torch.save(blob, tdir / "sasrec_llm.pth")
+
+    scorer = TSLRecScorer(blob, "cpu")
+    users = ds.users()
+    t0 = time.time()
+    ranks = []
+    with open(tdir / "test_scores.jsonl", "w", encoding="utf-8") as f:
+        for b in range(0, len(users), 256):
+            us = users[b:b + 256]
+            exs = [ds.test_example(u) for u in us]
+            sc = scorer.scores([ds.seqs[u][:-1] for u in us], [e.candidates for e in exs])
+            for u, e, s in zip(us, exs, sc):
+                ranks.append(target_rank(s, e.candidates, e.target))
+                f.write(json.dumps({"user": u, "target": e.target, "candidates": e.candidates, "scores": s}) + "\n")
+    info.update({"test_20_candidates": metrics_from_ranks(ranks), "score_seconds": time.time() - t0,
+                 "embedding": emb_info, "model": str(mpath), "pooling": args.pooling, "tokenizer": args.tokenizer,
+                 "device": args.device, "threads": args.threads, "total_seconds": time.time() - t_start,
+                 "recbole_config": {k: (v if isinstance(v, (int, float, str, bool, list, dict)) or v is None else str(v))
+                                    for k, v in recbole_config(Path("."), Path("."), args).items()
+                                    if k not in ("data_path", "checkpoint_dir")}})
+    write_json(tdir / "metrics.json", info)
+    print(json.dumps({k: info[k] for k in ("test_full_ranking", "best_valid", "epochs_run", "best_epoch",
+                                           "train_seconds", "test_20_candidates")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
