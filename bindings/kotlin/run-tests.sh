@@ -3,7 +3,8 @@
 #   1. builds the CLIs (reference + converter) and the delrec-ffi cdylib with its uniffi-bindgen,
 #   2. generates the Kotlin and Swift bindings from the built library (and checks the Swift files),
 #   3. fetches a Kotlin compiler (npm `kotlin-compiler`) and JNA (Maven Central) into target/,
-#   4. converts the llama-tiny fixture and builds its pack (plus a qwen2-tiny pack for mismatch),
+#   4. converts the llama-tiny fixture and builds its pack (plus a qwen2-tiny pack for mismatch,
+#      and a pack with the fixture SASRec for the cascade),
 #   5. compiles bindings/kotlin/tests/DelrecTest.kt with the generated sources and runs it.
 # Ends with the test program's "N passed, M failed"; exits non-zero on any failure.
 #
@@ -38,7 +39,7 @@ for f in "$KT" "$GEN/DelrecFFI.swift" "$GEN/delrec_ffiFFI.h" "$GEN/delrec_ffiFFI
 done
 # No Swift toolchain here: check the Swift API surface textually.
 for sym in 'open class Engine' 'open class Session' 'open class CancelToken' 'enum DelrecError: Swift.Error' \
-    'public struct RankRequest' 'public struct ScoredItem' 'public func defaultEngineConfig' 'public static func `open`'; do
+    'public struct RankRequest' 'public struct ScoredItem' 'public struct RecommendRequest' 'func recommend(' 'public func defaultEngineConfig' 'public static func `open`'; do
     grep -q "$sym" "$GEN/DelrecFFI.swift" || { echo "Swift bindings lack '$sym'"; exit 1; }
 done
 echo "generated: $(cd "$GEN" && find . -type f | sort | tr '\n' ' ')"
@@ -69,11 +70,15 @@ for m in llama qwen2; do
         --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-$m" --template "$TEMPLATE" \
         --out "$OUT/$m.pack.gguf"
 done
+"$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
+    --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
+    --seq-model "$FX/sasrec-tiny.pth" --out "$OUT/llama.seq.pack.gguf"
 
 step "compile the Kotlin test"
 "$KOTLINC" -nowarn -include-runtime -cp "$JNA_JAR" -d "$OUT/delrec-test.jar" "$KT" bindings/kotlin/tests/DelrecTest.kt
 
 step "run the Kotlin test on the JVM"
 DELREC_MODEL=$OUT/llama.gguf DELREC_PACK=$OUT/llama.pack.gguf DELREC_OTHER_PACK=$OUT/qwen2.pack.gguf \
+    DELREC_SEQ_PACK=$OUT/llama.seq.pack.gguf \
     DELREC_CLI=$REL/delrec DELREC_CATALOG=$FX/catalog.csv \
     java -Djna.library.path="$REL" -cp "$OUT/delrec-test.jar:$JNA_JAR" DelrecTestKt

@@ -13,6 +13,8 @@ CLI (every subcommand prints one JSON object on stdout):
         -> {"pooling", "dim", "embeddings": [[hidden floats] per --tokens]}
            (final hidden state after the final RMSNorm, pooled over the sequence's positions:
            mean = average, last = the last position; each sequence its own forward, no BOS)
+  reference.py sasrec   --ckpt sasrec.pth --history id,id,...
+        -> {"scores": {item token: score}}     (RecBole SASRec forward, from torch.save's zip, no torch)
   reference.py tokenize --tokenizer T/tokenizer.json --strings FILE.json
         -> {"ids": [[...], ...]}                       (add_special_tokens=False)
   reference.py score    --model-dir D --tokenizer T/tokenizer.json --catalog catalog.csv|.jsonl
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -466,6 +469,86 @@ def _ids(s: str) -> list[str]:
     return [x for x in s.split(",") if x != ""] if s else []
 
 
+# --------------------------------------------------------------------------------------
+# SASRec (RecBole 1.2.1's forward, inference mode) from a torch.save file, without torch
+# --------------------------------------------------------------------------------------
+
+
+def load_torch_blob(path: str):
+    """torch.save's zip format read with the standard pickle module: tensors become float64
+    numpy arrays (storage + offset + shape + stride), no torch code is imported or run."""
+    import pickle
+    import zipfile
+
+    z = zipfile.ZipFile(path)
+    pkl = [n for n in z.namelist() if n.endswith("/data.pkl")]
+    if len(pkl) != 1:
+        raise ValueError(f"{path}: not a torch.save zip")
+    prefix = pkl[0][: -len("data.pkl")]
+    dtypes = {"FloatStorage": "<f4", "HalfStorage": "<f2", "DoubleStorage": "<f8", "LongStorage": "<i8"}
+
+    def rebuild(storage, offset, shape, stride, *_):
+        n = 1 + sum((d - 1) * st for d, st in zip(shape, stride)) if all(shape) else 0
+        flat = storage[offset:offset + n]
+        return np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[st * flat.itemsize for st in stride]).astype(np.float64)
+
+    class U(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return rebuild
+            if (module, name) == ("collections", "OrderedDict"):
+                return dict
+            if module == "torch" and name in dtypes:
+                return name
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+        def persistent_load(self, pid):
+            _, cls, key, _, numel = pid
+            return np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtypes[cls])[:numel]
+
+    return U(io.BytesIO(z.read(pkl[0]))).load()
+
+
+def _layer_norm(x, w, b, eps):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w + b
+
+
+def sasrec_scores(blob, history: list[str]) -> dict[str, float]:
+    """RecBole SASRec: item+position embeddings, LayerNorm, post-norm blocks with causal
+    attention, the last position's output dotted with every item row (the padding row excluded)."""
+    sd, cfg, tokens = blob["state_dict"], blob["config"], blob["item_tokens"]
+    row = {t: i for i, t in enumerate(tokens)}
+    max_len = sd["position_embedding.weight"].shape[0]
+    ids = [row[h] for h in history][-max_len:]
+    eps, heads = cfg.get("layer_norm_eps", 1e-12), cfg["n_heads"]
+    x = sd["item_embedding.weight"][ids] + sd["position_embedding.weight"][: len(ids)]
+    x = _layer_norm(x, sd["LayerNorm.weight"], sd["LayerNorm.bias"], eps)
+    L, H = x.shape
+    d = H // heads
+    mask = np.tril(np.ones((L, L), dtype=bool))
+    erf = np.vectorize(math.erf)
+    for i in range(cfg["n_layers"]):
+        a, f = f"trm_encoder.layer.{i}.multi_head_attention", f"trm_encoder.layer.{i}.feed_forward"
+        lin = lambda name, v: v @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]  # noqa: E731
+        q, k, v = (lin(f"{a}.{n}", x).reshape(L, heads, d).transpose(1, 0, 2) for n in ("query", "key", "value"))
+        att = q @ k.transpose(0, 2, 1) / math.sqrt(d)
+        att = np.where(mask, att, -np.inf)
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        ctx = (att @ v).transpose(1, 0, 2).reshape(L, H)
+        x = _layer_norm(lin(f"{a}.dense", ctx) + x, sd[f"{a}.LayerNorm.weight"], sd[f"{a}.LayerNorm.bias"], eps)
+        u = lin(f"{f}.dense_1", x)
+        if cfg.get("hidden_act", "gelu") == "gelu":
+            u = u * 0.5 * (1.0 + erf(u / math.sqrt(2.0)))
+        else:
+            u = np.maximum(u, 0.0)
+        x = _layer_norm(lin(f"{f}.dense_2", u) + x, sd[f"{f}.LayerNorm.weight"], sd[f"{f}.LayerNorm.bias"], eps)
+    s = sd["item_embedding.weight"] @ x[-1]
+    return {t: float(s[i]) for i, t in enumerate(tokens) if i > 0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -498,8 +581,14 @@ def main(argv=None) -> int:
     s.add_argument("--history", required=True)
     s.add_argument("--candidates", required=True)
 
+    q = sub.add_parser("sasrec")
+    q.add_argument("--ckpt", required=True, help="a torch.save blob {state_dict, item_tokens, config}")
+    q.add_argument("--history", required=True)
+
     args = ap.parse_args(argv)
-    if args.cmd == "logits":
+    if args.cmd == "sasrec":
+        out = {"scores": sasrec_scores(load_torch_blob(args.ckpt), _ids(args.history))}
+    elif args.cmd == "logits":
         m = Model(args.model_dir, args.lora_dir)
         toks = [int(x) for x in args.tokens.split(",") if x.strip() != ""]
         out = {"logits": m.forward_tokens(toks).tolist()}

@@ -202,7 +202,8 @@ def make_item_module(table, hidden: int):
             self.proj = nn.Linear(table.shape[1], hidden)
 
         def forward(self, ids):
-            return self.proj((self.table[ids] - self.mu) * self.inv_std)
+            # project the table once, then gather: [n_items] rows instead of [B, L] (same values)
+            return nn.functional.embedding(ids, self.weight)
 
         @property
         def weight(self):

@@ -47,6 +47,7 @@ fun env(name: String): String = System.getenv(name) ?: throw IllegalStateExcepti
 val model = env("DELREC_MODEL")
 val pack = env("DELREC_PACK")
 val otherPack = env("DELREC_OTHER_PACK")
+val seqPack = env("DELREC_SEQ_PACK")
 val cli = env("DELREC_CLI")
 val catalog: List<Pair<String, String>> =
     File(env("DELREC_CATALOG")).readLines().drop(1).filter { it.isNotBlank() }.map { csvFields(it).let { f -> f[0] to f[1] } }
@@ -85,6 +86,19 @@ fun cliRank(history: List<String>, candidates: List<String>? = null, topK: Int? 
     val ids = Regex("\"id\":\\s*\"([^\"]*)\"").findAll(out).map { it.groupValues[1] }.toList()
     val scores = Regex("\"score\":\\s*(-?[0-9.eE+-]+)").findAll(out).map { it.groupValues[1].toDouble() }.toList()
     check(ids.size == scores.size && ids.isNotEmpty()) { "could not parse the CLI output:\n$out" }
+    return ids.zip(scores)
+}
+
+/** `delrec recommend --json` for one history: (id, fused score) in order. */
+fun cliRecommend(history: List<String>, n: Int, retrieve: Int): List<Pair<String, Double>> {
+    val cmd = listOf(cli, "recommend", "--model", model, "--pack", seqPack, "--threads", "2", "--json",
+        "--history", history.joinToString(","), "--n", n.toString(), "--retrieve", retrieve.toString())
+    val p = ProcessBuilder(cmd).redirectError(ProcessBuilder.Redirect.DISCARD).start()
+    val out = p.inputStream.bufferedReader().readText()
+    check(p.waitFor(120, TimeUnit.SECONDS) && p.exitValue() == 0) { "delrec recommend failed: $cmd" }
+    val ids = Regex("\"id\":\\s*\"([^\"]*)\"").findAll(out).map { it.groupValues[1] }.toList()
+    val scores = Regex("\"score\":\\s*(-?[0-9.eE+-]+)").findAll(out).map { it.groupValues[1].toDouble() }.toList()
+    check(ids.size == scores.size && ids.size == n) { "could not parse the CLI output:\n$out" }
     return ids.zip(scores)
 }
 
@@ -361,6 +375,52 @@ fun main() {
         // The process is alive and the library still works.
         Engine.open(model, pack, config()).use { ok ->
             check(ok.rank(RankRequest(history = history, topK = 3u)).items.size == 3) { "engine broken after hostile model" }
+        }
+    }
+
+    test("recommend (the cascade) equals the Rust CLI and carries both scores") {
+        Engine.open(model, seqPack, config()).use { e ->
+            check(e.hasSequentialModel() && !engine.hasSequentialModel()) { "hasSequentialModel" }
+            val r = e.recommend(RecommendRequest(history = history, n = 5u, retrieve = 8u))
+            val ref = cliRecommend(history, 5, 8)
+            check(r.items.map { it.id } == ref.map { it.first }) { "order ${r.items.map { it.id }} vs CLI ${ref.map { it.first }}" }
+            for ((it, want) in r.items.zip(ref)) {
+                check(abs(it.score - want.second) < 1e-4 && it.llmScore != null) { "${it.id}: ${it.score} vs ${want.second}" }
+            }
+            check(r.stats.retrieved == 8uL && r.stats.rank?.candidates == 8uL) { "${r.stats}" }
+            check(r.items.none { it.id in history }) { "history items recommended" }
+            val off = e.recommend(RecommendRequest(history = history, n = 10u, llmOff = true))
+            check(off.items.all { it.llmScore == null && it.score == it.seqScore }) { "llmOff carries LLM scores" }
+            for (i in 1 until off.items.size) check(off.items[i - 1].seqScore >= off.items[i].seqScore) { "llmOff not sorted" }
+            e.session(null).use { s ->
+                s.setHistory(history)
+                val viaSession = s.recommend(RecommendRequest(n = 5u, retrieve = 8u))
+                check(viaSession.items.map { it.id } == r.items.map { it.id }) { "session differs" }
+            }
+        }
+    }
+
+    test("recommend: bad n, a pack without a sequential model -> BadRequest of each kind") {
+        Engine.open(model, seqPack, config()).use { e ->
+            val bad = expectThrows<DelrecException.BadRequest> { e.recommend(RecommendRequest(history = history, n = 0u)) }
+            check(bad.kind == BadRequestKind.INVALID_ARGUMENT && bad.field == "n") { "$bad" }
+            val w = expectThrows<DelrecException.BadRequest> { e.recommend(RecommendRequest(history = history, llmWeight = 2.0f)) }
+            check(w.field == "llm_weight") { "$w" }
+        }
+        val none = expectThrows<DelrecException.BadRequest> { engine.recommend(RecommendRequest(history = history)) }
+        check(none.kind == BadRequestKind.NO_SEQUENTIAL_MODEL) { "$none" }
+    }
+
+    test("addItem: a new title is ranked; a taken id -> BadRequest DUPLICATE_ITEM") {
+        Engine.open(model, pack, config()).use { e ->
+            val before = e.catalogSize()
+            val a = e.addItem("new-1", "Neon Harbor (2031)")
+            check(a.index.toULong() == before && !a.retrievable && e.catalogSize() == before + 1uL) { "$a" }
+            check(e.item("new-1").title == "Neon Harbor (2031)") { "lookup" }
+            val r = e.rank(RankRequest(history = history, candidates = listOf("new-1", "m003")))
+            check(r.items.any { it.id == "new-1" }) { "added item not ranked" }
+            val d = expectThrows<DelrecException.BadRequest> { e.addItem("m001", "Again") }
+            check(d.kind == BadRequestKind.DUPLICATE_ITEM && d.itemId == "m001") { "$d" }
         }
     }
 
