@@ -104,6 +104,14 @@ pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
             "soft_prompts": pack.soft_prompts.iter().map(|s| json!({"name": s.name, "n_virtual": s.n_virtual, "n_embd": pack.base.n_embd, "type": s.ty.name()})).collect::<Vec<_>>(),
             "n_items": pack.n_items(),
             "items": items,
+            "max_history": t.max_history,
+            "sequential": pack.seq.as_ref().map(|m| json!({
+                "kind": "sasrec", "n_layers": m.blocks.len(), "n_heads": m.n_heads, "hidden": m.hidden,
+                "inner": m.inner, "max_len": m.max_len, "hidden_act": m.act.as_str(),
+                "item_source": m.source.as_str(),
+                "item_projection": m.item_proj.as_ref().map(|p| json!({"n_in": p.linear.n_in, "pooling": p.pooling.as_str()})),
+            })),
+            "fusion": {"llm_weight": pack.fusion.llm_weight, "retrieve": pack.fusion.retrieve},
         });
     } else if f.get("tokenizer.ggml.tokens").is_some() {
         if let Ok(b) = BaseIdentity::of_model(&f) {
@@ -166,6 +174,32 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         let _ = writeln!(s, "  scoring: {}", pack.scoring.as_str());
         for sp in &pack.soft_prompts {
             let _ = writeln!(s, "  soft prompt {:?}: {} × {} {}", sp.name, sp.n_virtual, b.n_embd, sp.ty.name());
+        }
+        if let Some(h) = t.max_history {
+            let _ = writeln!(s, "  the prompt takes the latest {h} history items");
+        }
+        if let Some(m) = &pack.seq {
+            let _ = writeln!(
+                s,
+                "  sequential model: SASRec {} layers × {} heads, hidden {}, inner {}, max_len {}, {}, items from {}{}",
+                m.blocks.len(),
+                m.n_heads,
+                m.hidden,
+                m.inner,
+                m.max_len,
+                m.act.as_str(),
+                m.source.as_str(),
+                m.item_proj
+                    .as_ref()
+                    .map(|p| format!(
+                        ", item projection {} → {} ({} pooling)",
+                        p.linear.n_in,
+                        m.hidden,
+                        p.pooling.as_str()
+                    ))
+                    .unwrap_or_default()
+            );
+            let _ = writeln!(s, "  cascade: retrieve {}, LLM weight {}", pack.fusion.retrieve, pack.fusion.llm_weight);
         }
         let _ = writeln!(s, "  catalog: {} items", pack.n_items());
         for i in 0..pack.n_items().min(n_items) as u32 {
