@@ -443,12 +443,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     for (k, i) in r.items.iter().enumerate() {
                         let llm = i.llm_score.map(|s| format!("{s:9.3}")).unwrap_or_else(|| "        -".into());
                         println!(
-                            "{:3}. {:>8.3}  seq {:8.3}  llm {llm}  {} ({})",
+                            "{:>4}  {:>8.3}  {:>9.3}  {llm}  {:>8}  {}",
                             k + 1,
                             i.score,
                             i.seq_score,
-                            i.title,
-                            i.id
+                            i.id,
+                            i.title
                         );
                     }
                     println!(
