@@ -18,7 +18,8 @@ Token ids come from llama.cpp through ``delrec tokenize`` (cached), so they equa
 Output: a PEFT prompt-tuning directory (``--peft-out``, default DIR/soft_prompt) +
 ``delrec_train.json`` (template, item prefix, separator, BOS, training settings and log).
 A checkpoint (DIR/stage1/checkpoint.pt) is written every ``--save-every`` steps; ``--resume``
-continues from it with the same example order.
+continues from it with the same example order. Under ``torchrun --nproc_per_node=N`` (or
+``accelerate launch``) the same steps run data-parallel, see :mod:`delrec_train.dist`.
 """
 
 from __future__ import annotations
@@ -84,31 +85,39 @@ def load_training_examples(out: Path, ds, args) -> tuple[list[tuple[Example, str
     return examples, users
 
 
-def accumulate_step(scorer, examples, step: int, soft, args) -> dict:
-    """One optimizer step's examples: listwise loss (both DELRec tasks) backpropagated, batch stats returned."""
+def accumulate_step(ranker, examples, step: int, args, ctx) -> dict:
+    """One optimizer step's examples: listwise loss (both DELRec tasks) backpropagated, batch stats returned.
+
+    ``ranker``: a :class:`~delrec_train.dist.Ranker` (DDP-wrapped under a launcher), ``ctx`` its
+    :class:`~delrec_train.dist.Dist`. Each rank takes its slice of the step's examples; the gradient
+    and the returned stats are those of the whole batch (mean over it) on every rank."""
     import torch
 
     F = torch.nn.functional
     stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
-    for i in example_order(len(examples), step, args.batch_size, args.seed):
+    mine = ctx.shard(example_order(len(examples), step, args.batch_size, args.seed))
+    for k, i in enumerate(mine):
         ex, t1 = examples[i]
-        scores, _ = scorer.score(ex.history, ex.candidates, soft)
-        z = (scores / args.temperature)[None]
-        a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
-        b = torch.tensor([ex.candidates.index(t1)], device=z.device)
-        loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
-        loss.backward()
+        with ctx.no_sync(ranker, sync=k == len(mine) - 1):  # the slice's last backward all-reduces
+            scores = ranker(ex.history, ex.candidates)
+            z = (scores / args.temperature)[None]
+            a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
+            b = torch.tensor([ex.candidates.index(t1)], device=z.device)
+            loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
+            # DDP averages over the ranks: x world makes that the sum over the batch / batch_size
+            (loss * ctx.world if ctx.enabled else loss).backward()
         best = int(torch.argmax(scores.detach()))
         stats["loss"] += loss.item()
         stats["hit_next"] += (best == int(a)) / args.batch_size
         stats["hit_teacher"] += (best == int(b)) / args.batch_size
-    return stats
+    return ctx.sum(stats)
 
 
-def init_soft(embed_weight, tokenizer, text: str, n: int):
+def init_soft(embed_weight, text_ids: list[int], n: int):
+    """The soft prompt's first value: the embeddings of ``--init-text``'s token ids, repeated to n rows."""
     import torch
 
-    ids = [t for t in tokenizer.encode_many([text])[0]]
+    ids = list(text_ids)
     if not ids:
         raise ValueError("--init-text tokenizes to nothing")
     ids = (ids * ((n + len(ids) - 1) // len(ids)))[:n]
@@ -163,6 +172,7 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
+    from .dist import Dist, Ranker
     from .llm import Scorer, load_gguf_model, pick_device
     from .peft_io import save_prompt
     from .tokens import make_tokenizer
@@ -171,29 +181,38 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     out = args.out or work_dir()
     sdir = out / "stage1"
-    sdir.mkdir(parents=True, exist_ok=True)
     peft_out = args.peft_out or out / "soft_prompt"
     names = soft_names(args.template)
     if len(set(names)) != 1:
         raise SystemExit(f"--template must use exactly one soft prompt name (has {names})")
     name = names[0]
     mpath = args.model or model_path()
-    dev = pick_device(args.device)
+    ctx = Dist(pick_device(args.device))  # torchrun / accelerate launch: DDP, one rank per process
+    ctx.check_batch(args.batch_size)
+    dev = ctx.device
     t_start = time.time()
+    if ctx.is_main:
+        sdir.mkdir(parents=True, exist_ok=True)
 
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
     examples, users = load_training_examples(out, ds, args)
-    write_catalog(ds, out / "catalog.csv")  # the converter's catalog, same titles as trained on
+    if ctx.is_main:
+        write_catalog(ds, out / "catalog.csv")  # the converter's catalog, same titles as trained on
     n_same = sum(e.target == t for e, t in examples)
 
-    tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
-    titles = {i: it.title for i, it in ds.items.items()}
-    pt = PromptTokens(args.template, titles, tok, args.item_prefix, args.history_sep,
-                      None if args.bos < 0 else args.bos)
+    def tokenize():  # on rank 0 only (one `delrec tokenize` run, one token cache writer); the others get the ids
+        tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
+        titles = {i: it.title for i, it in ds.items.items()}
+        pt = PromptTokens(args.template, titles, tok, args.item_prefix, args.history_sep,
+                          None if args.bos < 0 else args.bos)
+        return pt, tok.encode_many([args.init_text])[0]
+
+    pt, init_text_ids = ctx.from_main(tokenize)
     model = load_gguf_model(mpath, dev)
     scorer = Scorer(model, pt, args.autocast)
-    init, init_ids = init_soft(model.get_input_embeddings().weight, tok, args.init_text, args.n_virtual)
+    init, init_ids = init_soft(model.get_input_embeddings().weight, init_text_ids, args.n_virtual)
     soft = torch.nn.Parameter(init.to(dev))
+    ranker = Ranker(scorer, {name: soft})
     opt = torch.optim.AdamW([soft], lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     start, log = 0, []
@@ -201,8 +220,9 @@ def main(argv=None) -> int:
     cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "n_virtual", "template", "item_prefix",
                                             "history_sep", "bos", "history", "seed", "w_next", "w_teacher",
                                             "temperature", "lr")}
-    if args.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                       if args.resume and ckpt_path.is_file() else None)
+    if ck is not None:
         diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
@@ -211,11 +231,14 @@ def main(argv=None) -> int:
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         start, log = ck["step"], ck["log"]
-        print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
+        ctx.print(f"resumed from {ckpt_path} at step {start}")
     elif args.resume:
-        print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", file=sys.stderr)
+        ctx.print(f"--resume: no checkpoint at {ckpt_path}, starting fresh")
+    ddp = ctx.wrap(ranker)
 
     def save_ckpt(step):
+        if not ctx.is_main:
+            return
         tmp = ckpt_path.with_suffix(".part")
         torch.save({"step": step, "soft": soft.detach().cpu(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "log": log, "cfg": cfg_key}, tmp)
@@ -223,12 +246,12 @@ def main(argv=None) -> int:
 
     n = len(examples)
     t_train = time.time()
-    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, disable=args.no_progress,
-               desc="stage1", dynamic_ncols=True)
+    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps,
+               disable=args.no_progress or not ctx.is_main, desc="stage1", dynamic_ncols=True)
     run = {"loss": None, "hit_next": None, "hit_teacher": None}
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = accumulate_step(scorer, examples, step, {name: soft}, args)
+        stats = accumulate_step(ddp, examples, step, args, ctx)
         if args.clip > 0:
             gn = float(torch.nn.utils.clip_grad_norm_([soft], args.clip))
         else:
@@ -255,6 +278,7 @@ def main(argv=None) -> int:
         "loss_last10": float(np.mean([r["loss"] for r in last])) if last else None,
         "hit_next_last10": float(np.mean([r["hit_next"] for r in last])) if last else None,
         "device": str(dev), "threads": torch.get_num_threads(),
+        **({"world_size": ctx.world} if ctx.enabled else {}),
     }
     meta = {
         "soft_prompt_name": name, "template": args.template, "item_prefix": args.item_prefix,
@@ -264,11 +288,13 @@ def main(argv=None) -> int:
         "summary": summary, "log": log,
     }
     cfg = model.config
-    save_prompt(peft_out, soft.detach(), mpath.name, meta, getattr(cfg, "num_hidden_layers", None),
-                getattr(cfg, "num_attention_heads", None))
-    write_json(sdir / "summary.json", summary)
-    print(json.dumps(summary, indent=1))
-    print(f"soft prompt written to {peft_out}", file=sys.stderr)
+    if ctx.is_main:
+        save_prompt(peft_out, soft.detach(), mpath.name, meta, getattr(cfg, "num_hidden_layers", None),
+                    getattr(cfg, "num_attention_heads", None))
+        write_json(sdir / "summary.json", summary)
+    ctx.print(json.dumps(summary, indent=1), file=sys.stdout)
+    ctx.print(f"soft prompt written to {peft_out}")
+    ctx.close()
     return 0
 
 

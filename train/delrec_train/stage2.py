@@ -9,6 +9,7 @@ LLM with AdaLoRA; plain LoRA of a fixed rank is what ``delrec-convert`` merges).
 LoRA directory (``--lora-out``, default DIR/lora) with ``delrec_train.json`` (template, soft prompt
 used, settings, log). ``python -m delrec_train.export`` merges it into a GGUF for the runtime.
 ``--max-minutes`` stops early (the adapter is saved); ``--resume`` continues from DIR/stage2/checkpoint.pt.
+``torchrun --nproc_per_node=N -m delrec_train.stage2`` trains data-parallel (:mod:`delrec_train.dist`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
+    from .dist import Dist, Ranker
     from .llm import Scorer, load_gguf_model, pick_device
     from .lora import inject, lora_parameters, parse_targets, save_lora
     from .peft_io import load_prompt
@@ -72,12 +74,15 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     out = args.out or work_dir()
     sdir = out / "stage2"
-    sdir.mkdir(parents=True, exist_ok=True)
     lora_out = args.lora_out or out / "lora"
     targets = parse_targets(args.targets)
     mpath = args.model or model_path()
-    dev = pick_device(args.device)
+    ctx = Dist(pick_device(args.device))  # torchrun / accelerate launch: DDP, one rank per process
+    ctx.check_batch(args.batch_size)
+    dev = ctx.device
     t_start = time.time()
+    if ctx.is_main:
+        sdir.mkdir(parents=True, exist_ok=True)
 
     meta, soft, soft_dir = {}, None, None
     if args.soft != "none":
@@ -96,13 +101,15 @@ def main(argv=None) -> int:
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
     examples, users = load_training_examples(out, ds, args)
 
-    tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
     titles = {i: it.title for i, it in ds.items.items()}
-    pt = PromptTokens(template, titles, tok, prefix, sep, None if bos is None or bos < 0 else bos)
+    # tokenized on rank 0 only (one `delrec tokenize` run, one token cache writer); the others get the ids
+    pt = ctx.from_main(lambda: PromptTokens(template, titles, make_tokenizer(args.tokenizer, mpath, args.delrec_bin),
+                                            prefix, sep, None if bos is None or bos < 0 else bos))
     model = load_gguf_model(mpath, dev)
     mods = inject(model, targets, args.lora_r, args.lora_alpha)
     params = lora_parameters(mods)
     scorer = Scorer(model, pt, args.autocast)
+    ranker = Ranker(scorer, soft, model)  # DDP syncs the LoRA parameters' gradients (the rest is frozen)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     start, log = 0, []
@@ -110,8 +117,9 @@ def main(argv=None) -> int:
     cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "lora_r", "lora_alpha", "targets",
                                             "history", "seed", "w_next", "w_teacher", "temperature", "lr")}
     cfg_key["soft"] = str(soft_dir) if soft_dir else None
-    if args.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                       if args.resume and ckpt_path.is_file() else None)
+    if ck is not None:
         diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
@@ -121,11 +129,14 @@ def main(argv=None) -> int:
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         start, log = ck["step"], ck["log"]
-        print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
+        ctx.print(f"resumed from {ckpt_path} at step {start}")
     elif args.resume:
-        print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", file=sys.stderr)
+        ctx.print(f"--resume: no checkpoint at {ckpt_path}, starting fresh")
+    ddp = ctx.wrap(ranker)
 
     def save_ckpt(step):
+        if not ctx.is_main:
+            return
         tmp = ckpt_path.with_suffix(".part")
         torch.save({"step": step, "params": [p.detach().cpu() for p in params], "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "log": log, "cfg": cfg_key}, tmp)
@@ -133,13 +144,13 @@ def main(argv=None) -> int:
 
     n = len(examples)
     t_train = time.time()
-    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, disable=args.no_progress,
-               desc="stage2", dynamic_ncols=True)
+    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps,
+               disable=args.no_progress or not ctx.is_main, desc="stage2", dynamic_ncols=True)
     run = {"loss": None, "hit_next": None}
     step = start
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = accumulate_step(scorer, examples, step, soft, args)
+        stats = accumulate_step(ddp, examples, step, args, ctx)
         gn = float(torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf")))
         lr_used = opt.param_groups[0]["lr"]
         opt.step()
@@ -150,8 +161,8 @@ def main(argv=None) -> int:
         bar.set_postfix(loss=f"{run['loss']:.3f}", hit_next=f"{run['hit_next']:.2f}")
         if (step + 1) % args.save_every == 0:
             save_ckpt(step + 1)
-        if args.max_minutes > 0 and time.time() - t_train > 60 * args.max_minutes:
-            print(f"\n--max-minutes {args.max_minutes} reached after step {step + 1}", file=sys.stderr)
+        if args.max_minutes > 0 and ctx.any(time.time() - t_train > 60 * args.max_minutes):  # all ranks stop
+            ctx.print(f"\n--max-minutes {args.max_minutes} reached after step {step + 1}")
             break
     bar.close()
     done = len(log)
@@ -167,6 +178,7 @@ def main(argv=None) -> int:
         "hit_next_first50": float(np.mean([r["hit_next"] for r in first])) if first else None,
         "hit_next_last50": float(np.mean([r["hit_next"] for r in last])) if last else None,
         "lora_parameters": int(sum(p.numel() for p in params)), "device": str(dev), "threads": torch.get_num_threads(),
+        **({"world_size": ctx.world} if ctx.enabled else {}),
     }
     meta_out = {
         "template": template, "item_prefix": prefix, "history_separator": sep, "bos": bos, "scoring": "sum",
@@ -174,10 +186,12 @@ def main(argv=None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "summary": summary, "log": log,
     }
-    save_lora(lora_out, mods, targets, mpath.name, meta_out)
-    write_json(sdir / "summary.json", summary)
-    print(json.dumps(summary, indent=1))
-    print(f"LoRA adapter written to {lora_out}", file=sys.stderr)
+    if ctx.is_main:
+        save_lora(lora_out, mods, targets, mpath.name, meta_out)
+        write_json(sdir / "summary.json", summary)
+    ctx.print(json.dumps(summary, indent=1), file=sys.stdout)
+    ctx.print(f"LoRA adapter written to {lora_out}")
+    ctx.close()
     return 0
 
 
