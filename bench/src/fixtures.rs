@@ -54,6 +54,10 @@ pub struct ModelFixture {
     pub catalog: PathBuf,
     /// The weight type whose values PyTorch loads exactly (the file the others come from).
     pub reference_type: String,
+    /// The file of `reference_type` (the packs are built against it).
+    pub base: PathBuf,
+    /// The PEFT soft prompt directory (`default` in the packs).
+    pub soft_prompt: PathBuf,
 }
 
 fn run(cmd: &mut Command, what: &str) -> BResult<()> {
@@ -205,5 +209,7 @@ pub fn ensure(
         torch,
         catalog,
         reference_type: base_type.to_string(),
+        base,
+        soft_prompt: soft,
     })
 }

@@ -6,8 +6,10 @@
 //! cargo build --release -p delrec-convert -p delrec-bench
 //! target/release/delrec-bench --quick          # < 3 min on 2 cores once fixtures are cached
 //! target/release/delrec-bench --full           # the whole grid, all weight types, both models
+//! target/release/delrec-bench cascade          # retrieval + re-rank at 1,682 / 10^4 / 10^5 items
 //! ```
 
+mod cascade;
 mod fixtures;
 mod plan;
 mod report;
@@ -43,6 +45,17 @@ enum Cmd {
         python: String,
         #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
         scripts: PathBuf,
+    },
+    /// The cascade (`Engine::recommend`): retrieval alone, the LLM re-rank, the whole call and
+    /// the LLM's exact whole-catalog top 10, at several catalog sizes (generated items).
+    Cascade(Box<cascade::CascadeArgs>),
+    /// Internal: the cascade's measurements in one process (spawned by `cascade`).
+    #[command(hide = true)]
+    CascadeWorker {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Internal: measure one model file in this process (spawned by the main command).
     #[command(hide = true)]
@@ -300,6 +313,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::Worker { spec, out }) => worker::run(&spec, &out),
         Some(Cmd::Report { results, python, scripts }) => rewrite_report(&results, &python, &scripts),
+        Some(Cmd::Cascade(args)) => cascade::run(&args),
+        Some(Cmd::CascadeWorker { spec, out }) => cascade::worker(&spec, &out),
         None => run(&cli.run),
     };
     match r {
@@ -551,12 +566,7 @@ fn run(a: &RunArgs) -> BResult<()> {
             cpu: sys::cpu_model(),
             cpus: sys::n_cpus(),
             os: std::env::consts::OS.into(),
-            git_rev: Command::new("git")
-                .args(["rev-parse", "--short", "HEAD"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            git_rev: git_rev(),
             build: sys::simd_level().into(),
             started_unix,
             wall_s: t0.elapsed().as_secs_f64(),
@@ -579,6 +589,16 @@ fn run(a: &RunArgs) -> BResult<()> {
     }
     eprintln!("wrote {} and {} in {:.0} s", json_path.display(), md_path.display(), t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `git rev-parse --short HEAD`, when run inside a checkout.
+fn git_rev() -> Option<String> {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 fn plots(python: &str, scripts: &Path, json: &Path, out: &Path) {

@@ -56,7 +56,7 @@ pub struct Samples {
 }
 
 impl Samples {
-    fn push(&mut self, t: Timing) {
+    pub(crate) fn push(&mut self, t: Timing) {
         self.wall.push(t.wall);
         self.cpu.push(t.cpu);
         (self.p50, self.p95) = sys::p50_p95(&self.wall);
@@ -186,19 +186,19 @@ pub struct WorkerResult {
     pub headline_scores: Vec<(String, f64)>,
 }
 
-fn progress_len(n: usize) {
+pub(crate) fn progress_len(n: usize) {
     println!("@len {n}");
     let _ = std::io::stdout().flush();
 }
 
-fn step(msg: &str) {
+pub(crate) fn step(msg: &str) {
     eprintln!("[delrec-bench] {msg}");
     println!("@step {msg}");
     let _ = std::io::stdout().flush();
 }
 
 /// Deterministic permutation of the catalog (splitmix64 + Fisher-Yates).
-fn permutation(n: usize, seed: u64) -> Vec<u32> {
+pub(crate) fn permutation(n: usize, seed: u64) -> Vec<u32> {
     let mut s = seed;
     let mut next = || {
         s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
