@@ -398,7 +398,7 @@ def cmd_fit(args) -> int:
     t = table[args.retrieve]
     print(f"fitted on {len(users)} validation users: w = {w:g} at N = {args.retrieve} "
           f"(NDCG@{K} {t[w][f'NDCG@{K}']:.4f} vs SASRec {res['sasrec_valid'][f'NDCG@{K}']:.4f}, "
-          f"w = 1 {t[max(grid)][f'NDCG@{K}']:.4f}); best w per N: "
+          f"w = {max(grid):g} {t[max(grid)][f'NDCG@{K}']:.4f}); best w per N: "
           + ", ".join(f"N={n}: {b:g}" for n, b in best.items()) + f" -> {path}", file=sys.stderr)
     print(f"{w:g}")
     return 0
@@ -516,10 +516,10 @@ def cmd_score(args) -> int:
         row(f"SASRec on device, the {len(llm_users)} LLM users", llm_users, seq_llm)
 
     # latency of the main run and of extra runs, by N
-    lat_by_n: dict[int, tuple[dict, str]] = {}
+    lat_runs: list[tuple[int, dict, str]] = []  # (N, latency, file) of every run with the LLM
     main_llm = [runs[u] for u in llm_users]
     if main_llm:
-        lat_by_n[main_llm[0].retrieved] = (latency(main_llm), str(args.test_results))
+        lat_runs.append((main_llm[0].retrieved, latency(main_llm), str(args.test_results)))
     pack_check = None
     if args.pack_results:
         pr = load_runs(args.pack_results, cat)
@@ -527,7 +527,7 @@ def cmd_score(args) -> int:
         pack_check = pack_weight_check(pr, w, fusion.get("retrieve"))
         report["checks"]["pack_defaults"] = pack_check
         if pl:
-            lat_by_n[pl[0].retrieved] = (latency(pl), str(args.pack_results))
+            lat_runs.append((pl[0].retrieved, latency(pl), str(args.pack_results)))
         if not pack_check["ok"]:
             print(f"CHECK FAILED: {args.pack_results} does not carry the fitted fusion: {pack_check}", file=sys.stderr)
             return 1
@@ -537,10 +537,11 @@ def cmd_score(args) -> int:
     for f in args.latency_results:
         lr = [r for r in load_runs(f, cat).values() if r.llm is not None]
         if lr:
-            lat_by_n[lr[0].retrieved] = (latency(lr), str(f))
+            lat_runs.append((lr[0].retrieved, latency(lr), str(f)))
 
     for n in ns:
-        lat = lat_by_n.get(n, (None, None))[0]
+        same_n = [x for x in lat_runs if x[0] == n]  # the run of this N with the most requests
+        lat = max(same_n, key=lambda x: x[1]["requests"])[1] if same_n else None
         for label, ww in ((f"cascade N = {n}, fused (w = {w:g})", w), (f"cascade N = {n}, LLM order (w = 1)", 1.0)):
             m = metric_arrays([cascade_rank(runs[u], targets[u], n, ww) for u in llm_users])
             row(label, llm_users, m, ref=seq_llm, lat=lat)
@@ -578,6 +579,7 @@ def cmd_score(args) -> int:
         report["candidates20"] = {"rows": [{"name": n, **_jsonable(m)} for n, m in cand], **cinfo}
 
     report["rows"] = [{"name": n, **_jsonable(m)} for n, m in rows]
+    report["latency_runs"] = [{"N": n, "file": f, **lat} for n, lat, f in lat_runs]
     report["notes"] = notes
     write_json(args.json_out or out / "cascade" / "report.json", report)
 
@@ -587,7 +589,10 @@ def cmd_score(args) -> int:
           f"({fusion.get('users')} users: NDCG@{K} "
           f"{fusion['valid'][str(fusion['retrieve'])][f'{w:g}'][f'NDCG@{K}']:.4f} vs SASRec "
           f"{fusion['sasrec_valid'][f'NDCG@{K}']:.4f}). Δ: paired against the SASRec on the same users, "
-          f"bootstrap 95% interval ({args.bootstrap} resamples, seed {args.seed}).")
+          f"bootstrap 95% interval ({args.bootstrap} resamples, seed {args.seed})."
+          + (f" The LLM rows use the first {len(llm_users)} of the {len(all_users)} users (the re-rank of N = "
+             f"{main_llm[0].retrieved} items took {latency(main_llm)['recommend_ms_p50'] / 1e3:.1f} s per user in "
+             f"this run); the SASRec rows use all." if main_llm and len(llm_users) < len(all_users) else ""))
     print()
     cols = ["users", f"HR@{K}", f"NDCG@{K}", f"ΔHR@{K} vs SASRec", f"ΔNDCG@{K} vs SASRec", "latency"]
     print("| model (whole catalog) | users | HR@10 | NDCG@10 | ΔHR@10 [95% CI] | ΔNDCG@10 [95% CI] | ms per user p50 / p95 |")
@@ -597,14 +602,13 @@ def cmd_score(args) -> int:
                  _ci_cell(m.get(cols[4])), _lat_cell(m.get("latency"))]
         print(f"| {n} | " + " | ".join(cells) + " |")
     print()
-    if lat_by_n:
+    if lat_runs:
         print("Latency per user (`delrec recommend`, the run's model and threads; retrieval = SASRec over the whole "
               "catalog + top N, re-rank = the LLM on the N):")
         print()
         print("| run | N | requests | total ms p50 / p95 | retrieval ms p50 / p95 | re-rank ms p50 / p95 |")
         print("|---|---:|---:|---:|---:|---:|")
-        for n in sorted(lat_by_n):
-            lat, f = lat_by_n[n]
+        for n, lat, f in sorted(lat_runs, key=lambda x: x[0]):
             print(f"| {Path(f).name} | {n} | {lat['requests']} | {lat['recommend_ms_p50']:.0f} / {lat['recommend_ms_p95']:.0f}"
                   f" | {lat['retrieval_ms_p50']:.2f} / {lat['retrieval_ms_p95']:.2f} | "
                   f"{lat['rerank_ms_p50']:.0f} / {lat['rerank_ms_p95']:.0f} |")
@@ -612,7 +616,10 @@ def cmd_score(args) -> int:
             print(f"| {Path(args.test_results).name}, --llm-off lines | {lat_seq['retrieved'][0]} | {lat_seq['requests']} | "
                   f"{lat_seq['recommend_ms_p50']:.1f} / {lat_seq['recommend_ms_p95']:.1f} | "
                   f"{lat_seq['retrieval_ms_p50']:.2f} / {lat_seq['retrieval_ms_p95']:.2f} | - |")
-        no_lat = [n for n in ns if n not in lat_by_n]
+        print()
+        print("Latency is what this run measured on this machine: with other busy processes on the same cores it "
+              "includes their load.")
+        no_lat = [n for n in ns if n not in {x[0] for x in lat_runs}]
         if no_lat:
             print()
             print(f"No latency for N = {', '.join(map(str, no_lat))}: those rows are recomputed from the N = "
