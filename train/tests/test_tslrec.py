@@ -41,7 +41,8 @@ def test_pooling_matches_hidden_states_and_is_padding_invariant(hf):
     assert len({len(s) for s in seqs}) > 3  # different lengths: batches are padded
     # hidden_states[-1] is after the final RMSNorm (= norm(last decoder layer's output))
     got = {}
-    hook = model.model.layers[-1].register_forward_hook(lambda m, i, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda m, i, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
     with torch.no_grad():
         hs = model(torch.tensor([seqs[0]]), output_hidden_states=True).hidden_states
     hook.remove()
@@ -66,12 +67,20 @@ def run(*args):
     return p
 
 
-def test_embeddings_equal_runtime(hf):
-    d, model, tok = hf
+@pytest.fixture(scope="module")
+def gguf(hf):
+    """The tiny model converted to an F32 GGUF (needs the built binaries)."""
+    d = hf[0]
     if not convert_bin().is_file() or not delrec_bin().is_file():
         pytest.fail("needs the built binaries: cargo build --release --bins")
     base = d / "base.f32.gguf"
     run(convert_bin(), "model", "--hf", d / "hf", "--out", base, "--outtype", "f32")
+    return base
+
+
+def test_embeddings_equal_runtime(hf, gguf):
+    d, model, tok = hf
+    base = gguf
     cat = d / "c.csv"
     with open(cat, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -108,7 +117,7 @@ class _DS:
         return []
 
 
-def test_end_to_end(hf, synth, tmp_path):
+def test_end_to_end(hf, gguf, synth, tmp_path):
     pytest.importorskip("recbole")
     d, model, tok = hf
     out = tmp_path / "w"
@@ -177,3 +186,25 @@ def test_end_to_end(hf, synth, tmp_path):
                         "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--threads", "1",
                         "--device", "cpu"]) == 0
     assert json.loads((t / "metrics.json").read_text())["embedding"]["reused"]
+    # the converter takes the export (item_proj included) and the device scores like PyTorch
+    # (the pack's catalog: the model's items; the converter refuses catalog items the model lacks)
+    cat = tmp_path / "catalog.csv"
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id", "title"])
+        for i in blob["item_tokens"][1:]:
+            w.writerow([i, ds.items[i].title])
+    p = tmp_path / "tsl.pack.gguf"
+    run(convert_bin(), "pack", "--model", gguf, "--catalog", cat, "--template", "{history}{candidate}", "--out", p,
+        "--seq-model", t / "sasrec_llm.pth")
+    reqs = tmp_path / "requests.jsonl"
+    reqs.write_text("".join(json.dumps({"user": u, "history": h}) + "\n" for u, h in zip(users, prefixes)))
+    res = run(delrec_bin(), "recommend", "--model", gguf, "--pack", p, "--requests", reqs, "--n", n - 1,
+              "--llm-off", "--include-history", "--threads", "1", "--json")
+    worst = 0.0
+    for line, row in zip(res.stdout.splitlines(), got):
+        dev = {i["id"]: i["seq_score"] for i in json.loads(line)["items"]}
+        assert len(dev) == n - 1
+        worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
+    print(f"max |device recommend - PyTorch| over {len(users)} users: {worst:.2e}")
+    assert worst < 1e-4
