@@ -81,6 +81,28 @@ def recbole_config(data_root: Path, ckpt_dir: Path, args) -> dict:
     }
 
 
+def fit_with_budget(trainer, train_data, valid_data, max_minutes: float) -> tuple[str, bool]:
+    """``Trainer.fit`` (best checkpoint saved), stopped after the epoch that passes ``max_minutes``
+    (0 = no budget); -> (the best checkpoint's file, whether the budget stopped it)."""
+    t1 = time.time()
+
+    class _OutOfTime(Exception):
+        pass
+
+    def budget(epoch_idx, valid_score):
+        if max_minutes and time.time() - t1 > 60 * max_minutes:
+            raise _OutOfTime
+
+    stopped = False
+    try:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False, verbose=True, callback_fn=budget)
+    except _OutOfTime:
+        stopped = True
+        logging.getLogger().info("time budget (--max-minutes %s) reached: keeping the best checkpoint so far",
+                                 max_minutes)
+    return trainer.saved_model_file, stopped
+
+
 def train_recbole(ds: Dataset, out: Path, args):
     import torch
     from recbole.config import Config
@@ -105,25 +127,12 @@ def train_recbole(ds: Dataset, out: Path, args):
     trainer = Trainer(config, model)
     t1 = time.time()
 
-    class _OutOfTime(Exception):
-        pass
-
-    def budget(epoch_idx, valid_score):
-        if args.max_minutes and time.time() - t1 > 60 * args.max_minutes:
-            raise _OutOfTime
-
     stopped_by_budget = False
     if args.from_checkpoint:
         ckpt_file = str(args.from_checkpoint)
         logging.getLogger().info("no training: finishing from %s", ckpt_file)
     else:
-        try:
-            trainer.fit(train_data, valid_data, saved=True, show_progress=False, verbose=True, callback_fn=budget)
-        except _OutOfTime:
-            stopped_by_budget = True
-            logging.getLogger().info("time budget (--max-minutes %s) reached: keeping the best checkpoint so far",
-                                     args.max_minutes)
-        ckpt_file = trainer.saved_model_file
+        ckpt_file, stopped_by_budget = fit_with_budget(trainer, train_data, valid_data, args.max_minutes)
     train_s = time.time() - t1
     ckpt = torch.load(ckpt_file, map_location=config["device"], weights_only=False)
     model.load_state_dict(ckpt["state_dict"])

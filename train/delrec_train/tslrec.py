@@ -59,8 +59,8 @@ import numpy as np
 
 from .data import Dataset, load_dataset, write_catalog
 from .paths import model_path, work_dir
-from .teacher import DATASET_NAME, TeacherScorer, _build_sasrec_from_blob, _NullWriter, recbole_config, \
-    write_recbole_inter
+from .teacher import DATASET_NAME, TeacherScorer, _build_sasrec_from_blob, _NullWriter, fit_with_budget, \
+    recbole_config, write_recbole_inter
 from .util import set_threads, write_json
 
 ITEM_PREFIX = " "  # the pack's default --item-prefix
@@ -295,22 +295,7 @@ def train_recbole_llm(ds: Dataset, tdir: Path, args, ids: list[str], E: np.ndarr
     model = tslrec_sasrec_class()(config, train_data._dataset, table).to(config["device"])
     trainer = Trainer(config, model)
     t1 = time.time()
-
-    class _OutOfTime(Exception):
-        pass
-
-    def budget(epoch_idx, valid_score):
-        if args.max_minutes and time.time() - t1 > 60 * args.max_minutes:
-            raise _OutOfTime
-
-    stopped_by_budget = False
-    try:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=False, verbose=True, callback_fn=budget)
-    except _OutOfTime:
-        stopped_by_budget = True
-        logging.getLogger().info("time budget (--max-minutes %s) reached: keeping the best checkpoint so far",
-                                 args.max_minutes)
-    ckpt_file = trainer.saved_model_file
+    ckpt_file, stopped_by_budget = fit_with_budget(trainer, train_data, valid_data, args.max_minutes)
     train_s = time.time() - t1
     ckpt = torch.load(ckpt_file, map_location=config["device"], weights_only=False)
     model.load_state_dict(ckpt["state_dict"])
