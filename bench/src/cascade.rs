@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use delrec_convert::pack::{build_pack, BosChoice, PackOptions, SeqInput, SeqOptions};
 use delrec_convert::testing as gen;
 use delrec_format::pack::ScoringMode;
-use delrec_runtime::{Engine, EngineConfig, RankRequest, RecommendRequest};
+use delrec_runtime::{kernels, Engine, EngineConfig, RankRequest, RecommendRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -174,7 +174,7 @@ pub struct SizeResult {
     pub retrieval: Samples,
     /// (a) the engine's own `stats.retrieval_micros` of the same calls.
     pub retrieval_micros: Stat,
-    /// Scan of the item table alone (no forward, no top-N), the runtime's 8-lane dot (a copy).
+    /// Scan of the item table alone (no forward, no top-N): the runtime's own `item_scores`.
     pub scan_8lane: Samples,
     /// The same with a sequential `iter().sum()` dot (not vectorizable: fixed summation order).
     pub scan_scalar: Samples,
@@ -358,26 +358,6 @@ pub fn run(a: &CascadeArgs) -> BResult<()> {
     Ok(())
 }
 
-/// The runtime's dot product (`runtime/src/seq/sasrec.rs`), copied: eight independent lanes, which
-/// the compiler turns into packed SIMD multiplies and adds. Not inlined, as the runtime's is not
-/// (its `scores` calls it once per row), so the copy compiles to the same code.
-#[inline(never)]
-fn dot_8lane(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
 /// One running sum in order: floating-point addition is not associative, so the compiler keeps
 /// it scalar.
 #[inline(never)]
@@ -385,7 +365,8 @@ fn dot_sequential(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `user · row` for every row of the table, into `out` (the runtime's `sasrec::scores`).
+/// `user · row` for every row of the table, into `out` (the shape of the runtime's `item_scores`), with
+/// the dot product given: the baseline the runtime's own scan is measured against.
 #[inline(never)]
 fn scan(table: &[f32], hidden: usize, user: &[f32], out: &mut Vec<f32>, dot: impl Fn(&[f32], &[f32]) -> f32) {
     out.clear();
@@ -534,8 +515,7 @@ fn measure(spec: &Spec) -> BResult<WorkerResult> {
                 let hidden = seq.hidden;
                 let user: Vec<f32> = seq.items[hidden..2 * hidden].to_vec();
                 for _ in 0..a.retrieval_reps * a.users {
-                    let ((), t) =
-                        timed(|| scan(black_box(&seq.items), hidden, black_box(&user), &mut scores, dot_8lane));
+                    let ((), t) = timed(|| kernels::item_scores(black_box(seq), black_box(&user), &mut scores));
                     black_box(&scores);
                     sz.res.scan_8lane.push(t);
                     let ((), t) =
@@ -778,10 +758,10 @@ mod tests {
     fn dots_agree_and_scan_fills_every_row() {
         let a: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..67).map(|i| (i as f32 * 0.11).cos()).collect();
-        assert!((dot_8lane(&a, &b) - dot_sequential(&a, &b)).abs() < 1e-4);
+        assert!((kernels::dot(&a, &b) - dot_sequential(&a, &b)).abs() < 1e-4);
         let table: Vec<f32> = (0..5 * 8).map(|i| i as f32).collect();
         let mut out = vec![];
-        scan(&table, 8, &[1.0; 8], &mut out, dot_8lane);
+        scan(&table, 8, &[1.0; 8], &mut out, kernels::dot);
         assert_eq!(out, vec![28.0, 92.0, 156.0, 220.0, 284.0]);
         assert_eq!(thousands(100_000), "100,000");
         assert_eq!(thousands(1682), "1,682");

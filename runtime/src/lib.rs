@@ -20,6 +20,12 @@ mod scorer;
 mod search;
 mod seq;
 
+/// The retrieval kernels, for the bench to time on their own (not a stable API).
+#[doc(hidden)]
+pub mod kernels {
+    pub use crate::seq::sasrec::{dot, scores as item_scores};
+}
+
 pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::{

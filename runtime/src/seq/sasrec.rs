@@ -81,7 +81,7 @@ pub(crate) fn user_vector<'a>(m: &'a Sasrec, history: &[u32], extra: impl Fn(u32
 }
 
 /// `user · item_i` for every catalog item, into `out` (length `n_items`).
-pub(crate) fn scores(m: &Sasrec, user: &[f32], out: &mut Vec<f32>) {
+pub fn scores(m: &Sasrec, user: &[f32], out: &mut Vec<f32>) {
     out.clear();
     out.extend(m.items.chunks_exact(m.hidden).map(|row| dot(row, user)));
 }
@@ -89,7 +89,7 @@ pub(crate) fn scores(m: &Sasrec, user: &[f32], out: &mut Vec<f32>) {
 /// A dot product in eight lanes: the compiler vectorizes it (and keeps the summation order
 /// fixed, so results do not depend on the call site).
 #[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
