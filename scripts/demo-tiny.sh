@@ -23,4 +23,4 @@ $bin/delrec-convert pack --model "$out/model.f16.gguf" --model "$out/model.q8_0.
 $bin/delrec-convert inspect "$out/recs.pack.gguf" | head -n 30
 echo "== rank the whole catalog (Q8_0 model)"
 $bin/delrec rank --model "$out/model.q8_0.gguf" --pack "$out/recs.pack.gguf" \
-  --history m001,m004,m010 --top-k 10 --exclude-history --verify
+  --history m001,m004,m010 --top-k 10 --exclude-history

@@ -7,10 +7,12 @@
 //! target/release/delrec-bench --quick          # < 3 min on 2 cores once fixtures are cached
 //! target/release/delrec-bench --full           # the whole grid, all weight types, both models
 //! target/release/delrec-bench cascade          # retrieval + re-rank at 1,682 / 10^4 / 10^5 items
+//! target/release/delrec-bench open             # the model checks' cost at Engine::open
 //! ```
 
 mod cascade;
 mod fixtures;
+mod open;
 mod plan;
 mod report;
 mod sys;
@@ -49,6 +51,9 @@ enum Cmd {
     /// The cascade (`Engine::recommend`): retrieval alone, the LLM re-rank, the whole call and
     /// the LLM's exact whole-catalog top 10, at several catalog sizes (generated items).
     Cascade(Box<cascade::CascadeArgs>),
+    /// What `Engine::open`'s model checks cost: no verification, the first verified open (hash),
+    /// a remembered one, and an unpinned pack (llama.cpp's tensor checks).
+    Open(Box<open::OpenArgs>),
     /// Internal: the cascade's measurements in one process (spawned by `cascade`).
     #[command(hide = true)]
     CascadeWorker {
@@ -314,6 +319,7 @@ fn main() -> ExitCode {
         Some(Cmd::Worker { spec, out }) => worker::run(&spec, &out),
         Some(Cmd::Report { results, python, scripts }) => rewrite_report(&results, &python, &scripts),
         Some(Cmd::Cascade(args)) => cascade::run(&args),
+        Some(Cmd::Open(args)) => open::run(&args),
         Some(Cmd::CascadeWorker { spec, out }) => cascade::worker(&spec, &out),
         None => run(&cli.run),
     };

@@ -361,16 +361,17 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
     let _ = writeln!(
         o,
         "| weights | file MiB | cold open ms | cold open → first ranking ms | warm open ms | warm open → first ranking ms \
-         | peak RSS MiB | mapped weights resident MiB | KV cache MiB | scratch MiB | peak RSS with the whole catalog MiB |"
+         | peak RSS MiB | mapped weights resident MiB | KV cache MiB | scratch MiB | peak RSS with the whole catalog MiB \
+         | budget MiB (one context) | peak / budget |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mr.types {
         let op = &r.open;
         let mem = &r.memory;
         let cold = if op.cold_evicted { String::new() } else { " (page cache not dropped)".into() };
         let _ = writeln!(
             o,
-            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} ({} cells) | {} | {} |",
+            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} ({} cells) | {} | {} | {} | {} |",
             r.weight_type,
             mib(mem.model_file_bytes as f64),
             ms(op.cold_open_s),
@@ -384,6 +385,8 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
             mem.kv_cells,
             mib(mem.after_first_rank.anon as f64 - mem.before_open.anon as f64 - mem.kv_bytes as f64),
             if catalog_cell(r).is_some() { mib(mem.peak_rss as f64) } else { "–".into() },
+            if mem.budget_in_use > 0 { mib(mem.budget_in_use as f64) } else { "–".into() },
+            if mem.budget_in_use > 0 { format!("{:.2}", mem.peak_over_budget) } else { "–".into() },
         );
     }
     let _ = writeln!(
@@ -391,8 +394,29 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
         "\nAfter the cold open and the first ranking (H = {hh}, K = {hk}). KV cache bytes = 2 (K, V) × layers × KV \
          heads × head dim × context cells × 2 bytes (F16); mapped weights = growth of file-backed RSS; scratch = \
          growth of anonymous RSS minus the KV cache (compute buffers, logits, weights llama.cpp repacks into \
-         anonymous memory, heap).\n"
+         anonymous memory, heap). Budget = `Engine::memory_budget` (weights + KV + logits + compute + \
+         overhead, an upper bound) with the one context the measured calls used; peak / budget compares it \
+         with the peak RSS of ranking alone (the whole catalog when measured).\n"
     );
+    for r in &mr.types {
+        let b = &r.memory.budget;
+        if b.total > 0 {
+            let per = |x: u64| mib(x as f64 / b.max_contexts.max(1) as f64);
+            let _ = writeln!(
+                o,
+                "- budget, {}: weights {} MiB, per context: KV {} MiB, logits {} MiB, compute {} MiB; \
+                 overhead {} MiB; {} MiB with all {} contexts",
+                r.weight_type,
+                mib(b.weights as f64),
+                per(b.kv),
+                per(b.logits),
+                per(b.compute),
+                mib(b.overhead as f64),
+                mib(b.total as f64),
+                b.max_contexts,
+            );
+        }
+    }
     for r in &mr.types {
         if !r.llama_buffers.is_empty() {
             let _ = writeln!(o, "- llama.cpp buffers, {}: {}", r.weight_type, r.llama_buffers.join("; "));

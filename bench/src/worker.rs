@@ -125,6 +125,49 @@ pub struct MemStats {
     pub scratch: i64,
     pub model_file_bytes: u64,
     pub pack_file_bytes: u64,
+    /// `Engine::memory_budget` as configured (every context of the pool in use).
+    #[serde(default)]
+    pub budget: Budget,
+    /// The budget of what the measured calls used: weights, overhead and one context (they run
+    /// one at a time, so the pool made one).
+    #[serde(default)]
+    pub budget_in_use: u64,
+    /// `peak_rss / budget_in_use`: at most 1 when the budget holds (pages never written stay out
+    /// of the resident set, so well below 1 for calls smaller than the worst case).
+    #[serde(default)]
+    pub peak_over_budget: f64,
+}
+
+/// [`delrec_runtime::MemoryBudget`], in bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Budget {
+    pub weights: u64,
+    pub kv: u64,
+    pub logits: u64,
+    pub compute: u64,
+    pub overhead: u64,
+    pub total: u64,
+    pub max_contexts: u64,
+}
+
+impl Budget {
+    fn of(b: &delrec_runtime::MemoryBudget, max_contexts: usize) -> Self {
+        Budget {
+            weights: b.weights,
+            kv: b.kv,
+            logits: b.logits,
+            compute: b.compute,
+            overhead: b.overhead,
+            total: b.total(),
+            max_contexts: max_contexts as u64,
+        }
+    }
+
+    /// The total with `n` of the pool's contexts in use.
+    pub fn with_contexts(&self, n: u64) -> u64 {
+        let per_context = (self.kv + self.logits + self.compute) / self.max_contexts.max(1);
+        self.weights + self.overhead + per_context * n
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -239,6 +282,10 @@ fn engine_cfg(spec: &Spec, threads: usize) -> EngineConfig {
         context_size: spec.context_size,
         batch_size: spec.batch_size,
         max_sequences: spec.max_sequences,
+        // The pack pins the digest of the reference weight type only (the other types are made
+        // from it), and the cold open is measured without hashing, as before the pin was the
+        // default.
+        verify_checksum: false,
         ..EngineConfig::default()
     }
 }
@@ -273,7 +320,10 @@ impl Raw {
         };
         let ctx = Context::new(Arc::clone(engine.model()), &params)?;
         let pack = engine.pack();
-        let soft = (0..pack.soft_prompts.len()).map(|i| pack.soft_prompt_values(i)).collect::<Result<Vec<_>, _>>()?;
+        let soft = (0..pack.soft_prompts.len())
+            .map(|i| pack.soft_prompt_values(i).map(<[f32]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("a soft prompt of the pack is missing")?;
         Ok(Raw { ctx, soft, width: engine.model().n_embd() })
     }
 
@@ -548,6 +598,8 @@ fn measure(spec: &Spec) -> BResult<WorkerResult> {
     let mem_cat = sys::mem();
     let kv_cells = spec.context_size as u64;
     let kv_bytes = shape.as_ref().map_or(0, |s| s.kv_bytes(kv_cells, 2));
+    let budget = Budget::of(&engine.memory_budget(), engine.config().max_contexts);
+    let budget_in_use = budget.with_contexts(1);
     b.res.memory = MemStats {
         before_open: mem0.into(),
         after_open: mem_open.into(),
@@ -560,6 +612,9 @@ fn measure(spec: &Spec) -> BResult<WorkerResult> {
         scratch: mem_cat.anon as i64 - mem0.anon as i64 - kv_bytes as i64,
         model_file_bytes: std::fs::metadata(&spec.model_path).map_or(0, |m| m.len()),
         pack_file_bytes: std::fs::metadata(&spec.pack_path).map_or(0, |m| m.len()),
+        budget,
+        budget_in_use,
+        peak_over_budget: mem_cat.hwm as f64 / budget_in_use.max(1) as f64,
     };
     b.res.open.cold_evicted = cold_evicted;
     b.res.open.cold_cached_fraction = cold_cached_fraction;
@@ -726,8 +781,10 @@ fn write_torch_job(engine: &Engine, reqs: &Requests, spec: &Spec, path: &Path) -
             "decoded_rows": r.stats.decoded_rows,
         }));
     }
-    let soft: Vec<Vec<f32>> =
-        (0..pack.soft_prompts.len()).map(|i| pack.soft_prompt_values(i)).collect::<Result<_, _>>()?;
+    let soft: Vec<Vec<f32>> = (0..pack.soft_prompts.len())
+        .map(|i| pack.soft_prompt_values(i).map(<[f32]>::to_vec))
+        .collect::<Option<_>>()
+        .ok_or("a soft prompt of the pack is missing")?;
     let job = serde_json::json!({
         "n_embd": engine.model().n_embd(),
         "soft_prompts": soft,

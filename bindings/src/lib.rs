@@ -54,6 +54,10 @@ pub enum DelrecError {
     /// The request's timeout passed.
     #[error("{reason}")]
     DeadlineExceeded { reason: String },
+    /// Every context stayed in use for `EngineConfig.contextWaitMs` (each open `Session` holds
+    /// one): try again later, close a session, or configure more `maxContexts`.
+    #[error("{reason}")]
+    Busy { contexts: i64, waited_ms: i64, reason: String },
     /// A bug in delrec (or a caught panic); the object it happened in may be unusable.
     #[error("{reason}")]
     Internal { reason: String },
@@ -151,6 +155,9 @@ impl From<rt::Error> for DelrecError {
             },
             rt::Error::Cancelled => DelrecError::Cancelled { reason },
             rt::Error::DeadlineExceeded => DelrecError::DeadlineExceeded { reason },
+            rt::Error::Busy { contexts, waited_ms } => {
+                DelrecError::Busy { contexts: count(*contexts), waited_ms: count(*waited_ms), reason }
+            }
             _ => DelrecError::Internal { reason },
         }
     }
@@ -246,14 +253,20 @@ pub struct EngineConfig {
     pub max_sequences: u32,
     /// Contexts kept for concurrent calls (each open `Session` holds one).
     pub max_contexts: u32,
+    /// How long a call or a new session waits for a free context before `Busy` (ms, ≤ 1 hour).
+    pub context_wait_ms: u64,
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
     /// llama.cpp flash attention (on by default: faster for trie rows on CPU). Off together with
     /// an F32 KV cache is the exact path, for comparing plans.
     pub flash_attention: bool,
-    /// Hash the whole model file and require it to be one the pack was built for.
+    /// On by default: the model file's sha256 must be one the pack pins (computed once per
+    /// version of the file). Off only for files the app verified itself.
     pub verify_checksum: bool,
+    /// A private directory (e.g. the app's cache dir) where verified digests are remembered
+    /// across launches, so a cold start hashes the model only after it changed.
+    pub digest_cache_dir: Option<String>,
 }
 
 impl From<rt::EngineConfig> for EngineConfig {
@@ -264,10 +277,12 @@ impl From<rt::EngineConfig> for EngineConfig {
             batch_size: c.batch_size,
             max_sequences: c.max_sequences,
             max_contexts: saturate(c.max_contexts),
+            context_wait_ms: u64::try_from(c.context_wait.as_millis()).unwrap_or(u64::MAX),
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
+            digest_cache_dir: c.digest_cache.map(|p| p.to_string_lossy().into_owned()),
         }
     }
 }
@@ -282,10 +297,12 @@ impl From<EngineConfig> for rt::EngineConfig {
             batch_size: c.batch_size,
             max_sequences: c.max_sequences,
             max_contexts: c.max_contexts as usize,
+            context_wait: Duration::from_millis(c.context_wait_ms),
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
+            digest_cache: c.digest_cache_dir.map(Into::into),
             ..Default::default()
         }
     }
@@ -546,6 +563,15 @@ pub struct CatalogItem {
 #[uniffi::export]
 pub fn default_engine_config() -> EngineConfig {
     rt::EngineConfig::default().into()
+}
+
+/// Installs a new model or pack (e.g. a finished download) at `destination` by an atomic
+/// rename: engines with the old file open keep working, a file that is not GGUF never replaces
+/// a good one. Never overwrite a model in place: llama.cpp maps it, and a file changed under a
+/// mapping crashes the process.
+#[uniffi::export]
+pub fn install_file(source: String, destination: String) -> Result<()> {
+    guard(|| Ok(rt::install_file(source, destination)?))
 }
 
 // ---------------------------------------------------------------------------------------------

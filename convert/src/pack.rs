@@ -511,7 +511,7 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         soft_prompts: soft_report,
         bos,
         tokenizer: tok_desc,
-        bytes: pack.file().len(),
+        bytes: pack.file_len(),
         seq: seq_report,
     })
 }

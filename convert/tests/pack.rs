@@ -74,7 +74,7 @@ fn hf_and_gguf_tokenization_give_the_same_pack() {
 
     let pack = Pack::open(&a).unwrap();
     assert_eq!(pack.model_sha256, vec![delrec_format::identity::file_sha256(&f.model).unwrap()]);
-    assert_eq!(pack.soft_prompt_values(0).unwrap(), values);
+    assert_eq!(pack.soft_prompt_values(0).unwrap(), values.as_slice());
     assert_eq!(pack.soft_prompts[0].ty, TensorType::F32);
     assert_eq!(pack.item_title(1), Some("Good, the Bad and the Ugly, The (1966)"));
     // A title spelling a control token stays text; the template may use control tokens.

@@ -549,6 +549,20 @@ impl GgufFile {
         self.kv.get(key)
     }
 
+    /// Moves a value out (a reader that keeps a large array need not copy it).
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        self.kv.remove(key)
+    }
+
+    /// Moves a string array out; `Ok(None)` when the key is absent.
+    pub fn take_str_array(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        match self.kv.remove(key) {
+            None => Ok(None),
+            Some(Value::Array(Array::Str(v))) => Ok(Some(v)),
+            Some(_) => Err(self.missing(key, "a string array")),
+        }
+    }
+
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
@@ -570,7 +584,7 @@ impl GgufFile {
         &self.map
     }
 
-    fn missing(&self, key: &str, want: &str) -> Error {
+    pub(crate) fn missing(&self, key: &str, want: &str) -> Error {
         Error::InvalidFile { path: self.path.clone(), reason: format!("metadata key {key:?} is missing or not {want}") }
     }
 

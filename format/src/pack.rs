@@ -5,8 +5,7 @@
 //! Everything is validated when the pack is opened (token ids inside the vocabulary, offsets
 //! monotonic, soft prompt widths, template structure), so ranking never meets a malformed pack.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use half::f16;
 
@@ -89,13 +88,19 @@ impl Template {
 pub struct SoftPrompt {
     pub name: String,
     pub n_virtual: usize,
+    /// How the file stores it (F32 or F16).
     pub ty: TensorType,
-    tensor: String,
+    /// The rows as f32 (`n_virtual × n_embd`, row-major), checked finite.
+    values: Vec<f32>,
 }
 
-/// An open, validated pack.
+/// An open, validated pack. Everything it holds is copied out of the file at open and the map is
+/// released: a pack file truncated or rewritten while an engine uses it can never fault (SIGBUS)
+/// a later call.
 pub struct Pack {
-    file: GgufFile,
+    path: PathBuf,
+    /// The file's size at open.
+    file_len: u64,
     pub base: BaseIdentity,
     pub model_sha256: Vec<String>,
     pub template: Template,
@@ -104,7 +109,8 @@ pub struct Pack {
     ids: Vec<String>,
     titles: Vec<String>,
     texts: Option<Vec<String>>,
-    index: HashMap<String, u32>,
+    /// Catalog indices in id order.
+    index: Vec<u32>,
     offsets: Vec<u32>,
     /// The catalog's tokens, copied out of the map: read at every rank, so they must not live in
     /// pages a file truncated under us would turn into SIGBUS.
@@ -148,13 +154,22 @@ fn read_i32s(bytes: &[u8]) -> impl Iterator<Item = i32> + '_ {
     bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
+fn read_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
 impl Pack {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let file = GgufFile::open(path)?;
         Self::from_file(file)
     }
 
-    fn from_file(file: GgufFile) -> Result<Self> {
+    fn from_file(mut file: GgufFile) -> Result<Self> {
+        // The catalog's arrays are moved out of the parsed file, not copied: parsing a pack costs
+        // a small multiple of its size (docs/format.md, "Limits").
+        let ids = file.take_str_array(K_IDS)?.ok_or_else(|| file.missing(K_IDS, "a string array"))?;
+        let titles = file.take_str_array(K_TITLES)?.ok_or_else(|| file.missing(K_TITLES, "a string array"))?;
+        let texts = file.take_str_array(K_TEXTS)?;
         let f = &file;
         if f.get("general.architecture").and_then(Value::as_str) != Some(PACK_ARCH) {
             return Err(bad_file(f, "not a delrec pack (general.architecture is not delrec-pack)"));
@@ -218,7 +233,16 @@ impl Pack {
             if n_virtual == 0 {
                 return Err(bad_file(f, format!("{tname} has no virtual tokens")));
             }
-            soft_prompts.push(SoftPrompt { name: name.clone(), n_virtual, ty: t.ty, tensor: tname });
+            let bytes = f.tensor_bytes(t).ok_or_else(|| bad_file(f, format!("{tname} is unreadable")))?;
+            let values: Vec<f32> = match t.ty {
+                TensorType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                _ => read_f32s(bytes).collect(),
+            };
+            // Non-finite values would turn every score into NaN.
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(bad_file(f, format!("soft prompt {name:?}: value {i} is {}", values[i])));
+            }
+            soft_prompts.push(SoftPrompt { name: name.clone(), n_virtual, ty: t.ty, values });
         }
 
         // Template.
@@ -270,14 +294,6 @@ impl Pack {
         let scoring = ScoringMode::parse(f.req_str(K_SCORING)?).map_err(|e| bad_file(f, e.to_string()))?;
 
         // Catalog.
-        let ids = f.req_str_array(K_IDS)?.to_vec();
-        let titles = f.req_str_array(K_TITLES)?.to_vec();
-        let texts = match f.get(K_TEXTS) {
-            None => None,
-            Some(v) => {
-                Some(v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_TEXTS} is not a string array")))?.to_vec())
-            }
-        };
         let n = ids.len();
         if n == 0 || titles.len() != n || texts.as_ref().is_some_and(|t| t.len() != n) || n >= u32::MAX as usize {
             return Err(bad_file(
@@ -285,11 +301,14 @@ impl Pack {
                 format!("catalog arrays disagree or are empty ({n} ids, {} titles)", titles.len()),
             ));
         }
-        let mut index = HashMap::with_capacity(n);
-        for (i, id) in ids.iter().enumerate() {
-            if id.is_empty() || index.insert(id.clone(), i as u32).is_some() {
-                return Err(bad_file(f, format!("catalog id {id:?} is empty or repeated")));
-            }
+        // Catalog indices sorted by id: 4 bytes per item, looked up by binary search.
+        if let Some(i) = ids.iter().position(String::is_empty) {
+            return Err(bad_file(f, format!("catalog id {i} is empty")));
+        }
+        let mut index: Vec<u32> = (0..n as u32).collect();
+        index.sort_unstable_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
+        if let Some(w) = index.windows(2).find(|w| ids[w[0] as usize] == ids[w[1] as usize]) {
+            return Err(bad_file(f, format!("catalog id {:?} is repeated", ids[w[0] as usize])));
         }
         let t_off = f.tensor(T_OFFSETS).ok_or_else(|| bad_file(f, "catalog.offsets is missing"))?;
         let t_tok = f.tensor(T_TOKENS).ok_or_else(|| bad_file(f, "catalog.tokens is missing"))?;
@@ -341,16 +360,18 @@ impl Pack {
             index,
             offsets,
             tokens,
-            file,
+            path: file.path().to_path_buf(),
+            file_len: file.bytes().len() as u64,
         })
     }
 
     pub fn path(&self) -> &Path {
-        self.file.path()
+        &self.path
     }
 
-    pub fn file(&self) -> &GgufFile {
-        &self.file
+    /// The file's size when it was opened.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
     }
 
     pub fn n_items(&self) -> usize {
@@ -358,7 +379,8 @@ impl Pack {
     }
 
     pub fn item_index(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+        let at = self.index.binary_search_by(|&i| self.ids[i as usize].as_str().cmp(id)).ok()?;
+        Some(self.index[at])
     }
 
     /// The item's id; `None` outside `0..n_items()`.
@@ -392,20 +414,10 @@ impl Pack {
         self.soft_prompts.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// The soft prompt's rows as f32 (`n_virtual × n_embd`, row-major).
-    /// Non-finite values are a bad file: they would turn every score into NaN.
-    pub fn soft_prompt_values(&self, idx: usize) -> Result<Vec<f32>> {
-        let sp = self.soft_prompts.get(idx).ok_or_else(|| bad_file(&self.file, format!("no soft prompt {idx}")))?;
-        let t = self.file.tensor(&sp.tensor).ok_or_else(|| bad_file(&self.file, "soft prompt vanished"))?;
-        let bytes = self.file.tensor_bytes(t).ok_or_else(|| bad_file(&self.file, "soft prompt unreadable"))?;
-        let values: Vec<f32> = match sp.ty {
-            TensorType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        };
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(bad_file(&self.file, format!("soft prompt {:?}: value {i} is {}", sp.name, values[i])));
-        }
-        Ok(values)
+    /// The soft prompt's rows as f32 (`n_virtual × n_embd`, row-major), finite; `None` outside
+    /// `0..soft_prompts.len()`.
+    pub fn soft_prompt_values(&self, idx: usize) -> Option<&[f32]> {
+        self.soft_prompts.get(idx).map(|s| s.values.as_slice())
     }
 }
 

@@ -13,7 +13,9 @@
 
 mod call;
 mod catalog;
+mod digest;
 mod embed;
+mod memory;
 mod plan;
 mod pool;
 mod prefix;
@@ -28,13 +30,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use delrec_format::gguf::GgufFile;
-use delrec_format::identity::bytes_sha256;
 use delrec_format::{BaseIdentity, Pack};
 
 use crate::error::{FileError, Result};
 use crate::llm::{Context, ContextParams, KvType, Model, ModelParams};
 use call::Call;
 pub use catalog::AddedInfo;
+pub use digest::DigestSource;
+pub use memory::MemoryBudget;
 use pool::Pool;
 use prefix::PrefixState;
 pub use session::Session;
@@ -57,6 +60,10 @@ pub struct EngineConfig {
     pub max_sequences: u32,
     /// Contexts kept for concurrent calls; further callers wait for a free one.
     pub max_contexts: usize,
+    /// How long a call (or a new session) waits for a free context before `Error::Busy`
+    /// (at most 1 hour; zero: fail at once). A request's own timeout and cancel token end the
+    /// wait sooner.
+    pub context_wait: Duration,
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
@@ -65,8 +72,16 @@ pub struct EngineConfig {
     /// to PyTorch as classic attention (README, "How ranking works"). Off together with an F32
     /// cache is the exact path the parity tests use.
     pub flash_attention: bool,
-    /// Hash the whole model file and require it to be one the pack was built for.
+    /// On (the default), the model file must be one the pack was built for: its sha256 must be
+    /// one the pack pins (every pack `delrec-convert` writes pins one), else `BadFile`
+    /// `Mismatch`; a pack that pins none gets llama.cpp's tensor data checks instead. The digest
+    /// is computed once per version of the file (see `digest_cache`). Off: neither, for files
+    /// the app has verified itself. `model_check`'s metadata checks run either way.
     pub verify_checksum: bool,
+    /// A private directory where verified digests are remembered across launches, keyed by a
+    /// stamp of the file (device, inode, size, modification and change times), so a cold open
+    /// hashes a model only once per version of it. `None`: remembered in this process only.
+    pub digest_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -79,12 +94,26 @@ impl Default for EngineConfig {
             batch_size: 512,
             max_sequences: 32,
             max_contexts: 2,
+            context_wait: Duration::from_secs(10),
             gpu_layers: 0,
             kv_type: KvType::F16,
             flash_attention: true,
-            verify_checksum: false,
+            verify_checksum: true,
+            digest_cache: None,
         }
     }
+}
+
+/// How [`Engine::open`] vouched for the model's bytes (beyond `model_check`'s metadata checks,
+/// which always run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelVerification {
+    /// Its sha256 is one the pack pins; from where the digest came.
+    Digest(DigestSource),
+    /// The pack pins no digest: llama.cpp validated every tensor's data while loading.
+    TensorChecks,
+    /// `verify_checksum` was off.
+    Skipped,
 }
 
 /// How candidates are evaluated. `Naive` (one full prompt per candidate) exists as a baseline
@@ -308,6 +337,7 @@ struct Inner {
     /// What the contexts really have (llama.cpp may round what was asked for).
     n_ctx: usize,
     n_seq_max: usize,
+    verification: ModelVerification,
 }
 
 impl Engine {
@@ -324,18 +354,29 @@ impl Engine {
         let identity = BaseIdentity::of_model(&gguf)?;
         let pack = Pack::open(pack)?;
         pack.base.check_matches(&identity)?;
-        if cfg.verify_checksum {
-            let sum = bytes_sha256(gguf.bytes());
+        let verification = if !cfg.verify_checksum {
+            ModelVerification::Skipped
+        } else if pack.model_sha256.is_empty() {
+            ModelVerification::TensorChecks
+        } else {
+            let (sum, source, fresh) = digest::sha256(&file, gguf.bytes(), cfg.digest_cache.as_deref());
             if !pack.model_sha256.contains(&sum) {
-                let recorded =
-                    if pack.model_sha256.is_empty() { "(none recorded)".into() } else { pack.model_sha256.join(" | ") };
-                return Err(
-                    FileError::Mismatch { field: "model file sha256".into(), pack: recorded, model: sum }.into()
-                );
+                return Err(FileError::Mismatch {
+                    field: "model file sha256".into(),
+                    pack: pack.model_sha256.join(" | "),
+                    model: sum,
+                }
+                .into());
             }
-        }
+            if let Some(stamp) = fresh {
+                digest::remember(&stamp, &sum, cfg.digest_cache.as_deref());
+            }
+            ModelVerification::Digest(source)
+        };
         drop(gguf);
-        let m = Model::load_file(&file, model, ModelParams { gpu_layers: cfg.gpu_layers, ..Default::default() })?;
+        let check_tensors = verification == ModelVerification::TensorChecks;
+        let params = ModelParams { gpu_layers: cfg.gpu_layers, check_tensors, ..Default::default() };
+        let m = Model::load_file(&file, model, params)?;
         drop(file);
         if m.has_encoder() {
             return Err(FileError::ModelLoad {
@@ -352,7 +393,8 @@ impl Engine {
             }
             .into());
         }
-        let soft = (0..pack.soft_prompts.len()).map(|i| pack.soft_prompt_values(i)).collect::<Result<Vec<_>, _>>()?;
+        let soft =
+            (0..pack.soft_prompts.len()).filter_map(|i| pack.soft_prompt_values(i).map(<[f32]>::to_vec)).collect();
         let threads =
             if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
         let params = ContextParams {
@@ -364,7 +406,7 @@ impl Engine {
             flash_attention: cfg.flash_attention,
         };
         let model = Arc::new(m);
-        let pool = Pool::new(model.clone(), params, cfg.max_contexts);
+        let pool = Pool::new(model.clone(), params, cfg.max_contexts, cfg.context_wait);
         // Create one context now: configuration errors surface at open, not at the first rank.
         let (n_ctx, n_seq_max) = {
             let mut lease = pool.acquire(None)?;
@@ -372,7 +414,17 @@ impl Engine {
             (ctx.n_ctx(), ctx.n_seq_max())
         };
         Ok(Engine {
-            inner: Arc::new(Inner { model, pack, soft, cfg, pool, added: RwLock::default(), n_ctx, n_seq_max }),
+            inner: Arc::new(Inner {
+                model,
+                pack,
+                soft,
+                cfg,
+                pool,
+                added: RwLock::default(),
+                n_ctx,
+                n_seq_max,
+                verification,
+            }),
         })
     }
 
@@ -382,6 +434,11 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// How the model file was vouched for at open.
+    pub fn model_verification(&self) -> ModelVerification {
+        self.inner.verification
     }
 
     pub fn model(&self) -> &Arc<Model> {

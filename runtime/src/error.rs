@@ -35,6 +35,10 @@ pub enum Error {
     /// The request's timeout passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// Every context stayed in use for `EngineConfig::context_wait` (open sessions hold one
+    /// each): try again later, close a session, or configure more `max_contexts`.
+    #[error("busy: all {contexts} contexts stayed in use for {waited_ms} ms")]
+    Busy { contexts: u64, waited_ms: u64 },
     /// A bug in delrec or an unexpected llama.cpp failure. The message is for a bug report; the
     /// engine stays usable.
     #[error("internal error: {message}")]

@@ -9,12 +9,14 @@
 //!
 //! - [`engine`]: [`Engine`], [`Session`], requests and results;
 //! - [`llm`]: the one layer over llama.cpp (also used by the converter and the CLIs);
-//! - [`error`]: the public errors, grouped by what an app can do.
+//! - [`error`]: the public errors, grouped by what an app can do;
+//! - [`install_file`]: replacing a model or pack that an engine may have open (atomic rename).
 //!
 //! `ARCHITECTURE.md` at the repository root maps the modules and the path of one `rank` call.
 
 pub mod engine;
 pub mod error;
+mod files;
 pub mod llm;
 mod scorer;
 mod search;
@@ -28,9 +30,12 @@ pub mod kernels {
 
 pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
+pub use engine::MemoryBudget;
 pub use engine::{
-    AddedInfo, CancelToken, Engine, EngineConfig, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking,
-    RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
+    AddedInfo, CancelToken, DigestSource, Engine, EngineConfig, ModelVerification, Plan, PrefixRow, RankPlan,
+    RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem,
+    Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
+pub use files::install_file;
 pub use llm::{KvType, Pooling};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use delrec_runtime::{
-    CancelToken, Engine, EngineConfig, Error, FileError, KvType, Plan, RankRequest, Ranking, RequestError, Resource,
+    CancelToken, Engine, EngineConfig, Error, FileError, KvType, ModelVerification, Plan, RankRequest, Ranking,
+    RequestError, Resource,
 };
 use delrec_tests::{catalog_ids, model, pack};
 
@@ -265,17 +266,19 @@ fn wrong_or_broken_files_are_typed_errors() {
     // A pack for another model.
     assert!(matches!(Engine::open(&m, &qp, f32_cfg()), Err(Error::BadFile(FileError::Mismatch { .. }))));
     assert!(matches!(Engine::open(&q, &p, f32_cfg()), Err(Error::BadFile(FileError::Mismatch { .. }))));
-    // Checksum verification: the pack records the F32 file it was built from.
-    assert!(Engine::open(&m, &p, EngineConfig { verify_checksum: true, ..f32_cfg() }).is_ok());
+    // The digest pin, on by default: the pack records the F32 file it was built from.
+    let opened = Engine::open(&m, &p, f32_cfg()).unwrap();
+    assert!(matches!(opened.model_verification(), ModelVerification::Digest(_)));
     let m8 = model("llama-tiny", "q8_0");
-    let e = Engine::open(&m8, &p, EngineConfig { verify_checksum: true, ..f32_cfg() });
+    let e = Engine::open(&m8, &p, f32_cfg());
     assert!(
         matches!(e, Err(Error::BadFile(FileError::Mismatch { ref field, .. })) if field.contains("sha256")),
         "{:?}",
         e.err()
     );
-    // The same pack without verification works with the quantized model (same tokenizer/width).
-    assert!(Engine::open(&m8, &p, f32_cfg()).is_ok());
+    // Without verification the same pack works with the quantized model (same tokenizer/width).
+    let unverified = Engine::open(&m8, &p, EngineConfig { verify_checksum: false, ..f32_cfg() }).unwrap();
+    assert_eq!(unverified.model_verification(), ModelVerification::Skipped);
     // Truncated and non-GGUF files.
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(&m).unwrap();
@@ -369,6 +372,48 @@ fn waiting_for_a_context_honours_deadline_and_cancel() {
     // Closing the session gives the context back.
     drop(session);
     assert_eq!(e.rank(&req(&[&ids[0]], Some(&ids[1..4]))).unwrap().items.len(), 3);
+}
+
+#[test]
+fn held_contexts_make_calls_busy_not_wedged() {
+    let (m, p) = tiny();
+    let wait = Duration::from_millis(150);
+    let e = Engine::open(&m, &p, EngineConfig { max_contexts: 2, context_wait: wait, ..f32_cfg() }).unwrap();
+    let ids = catalog_ids();
+    // Two open sessions hold both contexts; calls without a timeout of their own, and a third
+    // session, end as Busy after the configured wait instead of blocking forever.
+    let held = [e.session(None).unwrap(), e.session(None).unwrap()];
+    let t0 = Instant::now();
+    match e.rank(&req(&[&ids[0]], Some(&ids[1..4]))) {
+        Err(Error::Busy { contexts: 2, waited_ms }) => assert!(waited_ms >= 150, "{waited_ms}"),
+        other => panic!("expected Busy, got {:?}", other.map(|r| r.items.len())),
+    }
+    assert!(t0.elapsed() >= wait && t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(matches!(e.session(None), Err(Error::Busy { .. })));
+    // A request deadline sooner than the wait is the request's own error.
+    let mut r = req(&[&ids[0]], Some(&ids[1..4]));
+    r.timeout = Some(Duration::from_millis(20));
+    assert!(matches!(e.rank(&r), Err(Error::DeadlineExceeded)));
+    // A context freed while a caller waits is taken at once.
+    let [a, b] = held;
+    let waiter = {
+        let e = e.clone();
+        let r = req(&[&ids[0]], Some(&ids[1..4]));
+        std::thread::spawn(move || e.rank(&r).map(|r| r.items.len()))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    drop(a);
+    assert_eq!(waiter.join().expect("no panic").unwrap(), 3);
+    drop(b);
+    // Zero wait: Busy at once when nothing is free; the limit itself is checked.
+    let none =
+        Engine::open(&m, &p, EngineConfig { max_contexts: 1, context_wait: Duration::ZERO, ..f32_cfg() }).unwrap();
+    let _s = none.session(None).unwrap();
+    assert!(matches!(none.rank(&req(&[&ids[0]], Some(&ids[1..4]))), Err(Error::Busy { waited_ms: 0, .. })));
+    let too_long = EngineConfig { context_wait: Duration::from_secs(7200), ..f32_cfg() };
+    assert!(
+        matches!(Engine::open(&m, &p, too_long), Err(Error::BadRequest(RequestError::Invalid { field, .. })) if field == "context_wait")
+    );
 }
 
 #[test]
@@ -478,9 +523,20 @@ fn settings_out_of_range_are_bad_requests_naming_the_field() {
             other => panic!("{name}: {:?}", other.map(|_| "opened")),
         }
     }
-    // The bounds themselves are accepted.
+    // The bounds themselves are accepted, and serve every plan: with 2 sequences (the prefix and
+    // one path) the top-k search still finds the exhaustive top k.
     let edge = EngineConfig { max_sequences: 2, max_contexts: 1, batch_size: 1, ..f32_cfg() };
-    assert!(Engine::open(&m, &p, edge).is_ok());
+    let e = Engine::open(&m, &p, edge).unwrap();
+    let ids = catalog_ids();
+    let mut r = req(&[&ids[0], &ids[1]], None);
+    r.top_k = Some(3);
+    let pruned = e.rank(&r).unwrap();
+    r.exhaustive = true;
+    let full = e.rank(&r).unwrap();
+    assert_eq!(
+        pruned.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        full.items.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -9,11 +9,18 @@ use std::path::{Path, PathBuf};
 
 use delrec_runtime::format::gguf::{Array, GgufFile, GgufWriter, TensorData, TensorType, Value};
 use delrec_runtime::format::model_check::check_model;
-use delrec_runtime::{Engine, EngineConfig, Error, FileError, KvType, RankRequest};
+use delrec_runtime::{Engine, EngineConfig, Error, FileError, KvType, ModelVerification, RankRequest};
 use delrec_tests::{catalog_ids, model, pack};
 
 fn cfg() -> EngineConfig {
-    EngineConfig { kv_type: KvType::F32, flash_attention: false, threads: 2, ..Default::default() }
+    // The second line of defence is under test: no digest pin (it would refuse every rewrite first).
+    EngineConfig {
+        kv_type: KvType::F32,
+        flash_attention: false,
+        threads: 2,
+        verify_checksum: false,
+        ..Default::default()
+    }
 }
 
 /// The parsed model, editable: every key and tensor, written back by [`Model::write`].
@@ -198,4 +205,56 @@ fn tensor_set_shapes_and_heads() {
         m.set("tokenizer.ggml.eos_token_id", Value::U32(700))
     });
     fx.refused("arch", &["gemma3", "not supported"], |m| m.set("general.architecture", Value::Str("gemma3".into())));
+}
+
+/// `fx`'s pack rewritten without its model digest pin.
+fn unpinned_pack(fx: &Fixture) -> PathBuf {
+    let mut p = Model::read(&fx.pack);
+    p.kv.retain(|(k, _)| k != "delrec.base.model_sha256");
+    let path = fx.dir.join("unpinned.pack.gguf");
+    p.write(&path);
+    path
+}
+
+#[test]
+fn by_default_the_pinned_digest_refuses_any_changed_model() {
+    let fx = fixture();
+    let defaults = EngineConfig { verify_checksum: true, ..cfg() };
+    let e = Engine::open(&fx.model, &fx.pack, defaults.clone()).unwrap();
+    assert!(matches!(e.model_verification(), ModelVerification::Digest(_)));
+    // A NaN weight passes every metadata check; the digest refuses it before llama.cpp loads it.
+    let mut m = Model::read(&fx.model);
+    m.tensor("blk.0.ffn_up.weight").3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let path = fx.dir.join("digest-nan.gguf");
+    m.write(&path);
+    check_model(&GgufFile::open(&path).unwrap()).unwrap();
+    match Engine::open(&path, &fx.pack, defaults) {
+        Err(Error::BadFile(FileError::Mismatch { field, .. })) => assert!(field.contains("sha256"), "{field}"),
+        other => panic!("expected a digest mismatch, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn without_a_pin_llama_cpp_checks_the_tensor_data() {
+    let fx = fixture();
+    let unpinned = unpinned_pack(&fx);
+    let on = EngineConfig { verify_checksum: true, ..cfg() };
+    let e = Engine::open(&fx.model, &unpinned, on.clone()).unwrap();
+    assert_eq!(e.model_verification(), ModelVerification::TensorChecks);
+    // A NaN weight: metadata and shapes are fine, so only the data check can see it.
+    let mut m = Model::read(&fx.model);
+    m.tensor("blk.0.ffn_up.weight").3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let path = fx.dir.join("nan-weight.gguf");
+    m.write(&path);
+    match Engine::open(&path, &unpinned, on) {
+        Err(Error::BadFile(FileError::ModelLoad { reason, .. })) => {
+            assert!(reason.to_lowercase().contains("nan") || reason.contains("blk.0.ffn_up"), "{reason}")
+        }
+        other => panic!(
+            "expected llama.cpp's tensor check to refuse a NaN weight, got {:?}",
+            other.err().map(|e| e.to_string())
+        ),
+    }
+    // With verification off nothing reads the data: it opens (the app vouched for the file).
+    assert!(Engine::open(&path, &unpinned, cfg()).is_ok());
 }

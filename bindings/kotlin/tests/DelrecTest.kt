@@ -132,7 +132,7 @@ fun main() {
     test("defaultEngineConfig mirrors the runtime defaults") {
         val c = defaultEngineConfig()
         check(c.contextSize == 2048u && c.batchSize == 512u && c.maxSequences == 32u) { "$c" }
-        check(c.kvType == KvType.F16 && c.flashAttention && !c.verifyChecksum && c.threads == 0u) { "$c" }
+        check(c.kvType == KvType.F16 && c.flashAttention && c.verifyChecksum && c.digestCacheDir == null && c.threads == 0u) { "$c" }
     }
 
     val engine = Engine.open(model, pack, config())
@@ -432,6 +432,39 @@ fun main() {
         s.use {
             it.push("m001")
             check(it.rank(RankRequest(topK = 3u)).items.size == 3) { "session of a closed engine failed" }
+        }
+    }
+
+    test("every context held by a session -> Busy after contextWaitMs, not a wedge; a closed session frees it") {
+        Engine.open(model, pack, config().copy(maxContexts = 1u, contextWaitMs = 100uL)).use { e ->
+            val s = e.session(null)
+            val t0 = System.nanoTime()
+            val busy = expectThrows<DelrecException.Busy> { e.rank(RankRequest(history = history, topK = 3u)) }
+            val ms = (System.nanoTime() - t0) / 1e6
+            check(busy.contexts == 1L && busy.waitedMs >= 100L && ms < 5000) { "$busy after $ms ms" }
+            expectThrows<DelrecException.Busy> { e.session(null) }
+            s.close()
+            check(e.rank(RankRequest(history = history, topK = 3u)).items.size == 3) { "context not returned" }
+        }
+    }
+
+    test("installFile replaces a model atomically; an open engine keeps the old one; a bad download changes nothing") {
+        val dir = java.nio.file.Files.createTempDirectory("install").toFile()
+        try {
+            val dest = File(dir, "model.gguf")
+            installFile(model, dest.path)
+            check(dest.readBytes().contentEquals(File(model).readBytes())) { "not installed" }
+            Engine.open(dest.path, pack, config()).use { e ->
+                val before = e.rank(RankRequest(history = history, topK = 3u)).items.map { it.id }
+                val bad = File(dir, "download.gguf").apply { writeText("not a model") }
+                val err = expectThrows<DelrecException.BadFile> { installFile(bad.path, dest.path) }
+                check(err.kind == BadFileKind.INVALID) { "$err" }
+                installFile(model, dest.path)
+                check(e.rank(RankRequest(history = history, topK = 3u)).items.map { it.id } == before) { "engine changed" }
+            }
+            check(dir.listFiles()!!.size == 2) { "left behind: ${dir.listFiles()!!.map { it.name }}" }
+        } finally {
+            dir.deleteRecursively()
         }
     }
 

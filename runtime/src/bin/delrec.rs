@@ -169,9 +169,13 @@ struct EngineArgs {
     /// KV cache type: f16 or f32.
     #[arg(long, default_value = "f16")]
     kv: String,
-    /// Hash the model file and check it against the pack.
+    /// Skip the model digest check (on by default: the model's sha256 must be one the pack
+    /// pins; computed once per version of the file, see --digest-cache).
     #[arg(long)]
-    verify: bool,
+    no_verify: bool,
+    /// Remember verified model digests in this directory across runs.
+    #[arg(long)]
+    digest_cache: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     gpu_layers: i32,
     /// Use llama.cpp flash attention (the default).
@@ -193,7 +197,9 @@ impl EngineArgs {
             gpu_layers: self.gpu_layers,
             kv_type: kv_type(&self.kv)?,
             flash_attention: self.flash_attn || !self.no_flash_attn,
-            verify_checksum: self.verify,
+            verify_checksum: !self.no_verify,
+            digest_cache: self.digest_cache.clone(),
+            ..Default::default()
         })
     }
 }

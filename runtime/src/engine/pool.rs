@@ -3,15 +3,18 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::call::Call;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::llm::{Context, ContextParams, Model};
 
 pub(crate) struct Pool {
     model: Arc<Model>,
     params: ContextParams,
     max: usize,
+    /// How long a caller waits for a free context before `Busy`.
+    max_wait: Duration,
     state: Mutex<State>,
     freed: Condvar,
 }
@@ -24,13 +27,14 @@ struct State {
 }
 
 impl Pool {
-    pub fn new(model: Arc<Model>, params: ContextParams, max: usize) -> Arc<Pool> {
-        Arc::new(Pool { model, params, max, state: Mutex::default(), freed: Condvar::new() })
+    pub fn new(model: Arc<Model>, params: ContextParams, max: usize, max_wait: Duration) -> Arc<Pool> {
+        Arc::new(Pool { model, params, max, max_wait, state: Mutex::default(), freed: Condvar::new() })
     }
 
-    /// A context, waiting for one when all are lent. The wait honours the call's cancel token and
-    /// deadline; without either it waits as long as it takes.
+    /// A context, waiting for one when all are lent: until the call is cancelled or its
+    /// deadline passes, and at most `max_wait` (then `Busy`), so held sessions cannot wedge it.
     pub fn acquire(self: &Arc<Self>, call: Option<&Call>) -> Result<Lease> {
+        let start = Instant::now();
         // The state is a list and a count, consistent at every unlock: a poisoned lock is usable.
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -52,10 +56,14 @@ impl Pool {
             if let Some(call) = call {
                 call.check()?;
             }
-            st = match call.and_then(Call::wait_slice) {
-                Some(slice) => self.freed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0,
-                None => self.freed.wait(st).unwrap_or_else(|e| e.into_inner()),
-            };
+            let waited = start.elapsed();
+            if waited >= self.max_wait {
+                let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+                return Err(Error::Busy { contexts: self.max as u64, waited_ms: ms });
+            }
+            let left = self.max_wait - waited;
+            let slice = call.and_then(Call::wait_slice).map_or(left, |s| s.min(left));
+            st = self.freed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 

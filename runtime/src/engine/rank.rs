@@ -77,6 +77,8 @@ pub(crate) const LIMITS: [(&str, usize, usize); 5] = [
     ("max_contexts", 1, 64),
 ];
 
+const MAX_CONTEXT_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub(crate) fn validate(cfg: &EngineConfig) -> Result<()> {
     let values =
         [cfg.threads, cfg.context_size as usize, cfg.batch_size as usize, cfg.max_sequences as usize, cfg.max_contexts];
@@ -84,6 +86,12 @@ pub(crate) fn validate(cfg: &EngineConfig) -> Result<()> {
         if !(lo..=hi).contains(&v) {
             return Err(Error::invalid(field, format!("{v} is outside {lo}..={hi}")));
         }
+    }
+    if cfg.context_wait > MAX_CONTEXT_WAIT {
+        return Err(Error::invalid(
+            "context_wait",
+            format!("{:?} is longer than {MAX_CONTEXT_WAIT:?}", cfg.context_wait),
+        ));
     }
     Ok(())
 }

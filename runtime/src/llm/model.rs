@@ -24,6 +24,9 @@ pub struct ModelParams {
     /// converter's checks turn it off: they need no speed, and AMX repacking crashed on Q8_0 on
     /// `target-cpu=native` builds.
     pub repack: bool,
+    /// llama.cpp validates every tensor's data while loading (NaN/Inf, quant block scales): a
+    /// read of the whole file, for models whose bytes no pinned digest vouches for.
+    pub check_tensors: bool,
 }
 
 impl ModelParams {
@@ -33,13 +36,14 @@ impl ModelParams {
         p.n_gpu_layers = self.gpu_layers;
         p.vocab_only = self.vocab_only;
         p.use_extra_bufts = self.repack;
+        p.check_tensors = self.check_tensors;
         p
     }
 }
 
 impl Default for ModelParams {
     fn default() -> Self {
-        Self { gpu_layers: 0, vocab_only: false, repack: true }
+        Self { gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false }
     }
 }
 
@@ -149,6 +153,95 @@ impl Model {
     pub fn n_ctx_train(&self) -> usize {
         // SAFETY: live model.
         unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()).max(0) as usize }
+    }
+
+    /// Transformer blocks (`llama_model_n_layer`).
+    pub fn n_layer(&self) -> usize {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_layer(self.ptr.as_ptr()).max(0) as usize }
+    }
+
+    /// Attention (query) heads of the first layer (`llama_model_n_head`).
+    pub fn n_head(&self) -> usize {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_head(self.ptr.as_ptr()).max(0) as usize }
+    }
+
+    /// Key/value heads of the first layer (`llama_model_n_head_kv`; fewer than `n_head` under GQA).
+    pub fn n_head_kv(&self) -> usize {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_head_kv(self.ptr.as_ptr()).max(0) as usize }
+    }
+
+    /// Bytes of all the model's tensors (`llama_model_size`): every weight a decode can touch.
+    pub fn size_bytes(&self) -> u64 {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_size(self.ptr.as_ptr()) }
+    }
+
+    /// Parameters in all the model's tensors (`llama_model_n_params`).
+    pub fn n_params(&self) -> u64 {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_params(self.ptr.as_ptr()) }
+    }
+
+    /// Whether the weights are quantized: llama.cpp's file type (`llama_model_ftype`, without its
+    /// "guessed" flag) is other than all-F32, mostly-F16 or mostly-BF16.
+    pub fn is_quantized(&self) -> bool {
+        // SAFETY: live model.
+        let ftype = unsafe { sys::llama_model_ftype(self.ptr.as_ptr()) };
+        !matches!(
+            ftype & !sys::LLAMA_FTYPE_GUESSED,
+            sys::LLAMA_FTYPE_ALL_F32 | sys::LLAMA_FTYPE_MOSTLY_F16 | sys::LLAMA_FTYPE_MOSTLY_BF16
+        )
+    }
+
+    /// A scalar of the model's GGUF metadata as llama.cpp holds it, as text; `None` when the key
+    /// is absent (or holds an array, which llama.cpp does not render).
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let ckey = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 128];
+        for _ in 0..2 {
+            // SAFETY: the key is a valid C string and buf is writable for its length; llama.cpp
+            // writes at most buf.len() bytes, NUL included, and returns the full length.
+            let n = unsafe {
+                sys::llama_model_meta_val_str(self.ptr.as_ptr(), ckey.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            let n = usize::try_from(n).ok()?;
+            if n < buf.len() {
+                buf.truncate(n);
+                return String::from_utf8(buf).ok();
+            }
+            buf = vec![0u8; n + 1];
+        }
+        None
+    }
+
+    /// `general.architecture` (`llama`, `qwen2`, ...).
+    pub fn architecture(&self) -> Option<String> {
+        self.meta("general.architecture")
+    }
+
+    /// An unsigned integer of the architecture's metadata (`{arch}.{suffix}`), if present.
+    fn arch_u64(&self, suffix: &str) -> Option<u64> {
+        let arch = self.architecture()?;
+        self.meta(&format!("{arch}.{suffix}"))?.trim().parse().ok()
+    }
+
+    /// Width of one KV cell of one layer in the K and in the V cache, in elements: KV heads ×
+    /// key (value) head size, the head sizes from `{arch}.attention.key_length` /
+    /// `value_length` when the model has them, else `n_embd / n_head` (as llama.cpp reads them).
+    pub fn kv_width(&self) -> (usize, usize) {
+        let head = self.n_embd.checked_div(self.n_head()).unwrap_or(0);
+        let k = self.arch_u64("attention.key_length").map_or(head, |v| v as usize);
+        let v = self.arch_u64("attention.value_length").map_or(head, |v| v as usize);
+        let kv_heads = self.n_head_kv();
+        (kv_heads * k, kv_heads * v)
+    }
+
+    /// Hidden width of the feed-forward blocks (`{arch}.feed_forward_length`); 0 if absent.
+    pub fn n_ff(&self) -> usize {
+        self.arch_u64("feed_forward_length").map_or(0, |v| v as usize)
     }
 
     /// Tokenizes with the model's own tokenizer, without BOS/EOS; `parse_special` lets the text

@@ -1,0 +1,228 @@
+//! What an engine can hold in memory: [`Engine::memory_budget`], an upper bound by part, from the
+//! model's shape and the engine's configuration, without decoding anything.
+
+use super::Engine;
+use crate::llm::{KvType, ModelParams};
+
+/// The most memory an [`Engine`] should take, by part, in bytes, with every context of its pool
+/// in use ([`EngineConfig::max_contexts`](super::EngineConfig::max_contexts)); compare
+/// [`MemoryBudget::total`] with the peak resident set (`VmHWM`) of a process that ranks.
+///
+/// Each part is an upper bound on what can become resident, not what a given request touches:
+/// llama.cpp reserves its buffers for the worst case (a full batch against a full KV cache) and
+/// pages that are never written stay out of the resident set. `tests/tests/memory.rs` checks the
+/// parts against what llama.cpp reports allocating and the total against a measured peak;
+/// `bench/README.md` ("Memory budget") has numbers on real model shapes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The model's tensors (`llama_model_size`): every weight a decode can touch, mapped from
+    /// the file (resident once touched, shared with the page cache). For a quantized model, twice
+    /// that: llama.cpp repacks weights of the types its CPU kernels have faster layouts for
+    /// (Q4_0, Q4_K, Q8_0, IQ4_NL and others, depending on the CPU) into anonymous memory, up to
+    /// all of them, while their file pages stay mapped. (On the CPU: offloaded layers are not
+    /// counted apart.)
+    pub weights: u64,
+    /// KV caches: `n_ctx × n_layer × (K width + V width) × element size` (2 bytes for
+    /// [`KvType::F16`], 4 for F32) per context, times `max_contexts`. `n_ctx` is the context size
+    /// llama.cpp really made (it rounds up to a multiple of 256).
+    pub kv: u64,
+    /// Logits buffers: `max(batch, max_sequences) × n_vocab × 4` bytes per context (llama.cpp
+    /// grows it to the most output rows of one decode, at most that), times `max_contexts`.
+    pub logits: u64,
+    /// Scratch of the forward pass, per context times `max_contexts`: llama.cpp's compute buffer,
+    /// reserved for its worst-case graph (`min(n_ctx, batch)` tokens against the whole KV cache;
+    /// llama.cpp has no API for its size, so it is estimated from the model's shape: the inputs
+    /// that live through the graph plus its largest stage), the CPU backend's work buffer (matrix
+    /// inputs converted to the weights' dot-product type) and the graph metadata.
+    pub compute: u64,
+    /// A fixed allowance for everything else: code and libraries
+    /// ([`MemoryBudget::OVERHEAD_FIXED`]), the tokenizer's tables in llama.cpp and the model
+    /// file's metadata ([`MemoryBudget::PER_TOKEN`] bytes per vocabulary entry), the pack (its
+    /// mapped file twice: the map and what is copied out of it), the soft prompts as F32 and
+    /// [`MemoryBudget::PER_ITEM`] bytes per catalog item (id index, per-call score vectors).
+    pub overhead: u64,
+}
+
+impl MemoryBudget {
+    /// Code, libraries, the Rust and C++ runtimes, llama.cpp's process-wide state and thread
+    /// stacks, resident in a process that has opened an engine and ranked. Measured
+    /// (`tests/tests/memory.rs`, tiny fixture): about 12.5 MiB of the test binary's peak belong to
+    /// none of the other parts, 6.5 MiB of them resident before the engine opens (the test
+    /// binaries also link the converter and the FFI layer, which an app does not).
+    pub const OVERHEAD_FIXED: u64 = 16 << 20;
+    /// Per vocabulary entry: llama.cpp's token tables (text, score, attributes, the text → id map,
+    /// BPE merges) and the tokenizer arrays of the model file, read by our checks and by llama.cpp.
+    pub const PER_TOKEN: u64 = 512;
+    /// Per catalog item: the id → index map, the added-items snapshot, per-call score vectors.
+    pub const PER_ITEM: u64 = 256;
+
+    /// The sum of the parts.
+    pub fn total(&self) -> u64 {
+        self.weights
+            .saturating_add(self.kv)
+            .saturating_add(self.logits)
+            .saturating_add(self.compute)
+            .saturating_add(self.overhead)
+    }
+}
+
+/// The shape of a forward pass, what [`compute_per_context`] needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ComputeShape {
+    /// KV cells of the context.
+    pub n_ctx: u64,
+    /// Rows per decode (`n_ubatch` = `n_batch`).
+    pub n_batch: u64,
+    pub n_embd: u64,
+    pub n_head: u64,
+    /// Widths of a K and a V cell of one layer (elements).
+    pub k_width: u64,
+    pub v_width: u64,
+    pub n_ff: u64,
+    pub n_vocab: u64,
+    pub n_layer: u64,
+    pub threads: u64,
+    pub kv_type: KvType,
+    pub flash_attention: bool,
+}
+
+/// Estimated scratch of one context of a llama/qwen2-style decoder on the CPU, in bytes.
+///
+/// llama.cpp reserves its compute buffer for a graph of `T = min(n_ctx, n_batch)` tokens (all of
+/// them outputs) against `K = n_ctx` KV cells; ggml's allocator reuses a tensor's memory once its
+/// last consumer ran, so the buffer is about the inputs that live through the graph plus the
+/// largest stage. All activations are F32:
+///
+/// - inputs: token embeddings `T × n_embd`, the attention mask `K × T` (F16 under flash
+///   attention), positions and output ids; two residual streams `T × n_embd`;
+/// - attention: the scores `K × T × n_head` (not materialized under flash attention), Q, K, V
+///   (twice: before and after RoPE) and the attention output;
+/// - feed-forward: gate, up and their product, `T × n_ff` each;
+/// - output: the final norm and the logits, `T × (n_embd + n_vocab)`.
+///
+/// On top: the CPU backend's work buffer (a matrix product's input converted to the weights'
+/// dot type, at most `T × max(n_embd, n_ff) × 4`; with classic attention on an F16 cache the
+/// scores converted to F16, `K × T × n_head × 2`; flash attention's per-thread tiles) and the
+/// graph metadata (three graphs of `max(1024, 8 × tensors)` nodes).
+pub(crate) fn compute_per_context(s: &ComputeShape) -> u64 {
+    const F32: u64 = 4;
+    let t = s.n_batch.min(s.n_ctx);
+    let k = s.n_ctx;
+    let mask = k * t * if s.flash_attention { 2 } else { F32 };
+    let inputs = t * s.n_embd * F32 + t * 16 + mask;
+    let residual = 2 * t * s.n_embd * F32;
+    let scores = if s.flash_attention { 0 } else { k * t * s.n_head * F32 };
+    // Q, K, V before and after RoPE / their permuted copies, the attention output and its
+    // projection.
+    let attention = scores + 2 * t * (s.n_embd + s.k_width + s.v_width) * F32 + 2 * t * s.n_embd * F32;
+    let ffn = 3 * t * s.n_ff * F32;
+    let output = t * (s.n_vocab + s.n_embd) * F32;
+    // Small tensors (norms, RoPE factors) and the allocator's alignment.
+    let slack = 256 << 10;
+    let graph = inputs + residual + attention.max(ffn).max(output) + slack;
+    let converted_scores = if !s.flash_attention && s.kv_type == KvType::F16 { k * t * s.n_head * 2 } else { 0 };
+    let work = t * s.n_embd.max(s.n_ff) * F32 + converted_scores + s.threads * (256 << 10);
+    // At most 12 tensors per layer (qwen2: 9 weights and 3 biases) plus embeddings, norm, output.
+    let max_nodes = 1024u64.max(8 * (12 * s.n_layer + 4));
+    let meta = 3 * max_nodes * 512;
+    graph + work + meta
+}
+
+impl Engine {
+    /// An upper bound on this engine's memory, by part (see [`MemoryBudget`]).
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let inner = &*self.inner;
+        let m = &inner.model;
+        let cfg = &inner.cfg;
+        let contexts = cfg.max_contexts as u64;
+        let n_ctx = inner.n_ctx as u64;
+        let n_batch = u64::from(cfg.batch_size.min(cfg.context_size));
+        let n_vocab = m.n_vocab() as u64;
+        let (k_width, v_width) = m.kv_width();
+        let elem = match cfg.kv_type {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        };
+        let kv = n_ctx * m.n_layer() as u64 * (k_width + v_width) as u64 * elem;
+        let logits = n_batch.max(inner.n_seq_max as u64) * n_vocab * 4;
+        let threads =
+            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+        let compute = compute_per_context(&ComputeShape {
+            n_ctx,
+            n_batch,
+            n_embd: m.n_embd() as u64,
+            n_head: m.n_head() as u64,
+            k_width: k_width as u64,
+            v_width: v_width as u64,
+            n_ff: m.n_ff() as u64,
+            n_vocab,
+            n_layer: m.n_layer() as u64,
+            threads: threads as u64,
+            kv_type: cfg.kv_type,
+            flash_attention: cfg.flash_attention,
+        });
+        let soft: u64 = inner.pack.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum();
+        let overhead = MemoryBudget::OVERHEAD_FIXED
+            + n_vocab * MemoryBudget::PER_TOKEN
+            + 2 * inner.pack.file_len()
+            + soft
+            + self.n_items() as u64 * MemoryBudget::PER_ITEM;
+        let repacked = if m.is_quantized() && ModelParams::default().repack { m.size_bytes() } else { 0 };
+        MemoryBudget {
+            weights: m.size_bytes() + repacked,
+            kv: kv * contexts,
+            logits: logits * contexts,
+            compute: compute * contexts,
+            overhead,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> ComputeShape {
+        // SmolLM2-135M with the engine's defaults.
+        ComputeShape {
+            n_ctx: 2048,
+            n_batch: 512,
+            n_embd: 576,
+            n_head: 9,
+            k_width: 192,
+            v_width: 192,
+            n_ff: 1536,
+            n_vocab: 49152,
+            n_layer: 30,
+            threads: 2,
+            kv_type: KvType::F16,
+            flash_attention: true,
+        }
+    }
+
+    #[test]
+    fn compute_grows_with_what_it_depends_on() {
+        let base = compute_per_context(&shape());
+        assert!(compute_per_context(&ComputeShape { n_batch: 1024, ..shape() }) > base);
+        assert!(compute_per_context(&ComputeShape { n_ctx: 4096, ..shape() }) > base);
+        // Classic attention materializes the scores (the largest stage once the vocabulary is
+        // small; with SmolLM2's 49k tokens the logits are).
+        let small = ComputeShape { n_vocab: 1000, ..shape() };
+        let classic = compute_per_context(&ComputeShape { flash_attention: false, ..small });
+        let flash = compute_per_context(&small);
+        assert!(classic > flash + 2048 * 512 * 9 * 4, "{classic} vs {flash}");
+        assert!(compute_per_context(&ComputeShape { flash_attention: false, ..shape() }) > base);
+        // The logits stage: n_batch × n_vocab × 4 at least.
+        assert!(base > 512 * 49152 * 4, "{base}");
+        // A batch larger than the context is the context.
+        let c = ComputeShape { n_ctx: 256, ..shape() };
+        assert_eq!(compute_per_context(&ComputeShape { n_batch: 4096, ..c }), compute_per_context(&c));
+    }
+
+    #[test]
+    fn total_is_the_sum() {
+        let b = MemoryBudget { weights: 1, kv: 2, logits: 3, compute: 4, overhead: 5 };
+        assert_eq!(b.total(), 15);
+        assert_eq!(MemoryBudget { weights: u64::MAX, ..b }.total(), u64::MAX);
+    }
+}
