@@ -11,6 +11,12 @@ cargo build --release --workspace --bins --lib
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+# Hostile packs and model files, mutated and run in a child process so that an abort inside
+# llama.cpp is caught and counted (bounded: 90 s); exits non-zero on any crash or hang. Longer
+# runs: `target/release/delrec-fuzz --seconds N`; libFuzzer targets in fuzz/ (nightly).
+mkdir -p "$DELREC_REPORT_DIR"
+"$DELREC_BIN_DIR/delrec-fuzz" --seconds 90 --jobs 2 --out "$DELREC_REPORT_DIR/fuzz.json" \
+  --crash-dir "$DELREC_REPORT_DIR/fuzz-crashes"
 python3 -m pytest -q tests/parity
 # The uniffi-generated Kotlin bindings, compiled and run on the JVM against a converted model.
 bash bindings/kotlin/run-tests.sh

@@ -506,6 +506,20 @@ fn check_vocab(f: &GgufFile, keys: &Keys) -> Result<(u32, String)> {
             return Err(bad(format!("tokenizer.ggml.tokens: token {i} {text:?} appears twice in the vocabulary")));
         }
     }
+    if model == "llama" {
+        // SentencePiece falls back to byte tokens for text outside the vocabulary, and llama.cpp
+        // looks each one up with `unordered_map::at` (`byte_to_token`): a missing one throws
+        // through the C API and terminates the process at the first such text.
+        for b in 0..=255u8 {
+            let named = format!("<0x{b:02X}>");
+            let plain = (b < 0x80).then(|| (b as char).to_string());
+            if !seen.contains(named.as_str()) && !plain.is_some_and(|p| seen.contains(p.as_str())) {
+                return Err(bad(format!(
+                    "tokenizer.ggml.tokens: a SentencePiece (llama) vocabulary needs every byte token; {named} is missing"
+                )));
+            }
+        }
+    }
     drop(seen);
     if let Some(v) = f.get("tokenizer.ggml.scores") {
         let (n, nan) = match v {
@@ -937,6 +951,11 @@ mod tests {
         let mut s = Spec::new("llama");
         s.set("tokenizer.ggml.model", Value::Str("bert".into()));
         refused(s.check(dir.path(), "tok-model"), &["tokenizer.ggml.model", "bert"]);
+        // A SentencePiece vocabulary without byte tokens: llama.cpp's byte fallback throws
+        // `std::out_of_range` through the C API (found by delrec-fuzz).
+        let mut s = Spec::new("llama");
+        s.set("tokenizer.ggml.model", Value::Str("llama".into()));
+        refused(s.check(dir.path(), "spm-no-bytes"), &["byte token", "<0x00>"]);
         let mut s = Spec::new("llama");
         s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(vec![])));
         refused(s.check(dir.path(), "no-tokens"), &["tokenizer.ggml.tokens", "empty"]);
@@ -1016,8 +1035,11 @@ mod tests {
             for entry in rd.flatten() {
                 let p = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                // Build outputs, the Python venv, and in-progress temp files are not models.
-                if name.starts_with('.') || ["release", "debug", "train-venv"].contains(&name.as_str()) {
+                // Build outputs, the Python venv, in-progress temp files and the fuzzer's saved
+                // hostile cases are not legitimate models.
+                if name.starts_with('.')
+                    || ["release", "debug", "train-venv", "fuzz-crashes", "fuzz"].contains(&name.as_str())
+                {
                     continue;
                 }
                 match entry.file_type() {

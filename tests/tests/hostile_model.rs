@@ -186,6 +186,16 @@ fn duplicate_vocabulary_strings() {
 }
 
 #[test]
+fn a_sentencepiece_vocabulary_without_byte_tokens() {
+    // llama.cpp's byte fallback looks `<0xXX>` up with `unordered_map::at`: the C++ exception
+    // terminated the process at the first tokenization (found by delrec-fuzz).
+    let fx = fixture();
+    fx.refused("spm-no-bytes", &["byte token", "<0x00>"], |m| {
+        m.set("tokenizer.ggml.model", Value::Str("llama".into()))
+    });
+}
+
+#[test]
 fn tensor_set_shapes_and_heads() {
     let fx = fixture();
     fx.refused("missing", &["blk.1.attn_v.weight", "missing"], |m| m.tensors.retain(|t| t.0 != "blk.1.attn_v.weight"));
