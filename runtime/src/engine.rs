@@ -385,11 +385,12 @@ impl Engine {
             }
             .into());
         }
-        if m.n_embd() != identity.n_embd as usize || m.n_vocab() != identity.n_vocab as usize {
+        let n_embd = identity.n_embd as usize;
+        if m.n_embd() != n_embd || m.n_embd_inp() != n_embd || m.n_vocab() != identity.n_vocab as usize {
             return Err(FileError::Mismatch {
-                field: "llama.cpp's view of n_embd/vocabulary".into(),
-                pack: format!("{}/{}", identity.n_embd, identity.n_vocab),
-                model: format!("{}/{}", m.n_embd(), m.n_vocab()),
+                field: "llama.cpp's view of n_embd/input width/vocabulary".into(),
+                pack: format!("{n_embd}/{n_embd}/{}", identity.n_vocab),
+                model: format!("{}/{}/{}", m.n_embd(), m.n_embd_inp(), m.n_vocab()),
             }
             .into());
         }

@@ -256,11 +256,12 @@ impl Context {
         if n > self.n_batch as usize {
             return Err(LlamaError::Refused(format!("batch of {n} rows exceeds n_batch {}", self.n_batch)));
         }
-        if b.embd.is_some() && b.width != self.model.n_embd() {
+        // llama.cpp copies rows of its input width: a narrower row would be read past its end.
+        if b.embd.is_some() && b.width != self.model.n_embd_inp() {
             return Err(LlamaError::Refused(format!(
                 "embedding rows of width {} for a model of width {}",
                 b.width,
-                self.model.n_embd()
+                self.model.n_embd_inp()
             )));
         }
         if self.pooling.is_some() && b.out.contains(&0) {

@@ -51,6 +51,9 @@ impl Default for ModelParams {
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     n_embd: usize,
+    /// Width of one input embedding row, what llama.cpp copies per row of an embedding batch
+    /// (`llama_model_n_embd_inp`; larger than `n_embd` for multi-position inputs).
+    n_embd_inp: usize,
     n_vocab: usize,
 }
 
@@ -75,11 +78,20 @@ impl Model {
 
     fn from_ptr(ptr: NonNull<sys::llama_model>) -> Self {
         // SAFETY: ptr is a live model.
-        let (n_embd, n_vocab) = unsafe {
+        let (n_embd, n_embd_inp, n_vocab) = unsafe {
             let vocab = sys::llama_model_get_vocab(ptr.as_ptr());
-            (sys::llama_model_n_embd(ptr.as_ptr()), sys::llama_vocab_n_tokens(vocab))
+            (
+                sys::llama_model_n_embd(ptr.as_ptr()),
+                sys::llama_model_n_embd_inp(ptr.as_ptr()),
+                sys::llama_vocab_n_tokens(vocab),
+            )
         };
-        Model { ptr, n_embd: n_embd.max(0) as usize, n_vocab: n_vocab.max(0) as usize }
+        Model {
+            ptr,
+            n_embd: n_embd.max(0) as usize,
+            n_embd_inp: n_embd_inp.max(0) as usize,
+            n_vocab: n_vocab.max(0) as usize,
+        }
     }
 
     /// Loads from an open file, read from its start: the bytes a caller checked through the
@@ -144,6 +156,11 @@ impl Model {
 
     pub fn n_embd(&self) -> usize {
         self.n_embd
+    }
+
+    /// Width of one input embedding row (soft prompts must have it).
+    pub fn n_embd_inp(&self) -> usize {
+        self.n_embd_inp
     }
 
     pub fn n_vocab(&self) -> usize {
