@@ -97,6 +97,8 @@ pub enum BadFileKind {
 pub enum Resource {
     /// KV cells of one context (`EngineConfig.contextSize`).
     ContextCells,
+    /// The engine's memory budget against `EngineConfig.memoryLimitBytes`.
+    Memory,
 }
 
 fn count(n: u64) -> i64 {
@@ -147,6 +149,7 @@ impl From<rt::Error> for DelrecError {
             rt::Error::Capacity { resource, needed, available } => DelrecError::Capacity {
                 resource: match resource {
                     rt::Resource::ContextCells => Resource::ContextCells,
+                    rt::Resource::Memory => Resource::Memory,
                     _ => Resource::ContextCells,
                 },
                 needed: count(*needed),
@@ -255,6 +258,9 @@ pub struct EngineConfig {
     pub max_contexts: u32,
     /// How long a call or a new session waits for a free context before `Busy` (ms, ≤ 1 hour).
     pub context_wait_ms: u64,
+    /// Refuse to open (`Capacity`, resource `MEMORY`) when the engine could use more than this
+    /// many bytes with every context busy; null: no limit.
+    pub memory_limit_bytes: Option<u64>,
     /// Layers offloaded to a GPU backend when the build has one.
     pub gpu_layers: i32,
     pub kv_type: KvType,
@@ -278,6 +284,7 @@ impl From<rt::EngineConfig> for EngineConfig {
             max_sequences: c.max_sequences,
             max_contexts: saturate(c.max_contexts),
             context_wait_ms: u64::try_from(c.context_wait.as_millis()).unwrap_or(u64::MAX),
+            memory_limit_bytes: c.memory_limit,
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,
@@ -298,6 +305,7 @@ impl From<EngineConfig> for rt::EngineConfig {
             max_sequences: c.max_sequences,
             max_contexts: c.max_contexts as usize,
             context_wait: Duration::from_millis(c.context_wait_ms),
+            memory_limit: c.memory_limit_bytes,
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,

@@ -32,7 +32,7 @@ use std::time::Duration;
 use delrec_format::gguf::GgufFile;
 use delrec_format::{BaseIdentity, Pack};
 
-use crate::error::{FileError, Result};
+use crate::error::{Error, FileError, Resource, Result};
 use crate::llm::{Context, ContextParams, KvType, Model, ModelParams};
 use call::Call;
 pub use catalog::AddedInfo;
@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub max_sequences: u32,
     /// Contexts kept for concurrent calls; further callers wait for a free one.
     pub max_contexts: usize,
+    /// Refuse to open (`Error::Capacity`, resource `Memory`) when the engine's
+    /// [`MemoryBudget`] (every context in use) could exceed this many bytes, before anything
+    /// is allocated for contexts. `None`: no limit.
+    pub memory_limit: Option<u64>,
     /// How long a call (or a new session) waits for a free context before `Error::Busy`
     /// (at most 1 hour; zero: fail at once). A request's own timeout and cancel token end the
     /// wait sooner.
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             batch_size: 512,
             max_sequences: 32,
             max_contexts: 2,
+            memory_limit: None,
             context_wait: Duration::from_secs(10),
             gpu_layers: 0,
             kv_type: KvType::F16,
@@ -406,6 +411,15 @@ impl Engine {
             kv_type: cfg.kv_type,
             flash_attention: cfg.flash_attention,
         };
+        if let Some(limit) = cfg.memory_limit {
+            // llama.cpp rounds the context up to a multiple of 256 cells.
+            let n_ctx = u64::from(cfg.context_size).next_multiple_of(256);
+            let n_items = pack.n_items() as u64;
+            let need = memory::budget(&m, &pack, &cfg, n_ctx, u64::from(cfg.max_sequences), n_items).total();
+            if need > limit {
+                return Err(Error::Capacity { resource: Resource::Memory, needed: need, available: limit });
+            }
+        }
         let model = Arc::new(m);
         let pool = Pool::new(model.clone(), params, cfg.max_contexts, cfg.context_wait);
         // Create one context now: configuration errors surface at open, not at the first rank.

@@ -94,12 +94,15 @@ pub enum FileError {
 pub enum Resource {
     /// KV cells of one context (`EngineConfig::context_size`).
     ContextCells,
+    /// The engine's memory budget against `EngineConfig::memory_limit` (bytes).
+    Memory,
 }
 
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Resource::ContextCells => "context (KV cells)",
+            Resource::Memory => "memory limit (bytes)",
         })
     }
 }

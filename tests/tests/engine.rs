@@ -523,6 +523,18 @@ fn settings_out_of_range_are_bad_requests_naming_the_field() {
             other => panic!("{name}: {:?}", other.map(|_| "opened")),
         }
     }
+    // A memory limit refuses what would not fit before allocating it (a 128k-cell context here).
+    let big = EngineConfig { context_size: 1 << 17, memory_limit: Some(256 << 20), ..f32_cfg() };
+    match Engine::open(&m, &p, big) {
+        Err(Error::Capacity { resource: Resource::Memory, needed, available }) => {
+            assert!(needed > available && available == 256 << 20, "{needed} vs {available}")
+        }
+        other => panic!("expected Capacity(Memory), got {:?}", other.map(|_| "opened")),
+    }
+    let fits = Engine::open(&m, &p, f32_cfg()).unwrap().memory_budget().total();
+    assert!(Engine::open(&m, &p, EngineConfig { memory_limit: Some(fits), ..f32_cfg() }).is_ok());
+    let short = EngineConfig { memory_limit: Some(fits / 2), ..f32_cfg() };
+    assert!(matches!(Engine::open(&m, &p, short), Err(Error::Capacity { resource: Resource::Memory, .. })));
     // The bounds themselves are accepted, and serve every plan: with 2 sequences (the prefix and
     // one path) the top-k search still finds the exhaustive top k.
     let edge = EngineConfig { max_sequences: 2, max_contexts: 1, batch_size: 1, ..f32_cfg() };

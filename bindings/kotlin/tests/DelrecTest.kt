@@ -308,6 +308,11 @@ fun main() {
         }
     }
 
+    test("a memory limit below the engine's budget -> Capacity MEMORY at open") {
+        val e = expectThrows<DelrecException.Capacity> { Engine.open(model, pack, config().copy(memoryLimitBytes = 1uL shl 20)) }
+        check(e.resource == Resource.MEMORY && e.needed > e.available && e.available == 1L shl 20) { "$e" }
+    }
+
     // --- cancellation and deadlines ---
 
     test("a cancelled token -> Cancelled") {

@@ -1,8 +1,10 @@
 //! What an engine can hold in memory: [`Engine::memory_budget`], an upper bound by part, from the
 //! model's shape and the engine's configuration, without decoding anything.
 
-use super::Engine;
-use crate::llm::{KvType, ModelParams};
+use delrec_format::Pack;
+
+use super::{Engine, EngineConfig};
+use crate::llm::{KvType, Model, ModelParams};
 
 /// The most memory an [`Engine`] should take, by part, in bytes, with every context of its pool
 /// in use ([`EngineConfig::max_contexts`](super::EngineConfig::max_contexts)); compare
@@ -132,49 +134,61 @@ impl Engine {
     /// An upper bound on this engine's memory, by part (see [`MemoryBudget`]).
     pub fn memory_budget(&self) -> MemoryBudget {
         let inner = &*self.inner;
-        let m = &inner.model;
-        let cfg = &inner.cfg;
-        let contexts = cfg.max_contexts as u64;
-        let n_ctx = inner.n_ctx as u64;
-        let n_batch = u64::from(cfg.batch_size.min(cfg.context_size));
-        let n_vocab = m.n_vocab() as u64;
-        let (k_width, v_width) = m.kv_width();
-        let elem = match cfg.kv_type {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        };
-        let kv = n_ctx * m.n_layer() as u64 * (k_width + v_width) as u64 * elem;
-        let logits = n_batch.max(inner.n_seq_max as u64) * n_vocab * 4;
-        let threads =
-            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
-        let compute = compute_per_context(&ComputeShape {
-            n_ctx,
-            n_batch,
-            n_embd: m.n_embd() as u64,
-            n_head: m.n_head() as u64,
-            k_width: k_width as u64,
-            v_width: v_width as u64,
-            n_ff: m.n_ff() as u64,
-            n_vocab,
-            n_layer: m.n_layer() as u64,
-            threads: threads as u64,
-            kv_type: cfg.kv_type,
-            flash_attention: cfg.flash_attention,
-        });
-        let soft: u64 = inner.pack.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum();
-        let overhead = MemoryBudget::OVERHEAD_FIXED
-            + n_vocab * MemoryBudget::PER_TOKEN
-            + 2 * inner.pack.file_len()
-            + soft
-            + self.n_items() as u64 * MemoryBudget::PER_ITEM;
-        let repacked = if m.is_quantized() && ModelParams::default().repack { m.size_bytes() } else { 0 };
-        MemoryBudget {
-            weights: m.size_bytes() + repacked,
-            kv: kv * contexts,
-            logits: logits * contexts,
-            compute: compute * contexts,
-            overhead,
-        }
+        budget(&inner.model, &inner.pack, &inner.cfg, inner.n_ctx as u64, inner.n_seq_max as u64, self.n_items() as u64)
+    }
+}
+
+/// The budget of an engine over `m` and `pack` with `cfg`, whose contexts hold `n_ctx` cells and
+/// `n_seq_max` sequences, over a catalog of `n_items`. Computed before any context exists, so
+/// `Engine::open` can refuse a configuration over `EngineConfig::memory_limit` without
+/// allocating it.
+pub(crate) fn budget(
+    m: &Model,
+    pack: &Pack,
+    cfg: &EngineConfig,
+    n_ctx: u64,
+    n_seq_max: u64,
+    n_items: u64,
+) -> MemoryBudget {
+    let contexts = cfg.max_contexts as u64;
+    let n_batch = u64::from(cfg.batch_size.min(cfg.context_size));
+    let n_vocab = m.n_vocab() as u64;
+    let (k_width, v_width) = m.kv_width();
+    let elem = match cfg.kv_type {
+        KvType::F16 => 2,
+        KvType::F32 => 4,
+    };
+    let kv = n_ctx * m.n_layer() as u64 * (k_width + v_width) as u64 * elem;
+    let logits = n_batch.max(n_seq_max) * n_vocab * 4;
+    let threads =
+        if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+    let compute = compute_per_context(&ComputeShape {
+        n_ctx,
+        n_batch,
+        n_embd: m.n_embd() as u64,
+        n_head: m.n_head() as u64,
+        k_width: k_width as u64,
+        v_width: v_width as u64,
+        n_ff: m.n_ff() as u64,
+        n_vocab,
+        n_layer: m.n_layer() as u64,
+        threads: threads as u64,
+        kv_type: cfg.kv_type,
+        flash_attention: cfg.flash_attention,
+    });
+    let soft: u64 = pack.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum();
+    let overhead = MemoryBudget::OVERHEAD_FIXED
+        + n_vocab * MemoryBudget::PER_TOKEN
+        + 2 * pack.file_len()
+        + soft
+        + n_items * MemoryBudget::PER_ITEM;
+    let repacked = if m.is_quantized() && ModelParams::default().repack { m.size_bytes() } else { 0 };
+    MemoryBudget {
+        weights: m.size_bytes() + repacked,
+        kv: kv * contexts,
+        logits: logits * contexts,
+        compute: compute * contexts,
+        overhead,
     }
 }
 
