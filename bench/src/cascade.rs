@@ -255,6 +255,7 @@ fn ensure_pack(cache: &Path, f: &fixtures::ModelFixture, n: usize, step: &mut dy
             f16: false,
         }),
         fusion: None,
+        adapter: None,
     };
     build_pack(&opts).map_err(|e| format!("pack {}: {e}", pack.display()))?;
     Ok(pack)

@@ -8,8 +8,10 @@
 //! target/release/delrec-bench --full           # the whole grid, all weight types, both models
 //! target/release/delrec-bench cascade          # retrieval + re-rank at 1,682 / 10^4 / 10^5 items
 //! target/release/delrec-bench open             # the model checks' cost at Engine::open
+//! target/release/delrec-bench adapter          # LoRA at run time over Q4 vs merged: fidelity, speed, memory
 //! ```
 
+mod adapter;
 mod cascade;
 mod fixtures;
 mod open;
@@ -54,6 +56,19 @@ enum Cmd {
     /// What `Engine::open`'s model checks cost: no verification, the first verified open (hash),
     /// a remembered one, and an unpinned pack (llama.cpp's tensor checks).
     Open(Box<open::OpenArgs>),
+    /// A LoRA fine-tune as a run-time adapter over Q4_0/Q4_1 vs merged and quantized: fidelity
+    /// to merged F16, speed, and the memory of two packs over one base vs two merged models.
+    Adapter(Box<adapter::AdapterArgs>),
+    /// Internal: one memory case of `adapter` in a fresh process.
+    #[command(hide = true)]
+    AdapterMem {
+        #[arg(long)]
+        case: String,
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        spec: String,
+    },
     /// Internal: the cascade's measurements in one process (spawned by `cascade`).
     #[command(hide = true)]
     CascadeWorker {
@@ -320,6 +335,8 @@ fn main() -> ExitCode {
         Some(Cmd::Report { results, python, scripts }) => rewrite_report(&results, &python, &scripts),
         Some(Cmd::Cascade(args)) => cascade::run(&args),
         Some(Cmd::Open(args)) => open::run(&args),
+        Some(Cmd::Adapter(args)) => adapter::run(&args),
+        Some(Cmd::AdapterMem { case, threads, spec }) => adapter::mem_worker(&case, threads, &spec),
         Some(Cmd::CascadeWorker { spec, out }) => cascade::worker(&spec, &out),
         None => run(&cli.run),
     };

@@ -39,7 +39,7 @@ for f in "$KT" "$GEN/DelrecFFI.swift" "$GEN/delrec_ffiFFI.h" "$GEN/delrec_ffiFFI
 done
 # No Swift toolchain here: check the Swift API surface textually.
 for sym in 'open class Engine' 'open class Session' 'open class CancelToken' 'enum DelrecError: Swift.Error' \
-    'public struct RankRequest' 'public struct ScoredItem' 'public struct RecommendRequest' 'func recommend(' 'public func defaultEngineConfig' 'public static func `open`'; do
+    'public struct RankRequest' 'public struct ScoredItem' 'public struct RecommendRequest' 'func recommend(' 'open class Base' 'func openPack(' 'public func defaultEngineConfig' 'public static func `open`'; do
     grep -q "$sym" "$GEN/DelrecFFI.swift" || { echo "Swift bindings lack '$sym'"; exit 1; }
 done
 echo "generated: $(cd "$GEN" && find . -type f | sort | tr '\n' ' ')"
@@ -73,12 +73,16 @@ done
 "$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
     --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
     --seq-model "$FX/sasrec-tiny.pth" --out "$OUT/llama.seq.pack.gguf"
+"$REL/delrec-convert" adapter --base "$OUT/llama.gguf" --lora "$FX/lora-llama" --out "$OUT/llama.lora.gguf"
+"$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
+    --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
+    --adapter "$OUT/llama.lora.gguf" --out "$OUT/llama.lora.pack.gguf"
 
 step "compile the Kotlin test"
 "$KOTLINC" -nowarn -include-runtime -cp "$JNA_JAR" -d "$OUT/delrec-test.jar" "$KT" bindings/kotlin/tests/DelrecTest.kt
 
 step "run the Kotlin test on the JVM"
 DELREC_MODEL=$OUT/llama.gguf DELREC_PACK=$OUT/llama.pack.gguf DELREC_OTHER_PACK=$OUT/qwen2.pack.gguf \
-    DELREC_SEQ_PACK=$OUT/llama.seq.pack.gguf \
+    DELREC_SEQ_PACK=$OUT/llama.seq.pack.gguf DELREC_ADAPTER_PACK=$OUT/llama.lora.pack.gguf \
     DELREC_CLI=$REL/delrec DELREC_CATALOG=$FX/catalog.csv \
     java -Djna.library.path="$REL" -cp "$OUT/delrec-test.jar:$JNA_JAR" DelrecTestKt

@@ -606,6 +606,53 @@ impl CancelToken {
     }
 }
 
+/// A base model opened once, for many recommender packs over it (movies, music, one per
+/// market): each pack's engine has its own soft prompts, adapter and catalog, and all share the
+/// model's memory and one pool of `max_contexts` contexts. Thread-safe.
+#[derive(uniffi::Object)]
+pub struct Base {
+    inner: rt::Base,
+}
+
+#[uniffi::export]
+impl Base {
+    /// Opens a model GGUF; `config` sizes the shared context pool. With `verify_checksum` on,
+    /// every pack opened over it must pin this file's sha256.
+    #[uniffi::constructor]
+    pub fn open(model_path: String, config: EngineConfig) -> Result<Arc<Self>> {
+        guard(|| Ok(Arc::new(Self { inner: rt::Base::open(&model_path, config.into())? })))
+    }
+
+    /// Opens a pack over this model, with the pack's adapter from beside it when it names one.
+    pub fn open_pack(&self, pack_path: String) -> Result<Arc<Engine>> {
+        guard(|| Ok(Arc::new(Engine { inner: self.inner.open_pack(&pack_path)? })))
+    }
+
+    /// Opens a pack whose adapter file is at `adapter_path` (it must be the file the pack pins).
+    pub fn open_pack_with_adapter(&self, pack_path: String, adapter_path: String) -> Result<Arc<Engine>> {
+        guard(|| Ok(Arc::new(Engine { inner: self.inner.open_pack_with_adapter(&pack_path, &adapter_path)? })))
+    }
+
+    /// Adapter files loaded over the model and in use by an open pack.
+    pub fn adapters_loaded(&self) -> u32 {
+        self.inner.adapters_loaded() as u32
+    }
+}
+
+/// A pack's LoRA adapter as the engine applies it.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct AdapterInfo {
+    pub path: String,
+    pub scale: f32,
+    pub alpha: f32,
+    /// The largest rank of its weights.
+    pub max_rank: u32,
+    /// Module stems adapted (`attn_q`, `ffn_down`, ...).
+    pub targets: Vec<String>,
+    pub weights: u32,
+    pub tensor_bytes: u64,
+}
+
 /// A model and its recommender pack, ready to rank. Thread-safe: share one per process.
 #[derive(uniffi::Object)]
 pub struct Engine {
@@ -633,6 +680,19 @@ impl Engine {
     /// re-ranks, the fused score orders. Blocks; call it off the UI thread.
     pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
         guard(|| Ok(self.inner.recommend(&request.into())?.into()))
+    }
+
+    /// The pack's LoRA adapter, when it is served with one.
+    pub fn adapter(&self) -> Option<AdapterInfo> {
+        self.inner.adapter().map(|a| AdapterInfo {
+            path: a.path.display().to_string(),
+            scale: a.scale,
+            alpha: a.alpha,
+            max_rank: a.ranks.iter().map(|&(r, _)| r).max().unwrap_or(0),
+            targets: a.targets,
+            weights: a.weights as u32,
+            tensor_bytes: a.tensor_bytes,
+        })
     }
 
     /// Whether the pack carries a sequential model (`recommend` needs one).

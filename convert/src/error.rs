@@ -56,9 +56,23 @@ pub enum ConvertError {
     SoftPrompt { path: PathBuf, reason: String },
     #[error("LoRA adapter {path}: {reason}")]
     Lora { path: PathBuf, reason: String },
-    /// A LoRA pair whose lora_A rows / lora_B columns differ from `r` in adapter_config.json.
+    /// A LoRA pair whose lora_A rows / lora_B columns differ from the rank adapter_config.json
+    /// gives it (`r`, a `rank_pattern` entry, AdaLoRA's `init_r` or its pattern's True count).
     #[error("LoRA adapter {path}: {name} has rank {found}, but adapter_config.json says r = {r}")]
     LoraRank { path: PathBuf, name: String, r: usize, found: usize },
+    /// A LoRA on the token embeddings or the output head. As a llama.cpp run-time adapter it
+    /// cannot work here (llama.cpp applies token_embd adapters specially; tied models have no
+    /// output tensor), and merging it is not implemented either.
+    #[error(
+        "LoRA adapter {path}: {tensor:?} adapts {what}; only the linear layers of the blocks \
+         (q/k/v/o_proj, gate/up/down_proj) can be converted, merged or as a run-time adapter"
+    )]
+    LoraUnsupportedModule { path: PathBuf, tensor: String, what: String },
+    /// A `rank_pattern` / `alpha_pattern` entry that cannot be applied exactly as PEFT does
+    /// (regex syntax outside what is read here, keys that disagree on a module, an AdaLoRA pattern
+    /// that does not fit `init_r`).
+    #[error("LoRA adapter {path}: {setting} key {key:?}: {reason}")]
+    LoraPattern { path: PathBuf, setting: String, key: String, reason: String },
     /// The LoRA adapts a weight the base model does not have.
     #[error("LoRA adapter {path} adapts {module}, but the base model {base} has no tensor {tensor:?}")]
     LoraTarget { path: PathBuf, module: String, base: PathBuf, tensor: String },

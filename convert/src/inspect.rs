@@ -1,4 +1,5 @@
-//! `delrec-convert inspect`: what is in a GGUF model or pack, for people (text) and scripts (JSON).
+//! `delrec-convert inspect`: what is in a GGUF model, pack or LoRA adapter, for people (text) and
+//! scripts (JSON).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use delrec_format::pack::{Pack, Part, PACK_ARCH};
 use delrec_format::BaseIdentity;
 use serde_json::{json, Value as J};
 
+use crate::adapter::{is_adapter, AdapterInfo};
 use crate::error::Result;
 
 /// Arrays longer than this are summarized in JSON output.
@@ -113,6 +115,22 @@ pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
             })),
             "fusion": {"llm_weight": pack.fusion.llm_weight, "retrieve": pack.fusion.retrieve},
         });
+    } else if is_adapter(&f) {
+        let a = AdapterInfo::read(&f);
+        out["adapter"] = json!({
+            "architecture": a.arch,
+            "alpha": a.alpha,
+            "peft_type": a.peft_type,
+            "scale_folded": a.scale_folded,
+            "pairs": a.pairs,
+            "ranks": a.ranks.iter().map(|(r, n)| (r.to_string(), J::from(*n))).collect::<serde_json::Map<_, _>>(),
+            "targets": a.targets,
+            "unpaired": a.unpaired,
+            "tensor_types": a.types,
+            "bytes": a.bytes,
+            "base": a.base.as_ref().map(|b| json!({"architecture": b.architecture, "n_embd": b.n_embd, "n_vocab": b.n_vocab,
+                                                   "tokenizer_fingerprint": b.tokenizer_fingerprint})),
+        });
     } else if f.get("tokenizer.ggml.tokens").is_some() {
         if let Ok(b) = BaseIdentity::of_model(&f) {
             out["base_identity"] = json!({"architecture": b.architecture, "n_embd": b.n_embd, "n_vocab": b.n_vocab, "tokenizer_fingerprint": b.tokenizer_fingerprint});
@@ -211,6 +229,8 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
                 pack.item_tokens(i).unwrap_or_default()
             );
         }
+    } else if is_adapter(&f) {
+        adapter_text(&mut s, &AdapterInfo::read(&f));
     } else if f.get("tokenizer.ggml.tokens").is_some() {
         if let Ok(b) = BaseIdentity::of_model(&f) {
             let _ = writeln!(
@@ -221,4 +241,40 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         }
     }
     Ok(s)
+}
+
+/// The adapter section of the text report.
+fn adapter_text(s: &mut String, a: &AdapterInfo) {
+    let _ = writeln!(s, "\nLoRA adapter (llama.cpp, applied at run time over a {} base):", a.arch);
+    let from = a.peft_type.as_deref().map(|p| format!("PEFT {p}; ")).unwrap_or_default();
+    let scale = if a.alpha != 0.0 {
+        format!("alpha {} (llama.cpp scales each pair by alpha / rank)", a.alpha)
+    } else if a.scale_folded == Some(true) {
+        "alpha 0: each pair's scale is folded into lora_b".to_string()
+    } else {
+        "alpha 0 (llama.cpp scale 1)".to_string()
+    };
+    let _ = writeln!(s, "  {from}{scale}");
+    let ranks: Vec<String> = a.ranks.iter().map(|(r, n)| format!("{n} of rank {r}")).collect();
+    let _ = writeln!(s, "  {} pairs: {}", a.pairs, ranks.join(", "));
+    let _ = writeln!(s, "  targets: {}", a.targets.join(", "));
+    if !a.unpaired.is_empty() {
+        let _ =
+            writeln!(s, "  lora_a/lora_b without the other half (llama.cpp refuses these): {}", a.unpaired.join(", "));
+    }
+    let types: Vec<String> = a.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let _ = writeln!(s, "  tensors: {}; {} bytes", types.join(", "), a.bytes);
+    match &a.base {
+        Some(b) => {
+            let fp = b.tokenizer_fingerprint.get(..16).unwrap_or(&b.tokenizer_fingerprint);
+            let _ = writeln!(
+                s,
+                "  built for base model: {} n_embd={} n_vocab={} tokenizer={fp}…",
+                b.architecture, b.n_embd, b.n_vocab
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  no base identity recorded (not written by delrec-convert adapter)");
+        }
+    }
 }

@@ -2,8 +2,10 @@
 //! llama.cpp's own quantizer), and recommender packs (catalog, template, soft prompts) for them.
 //!
 //! The binary `delrec-convert` is a thin CLI over [`model::convert_model`],
-//! [`merge::merge_lora_gguf`], [`quant::quantize_file`], [`pack::build_pack`] and [`inspect`].
+//! [`merge::merge_lora_gguf`], [`adapter::build_adapter`] (a LoRA as a llama.cpp run-time
+//! adapter), [`quant::quantize_file`], [`pack::build_pack`] and [`inspect`].
 
+pub mod adapter;
 pub mod dequant;
 pub mod error;
 pub mod hf;

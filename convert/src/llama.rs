@@ -62,8 +62,15 @@ impl LoadedModel {
         if tokens.is_empty() || tokens.iter().any(|&t| t < 0 || t as usize >= n_vocab) {
             return Err(ConvertError::Tokenize(format!("token ids must be in 0..{n_vocab} and non-empty")));
         }
-        llm::sequence_logits(&self.model, tokens, 2).map_err(|e| convert_err(&self.path, e))
+        llm::sequence_logits(&self.model, None, tokens, 2).map_err(|e| convert_err(&self.path, e))
     }
+}
+
+/// Checks that llama.cpp loads a LoRA adapter over a base model (both freed after).
+pub fn check_adapter_loads(base: &Path, adapter: &Path) -> Result<()> {
+    let m = LoadedModel::load(base, false)?;
+    let f = std::fs::File::open(adapter).map_err(|e| ConvertError::io(adapter, e))?;
+    llm::Adapter::load_file(&m.model, &f, adapter).map(drop).map_err(|e| convert_err(adapter, e))
 }
 
 /// Checks that llama.cpp accepts a model file (all tensors, shapes and metadata), then frees it.

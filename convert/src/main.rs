@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use delrec_convert::adapter::{build_adapter, AdapterOptions, AdapterOutType};
 use delrec_convert::merge::{merge_lora_gguf, MergeOptions, MergeOutType};
 use delrec_convert::model::{convert_model, ModelOptions, OutType};
-use delrec_convert::pack::{build_pack, parse_soft_arg, BosChoice, PackOptions, SeqInput, SeqOptions};
+use delrec_convert::pack::{build_pack, parse_soft_arg, AdapterPack, BosChoice, PackOptions, SeqInput, SeqOptions};
 use delrec_convert::quant::{quantize_file, QuantType};
 use delrec_convert::{inspect, ConvertError};
 use delrec_format::pack::ScoringMode;
@@ -67,6 +68,23 @@ enum Cmd {
         /// Skip loading the result in llama.cpp before publishing it.
         #[arg(long)]
         no_verify: bool,
+        /// Also print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a PEFT LoRA or AdaLoRA as a llama.cpp LoRA adapter GGUF for a base model (llama/qwen2,
+    /// any quantization), applied at run time instead of merged.
+    Adapter {
+        /// The base model GGUF the adapter will run over.
+        #[arg(long)]
+        base: PathBuf,
+        /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        lora: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f16")]
+        outtype: AdapterOutType,
         /// Also print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -138,6 +156,13 @@ enum Cmd {
         /// Items the sequential model retrieves for the LLM by default.
         #[arg(long)]
         retrieve: Option<u32>,
+        /// A LoRA adapter GGUF (`delrec-convert adapter`) to serve the pack with over the base:
+        /// checked against every --model, pinned by sha256, copied beside the pack.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The adapter's scale (times alpha / rank), in (0, 16].
+        #[arg(long, default_value_t = 1.0, requires = "adapter")]
+        adapter_scale: f32,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -214,6 +239,51 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 println!("{v}");
             }
         }
+        Cmd::Adapter { base, lora, out, outtype, json } => {
+            let r = build_adapter(&AdapterOptions { base, lora, out, outtype })?;
+            let ranks: Vec<String> = r.ranks.iter().map(|(rank, n)| format!("{n} of rank {rank}")).collect();
+            let scale = if r.scale_folded {
+                "scales folded into lora_b, alpha 0".to_string()
+            } else {
+                format!("alpha {}", r.alpha_written)
+            };
+            eprintln!(
+                "wrote {} ({} {} adapter from {}, {} pairs: {}; targets {}; {}{}; {} bytes)",
+                r.out.display(),
+                r.arch,
+                outtype.name(),
+                r.peft_type.name(),
+                r.pairs,
+                ranks.join(", "),
+                r.targets.join(", "),
+                scale,
+                if r.pruned > 0 { format!("; {} pruned to rank 0, left out", r.pruned) } else { String::new() },
+                r.bytes
+            );
+            if r.f16_overflow > 0 {
+                eprintln!(
+                    "warning: {} values overflowed to ±inf when narrowed to F16; consider --outtype f32",
+                    r.f16_overflow
+                );
+            }
+            if json {
+                let v = serde_json::json!({
+                    "out": r.out.display().to_string(),
+                    "arch": r.arch,
+                    "outtype": outtype.name(),
+                    "peft_type": r.peft_type.name(),
+                    "pairs": r.pairs,
+                    "ranks": r.ranks.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "targets": r.targets,
+                    "pruned": r.pruned,
+                    "alpha_written": r.alpha_written,
+                    "scale_folded": r.scale_folded,
+                    "bytes": r.bytes,
+                    "f16_overflow": r.f16_overflow,
+                });
+                println!("{v}");
+            }
+        }
         Cmd::Quantize { input, out, ty, allow_requantize, threads } => {
             let r = quantize_file(&input, &out, ty, allow_requantize, threads)?;
             eprintln!("wrote {} ({} bytes; tensors: {})", r.out.display(), r.bytes, types_line(&r.types));
@@ -236,6 +306,8 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
             seq_f16,
             fusion_weight,
             retrieve,
+            adapter,
+            adapter_scale,
             name,
             out,
         } => {
@@ -270,6 +342,7 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 out,
                 seq,
                 fusion,
+                adapter: adapter.map(|path| AdapterPack { path, scale: adapter_scale }),
             })?;
             let soft: Vec<String> = r.soft_prompts.iter().map(|(n, k)| format!("{n} ({k} tokens)")).collect();
             eprintln!(
@@ -282,6 +355,9 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 r.tokenizer,
                 r.bytes
             );
+            if let Some((a, path)) = &r.adapter {
+                eprintln!("adapter: {} (sha256 {}…, scale {})", path.display(), &a.sha256[..12], a.scale);
+            }
             if let Some(q) = &r.seq {
                 eprintln!(
                     "sequential model: SASRec {} layers, hidden {}, max_len {}; {} of its {} items in the catalog",

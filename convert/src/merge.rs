@@ -2,7 +2,7 @@
 //! a GGUF, e.g. a quantized download), giving a GGUF llama.cpp loads and the quantizer can take.
 //!
 //! Every tensor of the base is dequantized ([`crate::dequant`]); the adapted weights get
-//! `scale · B·A` (scale = lora_alpha / r, or / √r for rsLoRA) with B's rows permuted into
+//! `scale · B·A` (each pair's scale as PEFT computes it: [`crate::lora`]) with B's rows permuted into
 //! llama.cpp's rope order for llama q/k, exactly as the HF → GGUF conversion permutes the weights
 //! ([`crate::model::permute_rows`]; qwen2 is stored unpermuted). Matrices are written at the
 //! output type (F16, BF16 or F32), vectors as F32; all metadata, the tokenizer included, is
@@ -94,10 +94,17 @@ pub struct MergeReport {
 /// Rows dequantized at a time for tensors the LoRA does not touch (bounds memory on big models).
 const CHUNK_ELEMENTS: usize = 1 << 22;
 
-/// One adapted weight: its factors, with B's rows already in the GGUF's row order.
-struct Adapted {
-    a: Vec<f32>,
-    b: Vec<f32>,
+/// One adapted weight: its factors, with B's rows already in the GGUF's row order (shared with
+/// [`crate::adapter`], which writes them instead of adding them).
+pub(crate) struct Adapted {
+    /// The HF weight name (`model.layers.0.self_attn.q_proj.weight`).
+    pub(crate) hf: String,
+    /// `[r, in]`, AdaLoRA's E folded in.
+    pub(crate) a: Vec<f32>,
+    /// `[out, r]`, rows in the GGUF's order.
+    pub(crate) b: Vec<f32>,
+    pub(crate) r: usize,
+    pub(crate) scale: f32,
 }
 
 /// The bytes of a tensor whose type [`dequant`] handles, bounds-checked against the file (the
@@ -152,7 +159,7 @@ fn permute_b(base: &GgufFile, tensor: &str, b: &[f32], rows: usize, r: usize, he
 }
 
 /// Checks the base and the adapter against each other; → the adapted weights by GGUF name.
-fn plan(base: &GgufFile, lora: &Lora, arch: &str) -> Result<BTreeMap<String, Adapted>> {
+pub(crate) fn plan(base: &GgufFile, lora: &Lora, arch: &str) -> Result<BTreeMap<String, Adapted>> {
     let n_head = head_count(base, &format!("{arch}.attention.head_count"))?.ok_or_else(|| {
         ConvertError::Format(delrec_format::Error::InvalidFile {
             path: base.path().to_path_buf(),
@@ -196,10 +203,10 @@ fn plan(base: &GgufFile, lora: &Lora, arch: &str) -> Result<BTreeMap<String, Ada
             _ => None,
         };
         let b = match heads {
-            Some(h) => permute_b(base, &name, &b, rows, lora.r, h)?,
+            Some(h) => permute_b(base, &name, &b, rows, pair.r, h)?,
             None => b,
         };
-        out.insert(name, Adapted { a, b });
+        out.insert(name, Adapted { hf: hf.clone(), a, b, r: pair.r, scale: pair.scale });
     }
     Ok(out)
 }
@@ -254,11 +261,11 @@ pub fn merge_lora_gguf(opts: &MergeOptions) -> Result<MergeReport> {
                     supported: dequant::SUPPORTED.into(),
                 })?;
                 if let Some(m) = merge {
-                    let r = lora.r;
+                    let r = m.r;
                     let row0 = i * rows_per_chunk;
                     let rows = vals.len() / ne0;
                     let b = m.b.get(row0 * r..(row0 + rows) * r).unwrap_or(&[]);
-                    add_low_rank(&mut vals, ne0, &m.a, b, r, lora.scale);
+                    add_low_rank(&mut vals, ne0, &m.a, b, r, m.scale);
                 }
                 spill.write(&encode(&vals, dst, &mut overflow))?;
             }

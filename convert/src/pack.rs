@@ -69,6 +69,15 @@ pub struct PackOptions {
     pub seq: Option<SeqOptions>,
     /// Fusion weight and retrieval size stored in the pack (runtime defaults otherwise).
     pub fusion: Option<Fusion>,
+    /// A LoRA adapter GGUF (`delrec-convert adapter`) the pack is served with (`--adapter`).
+    pub adapter: Option<AdapterPack>,
+}
+
+/// `pack --adapter FILE [--adapter-scale S]`: the adapter is checked against every `--model`,
+/// pinned by its sha256, and copied beside the pack when it is not there already.
+pub struct AdapterPack {
+    pub path: PathBuf,
+    pub scale: f32,
 }
 
 /// `pack --seq-model PATH [--seq-items FILE] [--seq-f16]`.
@@ -96,6 +105,8 @@ pub struct PackReport {
     pub tokenizer: String,
     pub bytes: u64,
     pub seq: Option<crate::seq::SeqReport>,
+    /// The adapter as the pack names it, and where it now lies beside the pack.
+    pub adapter: Option<(delrec_format::pack::AdapterRef, PathBuf)>,
 }
 
 /// Parses `NAME=DIR`.
@@ -390,6 +401,10 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
             .map_err(|e| ConvertError::ModelMismatch(format!("{} vs {}: {e}", other.display(), first.display())))?;
         shas.push(file_sha256(other)?);
     }
+    let adapter = match &opts.adapter {
+        None => None,
+        Some(a) => Some(check_pack_adapter(a, &opts.models, &model, &base)?),
+    };
     let pieces = template::parse(&opts.template)?;
     let template_texts: HashSet<String> =
         pieces.iter().filter_map(|p| if let Piece::Text(t) = p { Some(t.clone()) } else { None }).collect();
@@ -461,6 +476,7 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     b.scoring = opts.scoring;
     b.name = opts.name.clone();
     b.fusion = opts.fusion;
+    b.adapter = adapter.clone();
     let seq_report = seq.as_ref().map(|((_, r), _)| r.clone());
     b.seq = seq.map(|((m, _), f16)| (m, f16));
     let mut soft_report = Vec::new();
@@ -502,6 +518,17 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         return Err(failure.take().unwrap_or(ConvertError::Format(e)));
     }
     crate::model::make_readable(&opts.out)?;
+    // The adapter goes beside the pack (the runtime looks for it there).
+    let adapter_report = match (&opts.adapter, adapter) {
+        (Some(a), Some(r)) => match place_adapter(&a.path, &r, &opts.out) {
+            Ok(p) => Some((r, p)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&opts.out);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
     // Read it back: the runtime's own validation is the final check.
     let pack = Pack::open(&opts.out)?;
     Ok(PackReport {
@@ -513,7 +540,66 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         tokenizer: tok_desc,
         bytes: pack.file_len(),
         seq: seq_report,
+        adapter: adapter_report,
     })
+}
+
+/// The adapter checked against every model the pack is for (llama.cpp's view of them is the
+/// same tensor table); → what the pack will name.
+fn check_pack_adapter(
+    a: &AdapterPack,
+    models: &[PathBuf],
+    first: &GgufFile,
+    base: &BaseIdentity,
+) -> Result<delrec_format::pack::AdapterRef> {
+    use delrec_format::adapter::{check_adapter, BaseTensors};
+    let file = a
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| delrec_format::pack::valid_adapter_file(n))
+        .ok_or_else(|| {
+            ConvertError::Usage(format!("--adapter {}: not a file name the pack can name", a.path.display()))
+        })?
+        .to_string();
+    if !delrec_format::pack::valid_adapter_scale(a.scale) {
+        return Err(ConvertError::Usage(format!("--adapter-scale {}: must be in (0, 16]", a.scale)));
+    }
+    let g = GgufFile::open(&a.path)?;
+    check_adapter(&g, &BaseTensors::of_model(first)?, base)?;
+    for other in models.iter().skip(1) {
+        let m = GgufFile::open(other)?;
+        check_adapter(&g, &BaseTensors::of_model(&m)?, base)?;
+    }
+    Ok(delrec_format::pack::AdapterRef {
+        file,
+        sha256: delrec_format::identity::bytes_sha256(g.bytes()),
+        scale: a.scale,
+    })
+}
+
+/// Copies the adapter into the pack's directory unless it is there; an existing file of that
+/// name with other bytes is an error (other packs may pin it).
+fn place_adapter(src: &Path, r: &delrec_format::pack::AdapterRef, pack_out: &Path) -> Result<PathBuf> {
+    let dir = pack_out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dst = dir.join(&r.file);
+    if dst.exists() {
+        let sum = file_sha256(&dst)?;
+        if sum == r.sha256 {
+            return Ok(dst);
+        }
+        return Err(ConvertError::Usage(format!(
+            "{} exists with other bytes (sha256 {sum}); the pack pins {} — remove it or rename the adapter",
+            dst.display(),
+            r.sha256
+        )));
+    }
+    let io = |e: std::io::Error| ConvertError::Format(delrec_format::Error::Io { path: dst.clone(), source: e });
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::fs::copy(src, tmp.path()).map_err(io)?;
+    tmp.persist(&dst).map_err(|e| io(e.error))?;
+    crate::model::make_readable(&dst)?;
+    Ok(dst)
 }
 
 #[cfg(test)]

@@ -288,31 +288,120 @@ pub fn write_prompt_adapter(dir: &Path, n: usize, dim: usize, seed: u64) -> Vec<
     v
 }
 
+/// (group, out, in) of a LoRA-adaptable module of `spec` (`q_proj`, ..., `down_proj`).
+fn module_shape(spec: &TinySpec, m: &str) -> (&'static str, usize, usize) {
+    let (h, hd, ff) = (spec.hidden, spec.head_dim(), spec.ff);
+    match m {
+        "q_proj" => ("self_attn", spec.heads * hd, h),
+        "k_proj" | "v_proj" => ("self_attn", spec.kv_heads * hd, h),
+        "o_proj" => ("self_attn", h, spec.heads * hd),
+        "gate_proj" | "up_proj" => ("mlp", ff, h),
+        _ => ("mlp", h, ff),
+    }
+}
+
 /// A PEFT LoRA adapter on `modules` (e.g. `q_proj`, `down_proj`) of every layer of `spec`.
 pub fn write_lora_adapter(dir: &Path, spec: &TinySpec, r: usize, alpha: f64, modules: &[&str], seed: u64) -> Floats {
+    write_lora_adapter_with(dir, spec, &LoraCfg::new(r, alpha), modules, seed)
+}
+
+/// adapter_config.json settings of [`write_lora_adapter_with`] beyond r and alpha.
+#[derive(Clone, Debug)]
+pub struct LoraCfg {
+    pub r: usize,
+    pub alpha: f64,
+    pub rslora: bool,
+    /// Written verbatim as `rank_pattern` / `alpha_pattern` (PEFT: key → value).
+    pub rank_pattern: J,
+    pub alpha_pattern: J,
+    /// The rank each (layer, module) gets in the tensors, where it is not `r`: the test states
+    /// what the patterns mean, so the reader's pattern matching is checked, not reused.
+    pub ranks: Vec<((usize, &'static str), usize)>,
+}
+
+impl LoraCfg {
+    pub fn new(r: usize, alpha: f64) -> Self {
+        LoraCfg { r, alpha, rslora: false, rank_pattern: json!({}), alpha_pattern: json!({}), ranks: Vec::new() }
+    }
+
+    pub fn rank_of(&self, layer: usize, module: &str) -> usize {
+        self.ranks.iter().find(|((l, m), _)| *l == layer && *m == module).map_or(self.r, |(_, r)| *r)
+    }
+}
+
+/// A PEFT LoRA adapter with the settings of `cfg` on `modules` of every layer of `spec`.
+pub fn write_lora_adapter_with(dir: &Path, spec: &TinySpec, cfg: &LoraCfg, modules: &[&str], seed: u64) -> Floats {
     std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder, panics on I/O by design
     write_json(
         &dir.join("adapter_config.json"),
-        &json!({"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": modules, "use_rslora": false,
-                "fan_in_fan_out": false, "bias": "none", "task_type": "CAUSAL_LM"}),
+        &json!({"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "target_modules": modules,
+                "use_rslora": cfg.rslora, "rank_pattern": cfg.rank_pattern, "alpha_pattern": cfg.alpha_pattern,
+                "fan_in_fan_out": false, "bias": "none", "task_type": "CAUSAL_LM", "use_dora": false,
+                "lora_bias": false, "layer_replication": null, "modules_to_save": null}),
     );
-    let (h, hd, ff) = (spec.hidden, spec.head_dim(), spec.ff);
     let mut rng = Rng(seed);
     let mut t = Floats::new();
     for i in 0..spec.layers {
         for m in modules {
-            let (group, out, inp) = match *m {
-                "q_proj" => ("self_attn", spec.heads * hd, h),
-                "k_proj" | "v_proj" => ("self_attn", spec.kv_heads * hd, h),
-                "o_proj" => ("self_attn", h, spec.heads * hd),
-                "gate_proj" | "up_proj" => ("mlp", ff, h),
-                _ => ("mlp", h, ff),
-            };
+            let (group, out, inp) = module_shape(spec, m);
+            let r = cfg.rank_of(i, m);
             let p = format!("base_model.model.model.layers.{i}.{group}.{m}.");
             t.insert(format!("{p}lora_A.weight"), (Dtype::F32, vec![r, inp], rng.vec(r * inp, 0.5)));
             t.insert(format!("{p}lora_B.weight"), (Dtype::F32, vec![out, r], rng.vec(out * r, 0.5)));
         }
     }
+    write_floats(&dir.join("adapter_model.safetensors"), &t);
+    t
+}
+
+/// A PEFT AdaLoRA adapter as `save_pretrained` leaves it after rank allocation: on `modules` of
+/// every layer of `spec`, `rank_pattern` holding `init_r` booleans per module (key
+/// `model.layers.N.GROUP.MODULE.lora_E`), and the tensors `….lora_A` `[k, in]`, `lora_B`
+/// `[out, k]`, `lora_E` `[k, 1]` (no `.weight`; E random and nonzero) cut to the k kept ranks:
+/// `init_r`, or `kept` for the `(layer, module, kept)` in `pruned` (0: empty tensors).
+pub fn write_adalora_adapter(
+    dir: &Path,
+    spec: &TinySpec,
+    init_r: usize,
+    alpha: f64,
+    modules: &[&str],
+    pruned: &[(usize, &str, usize)],
+    seed: u64,
+) -> Floats {
+    std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder, panics on I/O by design
+    let mut rng = Rng(seed);
+    let mut t = Floats::new();
+    let mut pattern = serde_json::Map::new();
+    for i in 0..spec.layers {
+        for m in modules {
+            let (group, out, inp) = module_shape(spec, m);
+            let k = pruned.iter().find(|(l, pm, _)| *l == i && pm == m).map_or(init_r, |p| p.2.min(init_r));
+            // Which of the init_r ranks survive: k of them, spread by the generator.
+            let mut keep = vec![false; init_r];
+            let mut left = k;
+            while left > 0 {
+                let j = ((rng.uniform() + 1.0) * 0.5 * init_r as f32) as usize % init_r;
+                if !keep[j] {
+                    keep[j] = true;
+                    left -= 1;
+                }
+            }
+            pattern.insert(format!("model.layers.{i}.{group}.{m}.lora_E"), json!(keep));
+            let p = format!("base_model.model.model.layers.{i}.{group}.{m}.");
+            t.insert(format!("{p}lora_A"), (Dtype::F32, vec![k, inp], rng.vec(k * inp, 0.5)));
+            t.insert(format!("{p}lora_B"), (Dtype::F32, vec![out, k], rng.vec(out * k, 0.5)));
+            let e: Vec<f32> = rng.vec(k, 1.0).into_iter().map(|x| if x < 0.0 { x - 0.25 } else { x + 0.25 }).collect();
+            t.insert(format!("{p}lora_E"), (Dtype::F32, vec![k, 1], e));
+        }
+    }
+    write_json(
+        &dir.join("adapter_config.json"),
+        &json!({"peft_type": "ADALORA", "init_r": init_r, "target_r": init_r.div_ceil(2), "r": 8,
+                "lora_alpha": alpha, "target_modules": modules, "rank_pattern": pattern,
+                "tinit": 0, "tfinal": 0, "deltaT": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5,
+                "total_step": 100, "fan_in_fan_out": false, "bias": "none", "task_type": "CAUSAL_LM",
+                "use_rslora": false, "use_dora": false, "modules_to_save": null}),
+    );
     write_floats(&dir.join("adapter_model.safetensors"), &t);
     t
 }
@@ -954,6 +1043,7 @@ mod tests {
                 out: dir.path().join(format!("{arch}.pack.gguf")),
                 seq: None,
                 fusion: None,
+                adapter: None,
             })
             .unwrap();
             assert_eq!(p.n_items, 40);

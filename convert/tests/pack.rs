@@ -50,6 +50,7 @@ fn options(f: &Fixture, catalog: PathBuf, out: &Path) -> PackOptions {
         out: out.to_path_buf(),
         seq: None,
         fusion: None,
+        adapter: None,
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`seq`]: the sequential recommender (SASRec) a pack may carry, and the cascade's fusion.
 //! - [`template`]: the template language (`{soft:NAME}`, `{history}`, `{candidate}`).
 //! - [`identity`]: what ties a pack to its base model.
+//! - [`adapter`]: a llama.cpp LoRA adapter GGUF checked against its base before llama.cpp
+//!   reads it.
 //! - [`model_check`]: proves a model GGUF safe for llama.cpp (architectures, hyperparameters,
 //!   vocabulary, tensor set, shapes and types) before llama.cpp parses it.
 //!
@@ -20,6 +22,7 @@
 //! # Ok::<(), delrec_format::Error>(())
 //! ```
 
+pub mod adapter;
 pub mod error;
 pub mod gguf;
 pub mod identity;

@@ -246,6 +246,9 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
         Some(v) => return Err(bad(format!("general.architecture is not a string ({})", v.summary()))),
         None => return Err(bad("general.architecture is missing".into())),
     };
+    if f.get("general.type").and_then(Value::as_str) == Some("adapter") {
+        return Err(bad("this is a LoRA adapter, not a model (a pack names it: `pack --adapter`)".into()));
+    }
     if !ARCHITECTURES.contains(&arch) {
         return Err(bad(format!(
             "architecture {arch:?} is not supported by this runtime (supported: {})",
@@ -1057,6 +1060,10 @@ mod tests {
         for p in &files {
             let f = GgufFile::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             if f.get("general.architecture").and_then(Value::as_str) == Some("delrec-pack") {
+                continue;
+            }
+            if f.get("general.type").and_then(Value::as_str) == Some("adapter") {
+                assert!(check_model(&f).is_err(), "{}: an adapter passed as a model", p.display());
                 continue;
             }
             match check_model(&f) {

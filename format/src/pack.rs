@@ -15,8 +15,12 @@ pub use crate::identity::BaseIdentity;
 use crate::seq::{self as seqm, Fusion, Sasrec};
 use crate::template::{self, Piece};
 
-/// Version of the pack layout this build reads and writes.
+/// Version of the pack layout this build writes for a pack without an adapter; it reads it and
+/// [`PACK_VERSION_ADAPTER`].
 pub const PACK_VERSION: u32 = 1;
+/// The version of a pack that names a LoRA adapter: a version-1 reader would ignore the adapter
+/// and rank without the fine-tune, so it must refuse such a pack.
+pub const PACK_VERSION_ADAPTER: u32 = 2;
 pub const PACK_ARCH: &str = "delrec-pack";
 
 /// How candidates are ordered.
@@ -43,6 +47,18 @@ impl ScoringMode {
             _ => Err(Error::InvalidInput(format!("scoring mode {s:?} (expected sum or mean)"))),
         }
     }
+}
+
+/// The LoRA adapter a pack is served with: a llama.cpp adapter GGUF beside the pack (or at a
+/// path the app gives), applied at run time over the base model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterRef {
+    /// File name, looked up in the pack's directory by default: a bare name, no separators.
+    pub file: String,
+    /// sha256 (hex, lowercase) of the adapter file: any other file is refused.
+    pub sha256: String,
+    /// The adapter's scale (multiplies llama.cpp's alpha / rank), finite and in `(0, 16]`.
+    pub scale: f32,
 }
 
 /// A template piece with its tokens resolved.
@@ -119,6 +135,8 @@ pub struct Pack {
     pub seq: Option<Sasrec>,
     /// How the cascade fuses its scores (defaults when the pack does not say).
     pub fusion: Fusion,
+    /// The LoRA adapter the pack's fine-tune ships as, if it is not merged into the model.
+    pub adapter: Option<AdapterRef>,
 }
 
 pub(crate) const K_VERSION: &str = "delrec.pack.version";
@@ -139,6 +157,9 @@ pub(crate) const K_SOFT: &str = "delrec.soft_prompt.names";
 pub(crate) const K_IDS: &str = "delrec.catalog.ids";
 pub(crate) const K_TITLES: &str = "delrec.catalog.titles";
 pub(crate) const K_TEXTS: &str = "delrec.catalog.texts";
+pub(crate) const K_ADAPTER_FILE: &str = "delrec.adapter.file";
+pub(crate) const K_ADAPTER_SHA: &str = "delrec.adapter.sha256";
+pub(crate) const K_ADAPTER_SCALE: &str = "delrec.adapter.scale";
 pub(crate) const T_TOKENS: &str = "catalog.tokens";
 pub(crate) const T_OFFSETS: &str = "catalog.offsets";
 
@@ -148,6 +169,41 @@ pub(crate) fn part_key(i: usize) -> String {
 
 pub(crate) fn soft_tensor(name: &str) -> String {
     format!("soft_prompt.{name}")
+}
+
+/// A valid adapter file name: what `Path::join` keeps inside the pack's directory.
+pub fn valid_adapter_file(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+fn read_adapter(f: &GgufFile) -> Result<Option<AdapterRef>> {
+    let Some(file) = f.get(K_ADAPTER_FILE) else {
+        if f.get(K_ADAPTER_SHA).is_some() || f.get(K_ADAPTER_SCALE).is_some() {
+            return Err(bad_file(f, format!("adapter keys without {K_ADAPTER_FILE}")));
+        }
+        return Ok(None);
+    };
+    let file = file
+        .as_str()
+        .filter(|s| valid_adapter_file(s))
+        .ok_or_else(|| bad_file(f, format!("{K_ADAPTER_FILE} must be a bare file name")))?;
+    let sha256 = f.req_str(K_ADAPTER_SHA)?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad_file(f, format!("{K_ADAPTER_SHA} is not a lowercase hex sha256")));
+    }
+    let scale = match f.get(K_ADAPTER_SCALE) {
+        None => 1.0,
+        Some(Value::F32(s)) if valid_adapter_scale(*s) => *s,
+        Some(v) => {
+            return Err(bad_file(f, format!("{K_ADAPTER_SCALE} must be an F32 in (0, 16], found {}", v.summary())))
+        }
+    };
+    Ok(Some(AdapterRef { file: file.to_string(), sha256: sha256.to_string(), scale }))
+}
+
+/// An adapter scale a pack may hold.
+pub fn valid_adapter_scale(s: f32) -> bool {
+    s.is_finite() && s > 0.0 && s <= 16.0
 }
 
 fn read_i32s(bytes: &[u8]) -> impl Iterator<Item = i32> + '_ {
@@ -175,8 +231,18 @@ impl Pack {
             return Err(bad_file(f, "not a delrec pack (general.architecture is not delrec-pack)"));
         }
         let version = f.req_u64(K_VERSION)?;
-        if version != PACK_VERSION as u64 {
-            return Err(bad_file(f, format!("pack version {version}; this build reads version {PACK_VERSION}")));
+        if version != PACK_VERSION as u64 && version != PACK_VERSION_ADAPTER as u64 {
+            return Err(bad_file(
+                f,
+                format!("pack version {version}; this build reads versions {PACK_VERSION} and {PACK_VERSION_ADAPTER}"),
+            ));
+        }
+        let adapter = read_adapter(f)?;
+        if adapter.is_some() != (version == PACK_VERSION_ADAPTER as u64) {
+            return Err(bad_file(
+                f,
+                format!("a version-{PACK_VERSION_ADAPTER} pack names an adapter ({K_ADAPTER_FILE}), and only it does"),
+            ));
         }
         let u32_of = |k: &str| -> Result<u32> {
             u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
@@ -349,6 +415,7 @@ impl Pack {
         Ok(Pack {
             seq,
             fusion,
+            adapter,
             base,
             model_sha256,
             template,

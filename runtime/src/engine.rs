@@ -11,6 +11,7 @@
 //! - `call`: one request's cancel token, deadline and counters;
 //! - `session`: [`Session`], a user's history kept decoded.
 
+mod base;
 mod call;
 mod catalog;
 mod digest;
@@ -29,16 +30,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use delrec_format::gguf::GgufFile;
-use delrec_format::{BaseIdentity, Pack};
+use delrec_format::Pack;
 
-use crate::error::{Error, FileError, Resource, Result};
-use crate::llm::{Context, ContextParams, KvType, Model, ModelParams};
+use crate::error::Result;
+use crate::llm::{KvType, Model};
+pub use base::Base;
+use base::LoadedAdapter;
 use call::Call;
 pub use catalog::AddedInfo;
 pub use digest::DigestSource;
 pub use memory::MemoryBudget;
-use pool::Pool;
+use pool::{Lease, Pool};
 use prefix::PrefixState;
 pub use session::Session;
 
@@ -107,6 +109,23 @@ impl Default for EngineConfig {
             digest_cache: None,
         }
     }
+}
+
+/// A pack's LoRA adapter as the engine applies it ([`Engine::adapter`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSummary {
+    pub path: std::path::PathBuf,
+    /// The pack's scale for it (times alpha / rank per weight).
+    pub scale: f32,
+    /// `adapter.lora.alpha` (0: each weight's scale is 1, folded into its factors).
+    pub alpha: f32,
+    /// (rank, number of weights with it), by rank.
+    pub ranks: Vec<(u32, usize)>,
+    /// The module stems adapted (`attn_q`, `ffn_down`, ...).
+    pub targets: Vec<String>,
+    /// Weights adapted.
+    pub weights: usize,
+    pub tensor_bytes: u64,
 }
 
 /// How [`Engine::open`] vouched for the model's bytes (beyond `model_check`'s metadata checks,
@@ -332,10 +351,15 @@ pub struct Engine {
 }
 
 struct Inner {
+    /// The base the engine was opened over (its model, pool and adapters).
+    base: Base,
     model: Arc<Model>,
     pack: Pack,
     soft: Vec<Vec<f32>>,
+    /// The pack's adapter, set on every context this engine's calls use.
+    adapter: Option<LoadedAdapter>,
     cfg: EngineConfig,
+    /// The base's pool, shared with every engine over it.
     pool: Arc<Pool>,
     /// Items added on the device (`add_item`), after the pack's.
     added: RwLock<Arc<catalog::Added>>,
@@ -346,101 +370,40 @@ struct Inner {
 }
 
 impl Engine {
+    /// Opens a model and one pack over it (with the pack's adapter, from beside the pack, when
+    /// it names one). For several packs over one model, open a [`Base`] once and its packs.
     pub fn open(model: impl AsRef<Path>, pack: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
-        let (model, pack) = (model.as_ref(), pack.as_ref());
-        rank::validate(&cfg)?;
-        // The model is opened once: our parse, the checks, the digest and llama.cpp all read this
-        // descriptor, so a file replaced at the path meanwhile is never loaded unchecked.
-        let file = std::fs::File::open(model).map_err(|source| FileError::Io { path: model.into(), source })?;
-        // Our own parse first: typed errors for non-GGUF or tokenizer-less files before llama.cpp.
-        let gguf = GgufFile::from_file(&file, model)?;
-        // Every hyperparameter, token and tensor llama.cpp reads, checked: it aborts on hostile ones.
-        delrec_format::model_check::check_model(&gguf)?;
-        let identity = BaseIdentity::of_model(&gguf)?;
-        let pack = Pack::open(pack)?;
-        pack.base.check_matches(&identity)?;
-        let verification = if !cfg.verify_checksum {
-            ModelVerification::Skipped
-        } else if pack.model_sha256.is_empty() {
-            ModelVerification::TensorChecks
-        } else {
-            let (sum, source, fresh) = digest::sha256(&file, gguf.bytes(), cfg.digest_cache.as_deref());
-            if !pack.model_sha256.contains(&sum) {
-                return Err(FileError::Mismatch {
-                    field: "model file sha256".into(),
-                    pack: pack.model_sha256.join(" | "),
-                    model: sum,
-                }
-                .into());
-            }
-            if let Some(stamp) = fresh {
-                digest::remember(&stamp, &sum, cfg.digest_cache.as_deref());
-            }
-            ModelVerification::Digest(source)
-        };
-        drop(gguf);
-        let check_tensors = verification == ModelVerification::TensorChecks;
-        let params = ModelParams { gpu_layers: cfg.gpu_layers, check_tensors, ..Default::default() };
-        let m = Model::load_file(&file, model, params)?;
-        drop(file);
-        if m.has_encoder() {
-            return Err(FileError::ModelLoad {
-                path: model.to_path_buf(),
-                reason: "encoder-decoder models are not supported by this runtime yet".into(),
-            }
-            .into());
-        }
-        let n_embd = identity.n_embd as usize;
-        if m.n_embd() != n_embd || m.n_embd_inp() != n_embd || m.n_vocab() != identity.n_vocab as usize {
-            return Err(FileError::Mismatch {
-                field: "llama.cpp's view of n_embd/input width/vocabulary".into(),
-                pack: format!("{n_embd}/{n_embd}/{}", identity.n_vocab),
-                model: format!("{}/{}/{}", m.n_embd(), m.n_embd_inp(), m.n_vocab()),
-            }
-            .into());
-        }
-        let soft =
-            (0..pack.soft_prompts.len()).filter_map(|i| pack.soft_prompt_values(i).map(<[f32]>::to_vec)).collect();
-        let threads =
-            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
-        let params = ContextParams {
-            n_ctx: cfg.context_size,
-            n_batch: cfg.batch_size.min(cfg.context_size),
-            n_seq_max: cfg.max_sequences,
-            threads: threads as i32,
-            kv_type: cfg.kv_type,
-            flash_attention: cfg.flash_attention,
-        };
-        if let Some(limit) = cfg.memory_limit {
-            // llama.cpp rounds the context up to a multiple of 256 cells.
-            let n_ctx = u64::from(cfg.context_size).next_multiple_of(256);
-            let n_items = pack.n_items() as u64;
-            let need = memory::budget(&m, &pack, &cfg, n_ctx, u64::from(cfg.max_sequences), n_items).total();
-            if need > limit {
-                return Err(Error::Capacity { resource: Resource::Memory, needed: need, available: limit });
-            }
-        }
-        let model = Arc::new(m);
-        let pool = Pool::new(model.clone(), params, cfg.max_contexts, cfg.context_wait);
-        // Create one context now: configuration errors surface at open, not at the first rank.
-        let (n_ctx, n_seq_max) = {
-            let mut lease = pool.acquire(None)?;
-            let ctx: &mut Context = lease.ctx();
-            (ctx.n_ctx(), ctx.n_seq_max())
-        };
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                model,
-                pack,
-                soft,
-                cfg,
-                pool,
-                added: RwLock::default(),
-                n_ctx,
-                n_seq_max,
-                verification,
-            }),
+        let pack = Pack::open(pack.as_ref())?;
+        let base = Base::open_for(model.as_ref(), cfg, Some(&pack))?;
+        let adapter = pack.adapter.as_ref().map(|a| pack.path().parent().unwrap_or(Path::new("")).join(&a.file));
+        base.engine(pack, adapter.as_deref())
+    }
+
+    /// A context for one call (or a session) from the base's pool, with this pack's adapter set
+    /// (which clears what another adapter left in its KV cache).
+    fn lease(&self, call: Option<&Call>) -> Result<Lease> {
+        let mut lease = self.inner.pool.acquire(call)?;
+        let adapter = self.inner.adapter.as_ref().map(|a| (&a.adapter, a.scale));
+        lease.ctx().set_adapter(adapter)?;
+        Ok(lease)
+    }
+
+    /// The pack's adapter, when it has one: what it adapts and where it was loaded from.
+    pub fn adapter(&self) -> Option<AdapterSummary> {
+        self.inner.adapter.as_ref().map(|a| AdapterSummary {
+            path: a.path.clone(),
+            scale: a.scale,
+            alpha: a.info.alpha,
+            ranks: a.info.ranks().into_iter().collect(),
+            targets: a.info.targets(),
+            weights: a.info.weights.len(),
+            tensor_bytes: a.info.tensor_bytes,
         })
+    }
+
+    /// The base this engine runs over (open more packs over it with [`Base::open_pack`]).
+    pub fn base(&self) -> &Base {
+        &self.inner.base
     }
 
     pub fn pack(&self) -> &Pack {
@@ -463,7 +426,7 @@ impl Engine {
     /// Ranks candidates for one history. Starts from an empty KV cache, so results do not depend
     /// on earlier calls; use a [`Session`] to reuse a user's prefix.
     pub fn rank(&self, req: &RankRequest) -> Result<Ranking> {
-        let mut lease = self.inner.pool.acquire(Some(&Call::new(req)))?;
+        let mut lease = self.lease(Some(&Call::new(req)))?;
         self.rank_in(lease.ctx(), &mut PrefixState::default(), req)
     }
 
@@ -495,7 +458,7 @@ impl Engine {
         if let Some(s) = &soft_prompt {
             prompt::soft_prompt(&self.inner.pack, s)?;
         }
-        let lease = self.inner.pool.acquire(None)?;
+        let lease = self.lease(None)?;
         Ok(Session::new(self.clone(), lease, soft_prompt))
     }
 

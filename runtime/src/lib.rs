@@ -32,9 +32,9 @@ pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::MemoryBudget;
 pub use engine::{
-    AddedInfo, CancelToken, DigestSource, Engine, EngineConfig, ModelVerification, Plan, PrefixRow, RankPlan,
-    RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem,
-    Session, Strategy, TrieRow,
+    AdapterSummary, AddedInfo, Base, CancelToken, DigestSource, Engine, EngineConfig, ModelVerification, Plan,
+    PrefixRow, RankPlan, RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats, Recommendation,
+    Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use files::install_file;

@@ -147,8 +147,9 @@ def probe_tokens(tokenizer, vocab_size: int, max_len: int = 64) -> list[int]:
     return ids
 
 
-def runtime_logits(bins, model_gguf, tokens) -> np.ndarray:
-    out = run_json([bins.delrec, "logits", "--model", model_gguf,
+def runtime_logits(bins, model_gguf, tokens, adapter=None) -> np.ndarray:
+    extra = ["--adapter", adapter] if adapter else []
+    out = run_json([bins.delrec, "logits", "--model", model_gguf, *extra,
                     "--tokens", ",".join(map(str, tokens)), "--json"], "delrec logits")
     if "logits" not in out:
         pytest.fail(f"`logits` missing from delrec logits output: {list(out)}", pytrace=False)

@@ -29,3 +29,24 @@ def test_f32_logits_parity(case, bins, gguf, ref_model, ref_tokenizer):
     assert np.all(np.isfinite(got)), "runtime logits contain NaN/inf"
     err = np.abs(got - expected).max()
     assert err < TOL, pu.describe_max_diff(expected, got)
+
+
+@pytest.mark.parametrize("outtype,tol", [("f32", TOL), ("f16", 2e-2)])
+def test_lora_adapter_at_run_time_parity(outtype, tol, bins, gguf, ref_model, ref_tokenizer, fixtures_dir, tmp_path):
+    """The PEFT LoRA as a llama.cpp adapter over the unmerged F32 base (`delrec-convert adapter`,
+    applied by llama.cpp at run time) == the numpy reference of the PEFT forward."""
+    m = ref_model("llama-tiny", "lora-llama")
+    tokens = pu.probe_tokens(ref_tokenizer("tokenizer-gpt2"), m.vocab)
+    expected = m.forward_tokens(tokens)
+    base = gguf("llama-tiny", "f32")
+    adapter = tmp_path / f"lora-llama.{outtype}.gguf"
+    pu.run_cli([bins.convert, "adapter", "--base", base, "--lora", fixtures_dir / "lora-llama",
+                "--out", adapter, "--outtype", outtype], "delrec-convert adapter")
+    got = pu.runtime_logits(bins, base, tokens, adapter=adapter)
+    assert got.shape == expected.shape
+    assert np.all(np.isfinite(got))
+    err = np.abs(got - expected).max()
+    assert err < tol, pu.describe_max_diff(expected, got)
+    # Without the adapter the base is far from the fine-tuned reference: the adapter is what closes it.
+    plain = pu.runtime_logits(bins, base, tokens)
+    assert np.abs(plain - expected).max() > 10 * tol

@@ -84,6 +84,76 @@ pub fn pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
     build(model, fixture, prompt, None)
 }
 
+/// `fixture` converted to `outtype` with the PEFT LoRA `lora` merged in (`model --lora`).
+pub fn merged_model(fixture: &str, outtype: &str, lora: &str) -> PathBuf {
+    let fx = fixtures();
+    let out = artifacts().join(format!("{fixture}.{outtype}.{lora}.gguf"));
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.exists() {
+        let opts = ModelOptions {
+            hf_dir: fx.join(fixture),
+            out: out.clone(),
+            outtype: out_type(outtype),
+            lora: Some(fx.join(lora)),
+            name: None,
+            verify: true,
+            threads: 0,
+        };
+        if let Err(e) = convert_model(&opts) {
+            panic!("converting {fixture}+{lora} to {outtype}: {e:?}");
+        }
+    }
+    out
+}
+
+/// The PEFT LoRA fixture `lora` merged into the GGUF `base` (dequantized), written at F32
+/// (`delrec-convert merge-lora --outtype f32`).
+pub fn merged_into(base: &Path, lora: &str) -> PathBuf {
+    use delrec_convert::merge::{merge_lora_gguf, MergeOptions, MergeOutType};
+    let lora_dir = fixtures().join(lora);
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let out = artifacts().join(format!("{stem}.{lora}.merged-f32.gguf"));
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.exists() {
+        let opts = MergeOptions {
+            base: base.to_path_buf(),
+            lora: lora_dir,
+            out: out.clone(),
+            outtype: MergeOutType::F32,
+            verify: true,
+        };
+        if let Err(e) = merge_lora_gguf(&opts) {
+            panic!("merging {lora} into {}: {e:?}", base.display());
+        }
+    }
+    out
+}
+
+/// The PEFT LoRA fixture `lora` as a llama.cpp adapter GGUF over `base` (`delrec-convert adapter`),
+/// its tensors at `outtype` (`f32` or `f16`).
+pub fn adapter(base: &Path, lora: &str, outtype: &str) -> PathBuf {
+    use delrec_convert::adapter::{build_adapter, AdapterOptions, AdapterOutType};
+    let lora_dir = fixtures().join(lora);
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let out = artifacts().join(format!("{stem}.{lora}.{outtype}.adapter.gguf"));
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.exists() {
+        let outtype = if outtype == "f32" { AdapterOutType::F32 } else { AdapterOutType::F16 };
+        let opts = AdapterOptions { base: base.to_path_buf(), lora: lora_dir, out: out.clone(), outtype };
+        if let Err(e) = build_adapter(&opts) {
+            panic!("building the adapter {}: {e:?}", out.display());
+        }
+    }
+    out
+}
+
+/// [`pack`] served with `adapter` (copied beside the pack), at `scale`.
+pub fn adapter_pack(model: &Path, fixture: &str, prompt: &str, adapter: &Path, scale: f32) -> PathBuf {
+    let a = delrec_convert::pack::AdapterPack { path: adapter.to_path_buf(), scale };
+    let stem = adapter.file_stem().and_then(|s| s.to_str()).unwrap_or("adapter").to_string();
+    build_opts(model, fixture, prompt, None, &format!("{stem}.s{scale}."), Some(a))
+}
+
 /// The SASRec of [`seq_pack`]: random weights in RecBole's names, its rows in another order than
 /// the catalog's (reversed) plus one item the catalog lacks, so the import's mapping is exercised.
 pub fn seq_source() -> SeqSource {
@@ -141,6 +211,17 @@ fn build(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>) -> P
 }
 
 fn build_kind(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>, kind: &str) -> PathBuf {
+    build_opts(model, fixture, prompt, seq, kind, None)
+}
+
+fn build_opts(
+    model: &Path,
+    fixture: &str,
+    prompt: &str,
+    seq: Option<SeqSource>,
+    kind: &str,
+    adapter: Option<delrec_convert::pack::AdapterPack>,
+) -> PathBuf {
     let fx = fixtures();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let out = artifacts().join(format!("{stem}.{prompt}.{kind}pack.gguf"));
@@ -162,6 +243,7 @@ fn build_kind(model: &Path, fixture: &str, prompt: &str, seq: Option<SeqSource>,
             name: None,
             out: out.clone(),
             fusion: seq.as_ref().map(|_| delrec_runtime::format::seq::Fusion { llm_weight: 0.5, retrieve: 8 }),
+            adapter,
             seq: seq.map(|source| SeqOptions {
                 input: SeqInput::Loaded { source: Box::new(source), desc: "tests::seq_source".into() },
                 f16: false,

@@ -48,6 +48,7 @@ val model = env("DELREC_MODEL")
 val pack = env("DELREC_PACK")
 val otherPack = env("DELREC_OTHER_PACK")
 val seqPack = env("DELREC_SEQ_PACK")
+val adapterPack = env("DELREC_ADAPTER_PACK")
 val cli = env("DELREC_CLI")
 val catalog: List<Pair<String, String>> =
     File(env("DELREC_CATALOG")).readLines().drop(1).filter { it.isNotBlank() }.map { csvFields(it).let { f -> f[0] to f[1] } }
@@ -73,8 +74,9 @@ fun csvFields(line: String): List<String> {
 }
 
 /** The Rust CLI's scores (id -> score, in its order) for the same request. */
-fun cliRank(history: List<String>, candidates: List<String>? = null, topK: Int? = null, naive: Boolean = false): List<Pair<String, Double>> {
-    val cmd = mutableListOf(cli, "rank", "--model", model, "--pack", pack, "--threads", "2", "--json",
+fun cliRank(history: List<String>, candidates: List<String>? = null, topK: Int? = null, naive: Boolean = false,
+            packPath: String = pack): List<Pair<String, Double>> {
+    val cmd = mutableListOf(cli, "rank", "--model", model, "--pack", packPath, "--threads", "2", "--json",
         "--history", history.joinToString(","))
     if (candidates != null) cmd += listOf("--candidates", candidates.joinToString(","))
     if (topK != null) cmd += listOf("--top-k", topK.toString())
@@ -470,6 +472,38 @@ fun main() {
             check(dir.listFiles()!!.size == 2) { "left behind: ${dir.listFiles()!!.map { it.name }}" }
         } finally {
             dir.deleteRecursively()
+        }
+    }
+
+    test("Base: packs over one model, one with a LoRA adapter, each equal to the Rust CLI") {
+        Base.open(model, config()).use { base ->
+            val plain = base.openPack(pack)
+            val adapted = base.openPack(adapterPack)
+            check(plain.adapter() == null) { "${plain.adapter()}" }
+            val a = adapted.adapter() ?: throw AssertionError("the adapter pack has no adapter")
+            check(a.weights > 0u && a.maxRank > 0u && a.scale == 1.0f && "attn_q" in a.targets) { "$a" }
+            check(base.adaptersLoaded() == 1u) { "${base.adaptersLoaded()} adapters loaded" }
+            val cands = ids.take(10)
+            val rp = plain.rank(RankRequest(history = history, candidates = cands))
+            val ra = adapted.rank(RankRequest(history = history, candidates = cands))
+            assertMatches(rp, cliRank(history, cands))
+            assertMatches(ra, cliRank(history, cands, packPath = adapterPack))
+            val moved = rp.items.associate { it.id to it.score }.let { m -> ra.items.maxOf { abs(it.score - m[it.id]!!) } }
+            check(moved > 0.05) { "the adapter changed scores by only $moved" }
+            adapted.close()
+            plain.close()
+        }
+        Base.open(model, config()).use { base ->
+            val e = expectThrows<DelrecException.BadFile> { base.openPack(otherPack) }
+            check(e.kind == BadFileKind.MISMATCH) { "$e" }
+            val dir = java.nio.file.Files.createTempDirectory("adapter").toFile()
+            try {
+                val wrong = File(dir, "wrong.gguf").apply { writeBytes(File(model).readBytes()) }
+                val m = expectThrows<DelrecException.BadFile> { base.openPackWithAdapter(adapterPack, wrong.path) }
+                check(m.kind == BadFileKind.MISMATCH && m.reason.contains("adapter file sha256")) { "$m" }
+            } finally {
+                dir.deleteRecursively()
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub struct PackBuilder {
     /// The sequential model (item table in catalog order) and whether to store it as f16.
     pub seq: Option<(Sasrec, bool)>,
     pub fusion: Option<Fusion>,
+    /// The adapter the pack is served with (written as a version-2 pack).
+    pub adapter: Option<AdapterRef>,
 }
 
 impl PackBuilder {
@@ -54,6 +56,7 @@ impl PackBuilder {
             items: vec![],
             seq: None,
             fusion: None,
+            adapter: None,
         }
     }
 
@@ -102,7 +105,25 @@ impl PackBuilder {
         if let Some(n) = &self.name {
             w.set("general.name", Value::Str(n.clone()));
         }
-        w.set(K_VERSION, Value::U32(PACK_VERSION));
+        match &self.adapter {
+            None => w.set(K_VERSION, Value::U32(PACK_VERSION)),
+            Some(a) => {
+                if !valid_adapter_file(&a.file) {
+                    return Err(Error::InvalidInput(format!("adapter file name {:?}: a bare file name", a.file)));
+                }
+                let hex = a.sha256.len() == 64 && a.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                if !hex || !valid_adapter_scale(a.scale) {
+                    return Err(Error::InvalidInput(format!(
+                        "adapter: sha256 {:?} must be 64 hex digits and scale {} in (0, 16]",
+                        a.sha256, a.scale
+                    )));
+                }
+                w.set(K_VERSION, Value::U32(PACK_VERSION_ADAPTER));
+                w.set(K_ADAPTER_FILE, Value::Str(a.file.clone()));
+                w.set(K_ADAPTER_SHA, Value::Str(a.sha256.to_ascii_lowercase()));
+                w.set(K_ADAPTER_SCALE, Value::F32(a.scale));
+            }
+        }
         w.set(K_ARCH, Value::Str(self.base.architecture.clone()));
         w.set(K_EMBD, Value::U32(self.base.n_embd));
         w.set(K_VOCAB, Value::U32(self.base.n_vocab));

@@ -7,9 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use delrec_runtime::llm::{sequence_logits, Model, ModelParams};
+use delrec_runtime::format::adapter::{check_adapter, BaseTensors};
+use delrec_runtime::format::gguf::GgufFile;
+use delrec_runtime::format::BaseIdentity;
+use delrec_runtime::llm::{sequence_logits, Adapter, Model, ModelParams};
 use delrec_runtime::KvType;
-use delrec_runtime::{Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest, Recommendation};
+use delrec_runtime::{
+    Base, Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest, Recommendation,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -50,12 +55,16 @@ enum Cmd {
         json: bool,
     },
     /// Rank many requests (JSON lines: {"user", "history": [ids], "candidates": [ids] | null,
-    /// "top_k"}) with one engine; prints one JSON line per request.
+    /// "top_k", "pack"}) with one engine per pack over one model; prints one JSON line per
+    /// request.
     RankBatch {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
-        pack: PathBuf,
+        /// A pack (repeatable: all open over the one model, each with its own adapter and
+        /// catalog). A request's "pack" picks one by file name (without `.gguf`, `.pack.gguf`)
+        /// or index; the first by default.
+        #[arg(long, required = true)]
+        pack: Vec<PathBuf>,
         #[arg(long)]
         requests: PathBuf,
         #[arg(long)]
@@ -72,6 +81,9 @@ enum Cmd {
     Logits {
         #[arg(long)]
         model: PathBuf,
+        /// A LoRA adapter GGUF applied at run time (scale 1), checked against the model first.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, value_delimiter = ',')]
         tokens: Vec<i32>,
         #[arg(long)]
@@ -224,7 +236,7 @@ fn batch_request(
     line: &str,
     soft_prompt: Option<&str>,
     exclude_history: bool,
-) -> Result<(serde_json::Value, RankRequest), String> {
+) -> Result<(serde_json::Value, RankRequest, Option<serde_json::Value>), String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     if !v.is_object() {
         return Err("not a JSON object".into());
@@ -252,7 +264,31 @@ fn batch_request(
         exclude_history,
         ..Default::default()
     };
-    Ok((v["user"].clone(), req))
+    let pack = Some(v["pack"].clone()).filter(|p| !p.is_null());
+    Ok((v["user"].clone(), req, pack))
+}
+
+/// What a request's "pack" names a pack by: its file name without `.pack.gguf` / `.gguf`.
+fn pack_name(p: &std::path::Path) -> String {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = name.strip_suffix(".gguf").unwrap_or(&name);
+    name.strip_suffix(".pack").unwrap_or(name).to_string()
+}
+
+/// The pack a request picks: by name or index, the first when it names none.
+fn pick_pack(names: &[String], which: Option<&serde_json::Value>) -> Result<usize, String> {
+    match which {
+        None => Ok(0),
+        Some(serde_json::Value::String(s)) => names
+            .iter()
+            .position(|n| n == s)
+            .ok_or_else(|| format!("no pack named {s:?} (packs: {})", names.join(", "))),
+        Some(v) => v
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < names.len())
+            .ok_or_else(|| format!("pack must be a pack name or an index below {}", names.len())),
+    }
 }
 
 struct EmbedArgs {
@@ -490,23 +526,33 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Cmd::RankBatch { model, pack, requests, soft_prompt, exclude_history, eng, json: _ } => {
-            let engine = Engine::open(&model, &pack, eng.config()?)?;
+            let engines = match &pack[..] {
+                [one] => vec![Engine::open(&model, one, eng.config()?)?],
+                many => {
+                    let base = Base::open(&model, eng.config()?)?;
+                    many.iter().map(|p| base.open_pack(p)).collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            let names: Vec<String> = pack.iter().map(|p| pack_name(p)).collect();
             let text = std::fs::read_to_string(&requests)?;
             // A bad line is reported on its own output line and the batch goes on; the exit
             // status says whether any line was malformed.
             let mut malformed = 0usize;
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let line_no = n + 1;
-                let out = match batch_request(line, soft_prompt.as_deref(), exclude_history) {
+                let parsed = batch_request(line, soft_prompt.as_deref(), exclude_history)
+                    .and_then(|(user, req, which)| Ok((user, req, pick_pack(&names, which.as_ref())?)));
+                let out = match parsed {
                     Err(reason) => {
                         malformed += 1;
                         json!({"line": line_no, "error": format!("{}:{line_no}: {reason}", requests.display())})
                     }
-                    Ok((user, req)) => {
+                    Ok((user, req, k)) => {
                         let t = Instant::now();
-                        match engine.rank(&req) {
+                        match engines[k].rank(&req) {
                             Ok(r) => {
-                                json!({"user": user, "items": items_json(&r), "rank_ms": t.elapsed().as_secs_f64() * 1e3})
+                                let ms = t.elapsed().as_secs_f64() * 1e3;
+                                json!({"user": user, "pack": names[k], "items": items_json(&r), "rank_ms": ms})
                             }
                             Err(e) => json!({"user": user, "line": line_no, "error": e.to_string()}),
                         }
@@ -539,12 +585,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 let out = json!({
                     "items": items_json(&ranking),
                     "scoring": engine.pack().scoring.as_str(),
+                    "adapter": engine.adapter().map(|a| json!({"path": a.path, "scale": a.scale, "alpha": a.alpha,
+                        "ranks": a.ranks, "targets": a.targets, "weights": a.weights, "bytes": a.tensor_bytes})),
                     "stats": {"open_ms": open_ms, "rank_ms": rank_ms, "prefix_rows": s.prefix_rows, "decoded_rows": s.decoded_rows,
                               "decode_calls": s.decode_calls, "candidates": s.candidates},
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let p = engine.pack();
+                if let Some(a) = engine.adapter() {
+                    let ranks: Vec<String> = a.ranks.iter().map(|(r, n)| format!("{n}×r{r}")).collect();
+                    println!(
+                        "adapter: {} ({} weights: {}; {}; scale {}, {:.1} KiB)\n",
+                        a.path.display(),
+                        a.weights,
+                        a.targets.join(","),
+                        ranks.join(" "),
+                        a.scale,
+                        a.tensor_bytes as f64 / 1024.0
+                    );
+                }
                 println!("history (oldest first):");
                 for h in &history {
                     let title = p.item_index(h).and_then(|i| p.item_title(i)).unwrap_or("?");
@@ -561,12 +621,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        Cmd::Logits { model, tokens, json } => {
+        Cmd::Logits { model, adapter, tokens, json } => {
             if tokens.is_empty() {
                 return Err("--tokens is empty".into());
             }
             let m = Arc::new(Model::load(&model, ModelParams::default())?);
-            let rows = sequence_logits(&m, &tokens, 2)?;
+            let adapter = match &adapter {
+                None => None,
+                Some(path) => {
+                    let g = GgufFile::open(&model)?;
+                    let (tensors, identity) = (BaseTensors::of_model(&g)?, BaseIdentity::of_model(&g)?);
+                    let file = std::fs::File::open(path)?;
+                    check_adapter(&GgufFile::from_file(&file, path)?, &tensors, &identity)?;
+                    Some(Arc::new(Adapter::load_file(&m, &file, path)?))
+                }
+            };
+            let rows = sequence_logits(&m, adapter.as_ref().map(|a| (a, 1.0)), &tokens, 2)?;
             if json {
                 println!("{}", json!({ "logits": rows }));
             } else {

@@ -145,6 +145,8 @@ impl Engine {
             flash_attention: cfg.flash_attention,
         };
         let mut ctx = Context::with_embeddings(Arc::clone(&self.inner.model), &params, pooling)?;
+        // The fine-tuned model's states: the pack's adapter applies here as in ranking.
+        ctx.set_adapter(self.inner.adapter.as_ref().map(|a| (&a.adapter, a.scale)))?;
         // llama.cpp may round sizes; what a decode really holds is what counts.
         let cap = llm::embed::max_sequence_len(&ctx);
         if let Some(s) = seqs.iter().find(|s| s.len() > cap) {

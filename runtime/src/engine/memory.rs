@@ -41,7 +41,8 @@ pub struct MemoryBudget {
     /// ([`MemoryBudget::OVERHEAD_FIXED`]), the tokenizer's tables in llama.cpp and the model
     /// file's metadata ([`MemoryBudget::PER_TOKEN`] bytes per vocabulary entry), the pack (its
     /// mapped file twice: the map and what is copied out of it), the soft prompts as F32 and
-    /// [`MemoryBudget::PER_ITEM`] bytes per catalog item (id index, per-call score vectors).
+    /// [`MemoryBudget::PER_ITEM`] bytes per catalog item (id index, per-call score vectors), and
+    /// the pack's LoRA adapter (llama.cpp copies its tensors into memory).
     pub overhead: u64,
 }
 
@@ -134,21 +135,31 @@ impl Engine {
     /// An upper bound on this engine's memory, by part (see [`MemoryBudget`]).
     pub fn memory_budget(&self) -> MemoryBudget {
         let inner = &*self.inner;
-        budget(&inner.model, &inner.pack, &inner.cfg, inner.n_ctx as u64, inner.n_seq_max as u64, self.n_items() as u64)
+        let adapter = inner.adapter.as_ref().map_or(0, |a| a.info.tensor_bytes);
+        let mut b =
+            budget(&inner.model, Some(&inner.pack), adapter, &inner.cfg, inner.n_ctx as u64, inner.n_seq_max as u64);
+        // Items added on the device count like the pack's.
+        b.overhead += (self.n_items() - inner.pack.n_items()) as u64 * MemoryBudget::PER_ITEM;
+        b
     }
 }
 
-/// The budget of an engine over `m` and `pack` with `cfg`, whose contexts hold `n_ctx` cells and
-/// `n_seq_max` sequences, over a catalog of `n_items`. Computed before any context exists, so
-/// `Engine::open` can refuse a configuration over `EngineConfig::memory_limit` without
-/// allocating it.
+/// The context size llama.cpp makes for `cfg` (it rounds up to a multiple of 256 cells).
+pub(crate) fn n_ctx_of(cfg: &EngineConfig) -> u64 {
+    u64::from(cfg.context_size).next_multiple_of(256)
+}
+
+/// The budget of an engine over `m` and `pack` (none: the base alone) with an adapter of
+/// `adapter_bytes` and `cfg`, whose contexts hold `n_ctx` cells and `n_seq_max` sequences.
+/// Computed before any context exists, so an open can refuse a configuration over
+/// `EngineConfig::memory_limit` without allocating it.
 pub(crate) fn budget(
     m: &Model,
-    pack: &Pack,
+    pack: Option<&Pack>,
+    adapter_bytes: u64,
     cfg: &EngineConfig,
     n_ctx: u64,
     n_seq_max: u64,
-    n_items: u64,
 ) -> MemoryBudget {
     let contexts = cfg.max_contexts as u64;
     let n_batch = u64::from(cfg.batch_size.min(cfg.context_size));
@@ -176,12 +187,14 @@ pub(crate) fn budget(
         kv_type: cfg.kv_type,
         flash_attention: cfg.flash_attention,
     });
-    let soft: u64 = pack.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum();
+    let soft: u64 = pack.map_or(0, |p| p.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum());
+    let (file, n_items) = pack.map_or((0, 0), |p| (p.file_len(), p.n_items() as u64));
     let overhead = MemoryBudget::OVERHEAD_FIXED
         + n_vocab * MemoryBudget::PER_TOKEN
-        + 2 * pack.file_len()
+        + 2 * file
         + soft
-        + n_items * MemoryBudget::PER_ITEM;
+        + n_items * MemoryBudget::PER_ITEM
+        + adapter_bytes;
     let repacked = if m.is_quantized() && ModelParams::default().repack { m.size_bytes() } else { 0 };
     MemoryBudget {
         weights: m.size_bytes() + repacked,

@@ -95,7 +95,7 @@ impl Engine {
             let ranking = match ctx {
                 Some((ctx, state)) => self.rank_in(ctx, state, &rank_req)?,
                 None => {
-                    let mut lease = self.inner.pool.acquire(Some(&Call::new(&rank_req)))?;
+                    let mut lease = self.lease(Some(&Call::new(&rank_req)))?;
                     self.rank_in(lease.ctx(), &mut PrefixState::default(), &rank_req)?
                 }
             };

@@ -9,7 +9,7 @@ use std::time::Instant;
 use llama_cpp_sys_2 as sys;
 
 use super::error::{LlamaError, Result};
-use super::{Backend, Batch, Model, Pooling};
+use super::{Adapter, Backend, Batch, Model, Pooling};
 
 /// KV cache element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub struct Context {
     pooling: Option<Pooling>,
     /// Width of one pooled embedding (`llama_model_n_embd_out`).
     n_embd_out: usize,
+    /// The adapter llama.cpp applies in this context, with its scale; held so it outlives
+    /// its use here.
+    adapter: Option<(Arc<Adapter>, f32)>,
 }
 
 // SAFETY: a context is only used through &mut (one thread at a time); moving it between threads is
@@ -140,6 +143,7 @@ impl Context {
             }
             c.abort_callback = Some(abort_cb);
             c.abort_callback_data = (&mut *abort) as *mut AbortState as *mut c_void;
+            let _shared = model.adapters_read();
             sys::llama_init_from_model(model.as_ptr(), c)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::NoContext { log: backend.take_log() })?;
@@ -155,7 +159,7 @@ impl Context {
         };
         let n_embd_out = n_embd_out.max(0) as usize;
         // Built here so that a refusal below frees the llama.cpp context (Drop).
-        let ctx = Self { ptr, model, abort, n_ctx, n_batch, n_seq_max, pooling, n_embd_out };
+        let ctx = Self { ptr, model, abort, n_ctx, n_batch, n_seq_max, pooling, n_embd_out, adapter: None };
         if let Some(pooling) = pooling {
             if pooling_type != pooling.raw() || ctx.n_embd_out == 0 {
                 return Err(LlamaError::Refused(format!(
@@ -247,6 +251,48 @@ impl Context {
         unsafe { sys::llama_memory_seq_pos_max(self.mem(), seq) }
     }
 
+    /// Sets the LoRA adapter (and its scale) llama.cpp applies here, or none. A change clears
+    /// the KV cache: cells computed under another adapter must never be read under this one.
+    /// Returns whether anything changed.
+    pub fn set_adapter(&mut self, adapter: Option<(&Arc<Adapter>, f32)>) -> Result<bool> {
+        let same = match (&self.adapter, adapter) {
+            (None, None) => true,
+            (Some((a, s)), Some((b, t))) => Arc::ptr_eq(a, b) && *s == t,
+            _ => false,
+        };
+        if same {
+            return Ok(false);
+        }
+        if let Some((a, s)) = adapter {
+            if !Arc::ptr_eq(a.model(), &self.model) {
+                return Err(LlamaError::Refused("an adapter loaded over another model".into()));
+            }
+            if !s.is_finite() {
+                return Err(LlamaError::Refused(format!("adapter scale {s}")));
+            }
+        }
+        self.clear();
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> = adapter.iter().map(|(a, _)| a.as_ptr()).collect();
+        let mut scales: Vec<f32> = adapter.iter().map(|&(_, s)| s).collect();
+        // SAFETY: live context; the arrays hold n_adapters entries (null with 0, as llama.cpp
+        // requires) and the adapters are alive (Arcs kept in self.adapter).
+        unsafe {
+            let (p, sc) = if ptrs.is_empty() {
+                (std::ptr::null_mut(), std::ptr::null_mut())
+            } else {
+                (ptrs.as_mut_ptr(), scales.as_mut_ptr())
+            };
+            sys::llama_set_adapters_lora(self.ptr.as_ptr(), p, ptrs.len(), sc);
+        }
+        self.adapter = adapter.map(|(a, s)| (Arc::clone(a), s));
+        Ok(true)
+    }
+
+    /// The adapter set here, if any.
+    pub fn adapter(&self) -> Option<&Arc<Adapter>> {
+        self.adapter.as_ref().map(|(a, _)| a)
+    }
+
     /// Decodes a batch. Checks everything llama.cpp would assert on.
     pub fn decode(&mut self, b: &mut Batch) -> Result<()> {
         let n = b.len();
@@ -289,7 +335,10 @@ impl Context {
         };
         // SAFETY: every array has n entries (Batch keeps them in step) and lives until the call
         // returns; ids and widths were checked above.
-        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), raw) };
+        let rc = {
+            let _shared = self.model.adapters_read();
+            unsafe { sys::llama_decode(self.ptr.as_ptr(), raw) }
+        };
         b.outputs = if rc == 0 { b.out.iter().map(|&o| o != 0).collect() } else { vec![] };
         match rc {
             0 => Ok(()),
@@ -357,13 +406,20 @@ impl Drop for Context {
 }
 
 /// The next-token logits at every position of one token sequence, on the exact path (F32 cache,
-/// classic attention): for checking a conversion against a reference. Ranking has its own plans.
-pub fn sequence_logits(model: &Arc<Model>, tokens: &[i32], threads: i32) -> Result<Vec<Vec<f32>>> {
+/// classic attention), with an adapter applied if given: for checking a conversion against a
+/// reference. Ranking has its own plans.
+pub fn sequence_logits(
+    model: &Arc<Model>,
+    adapter: Option<(&Arc<Adapter>, f32)>,
+    tokens: &[i32],
+    threads: i32,
+) -> Result<Vec<Vec<f32>>> {
     let n = u32::try_from(tokens.len()).map_err(|_| LlamaError::Refused("sequence too long".into()))?;
     if n == 0 {
         return Err(LlamaError::Refused("an empty token sequence has no logits".into()));
     }
     let mut ctx = Context::new(Arc::clone(model), &ContextParams::exact(n, threads))?;
+    ctx.set_adapter(adapter)?;
     let mut b = Batch::tokens();
     for (i, &t) in tokens.iter().enumerate() {
         b.add_token(t, i as i32, &[0], true);

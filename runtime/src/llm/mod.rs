@@ -1,6 +1,6 @@
 //! The one layer over `llama-cpp-sys-2`, used by the engine, the converter and the CLIs.
 //!
-//! One concern per file: [`backend`] (process-wide init and the single log router), [`model`],
+//! One concern per file: [`adapter`] (LoRA applied at run time), [`backend`] (process-wide init and the single log router), [`model`],
 //! [`context`] (KV cache operations, decode, logits, pooled embeddings), [`batch`] (token or
 //! embedding rows), [`embed`] (many sequences' pooled embeddings per decode), [`quantize`].
 //! The safe `llama-cpp-2` crate cannot feed input embeddings, hence our own.
@@ -10,6 +10,7 @@
 //! be made here is made before the call, and failures come back as [`LlamaError`] with the
 //! warnings llama.cpp logged.
 
+pub mod adapter;
 pub mod backend;
 pub mod batch;
 pub mod context;
@@ -18,6 +19,7 @@ mod error;
 pub mod model;
 pub mod quantize;
 
+pub use adapter::Adapter;
 pub use backend::Backend;
 pub use batch::Batch;
 pub use context::{sequence_logits, Context, ContextParams, KvType};

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CString};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use llama_cpp_sys_2 as sys;
 
@@ -55,6 +55,10 @@ pub struct Model {
     /// (`llama_model_n_embd_inp`; larger than `n_embd` for multi-position inputs).
     n_embd_inp: usize,
     n_vocab: usize,
+    /// llama.cpp keeps a model's adapters in a set that adapter loads and frees change and that
+    /// context creation and graph reservation (in decodes) read: shared for those, exclusive
+    /// for these.
+    adapters: RwLock<()>,
 }
 
 // SAFETY: a llama_model is read-only after loading; llama.cpp supports many contexts on one model
@@ -91,7 +95,18 @@ impl Model {
             n_embd: n_embd.max(0) as usize,
             n_embd_inp: n_embd_inp.max(0) as usize,
             n_vocab: n_vocab.max(0) as usize,
+            adapters: RwLock::new(()),
         }
+    }
+
+    /// Held while a context is created or decodes (see `adapters`).
+    pub(crate) fn adapters_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.adapters.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held while an adapter is loaded or freed.
+    pub(crate) fn adapters_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.adapters.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Loads from an open file, read from its start: the bytes a caller checked through the
@@ -100,39 +115,13 @@ impl Model {
     pub fn load_file(file: &std::fs::File, path: &Path, params: ModelParams) -> Result<Self> {
         #[cfg(unix)]
         {
-            use std::os::fd::AsRawFd;
             let backend = Backend::get();
             let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: `dup` of a descriptor `file` keeps open; `fdopen` takes ownership of the
-            // copy (closed with the stream below, or directly if fdopen fails).
-            let fp = unsafe {
-                let fd = libc::dup(file.as_raw_fd());
-                if fd < 0 {
-                    return Err(LlamaError::Load {
-                        path: path.into(),
-                        log: std::io::Error::last_os_error().to_string(),
-                    });
-                }
-                let fp = libc::fdopen(fd, c"rb".as_ptr());
-                if fp.is_null() {
-                    libc::close(fd);
-                    return Err(LlamaError::Load {
-                        path: path.into(),
-                        log: std::io::Error::last_os_error().to_string(),
-                    });
-                }
-                libc::rewind(fp);
-                fp
-            };
             backend.clear_log();
-            // SAFETY: `fp` is a valid stream for the call. llama.cpp
-            // does not own a stream it is given, and its weight mappings outlive the descriptor,
-            // so the stream is closed right after.
-            let ptr = unsafe {
-                let ptr = sys::llama_model_load_from_file_ptr(fp.cast(), params.raw());
-                libc::fclose(fp);
-                ptr
-            };
+            // SAFETY: a valid stream at the file's start. llama.cpp does not own a stream it is
+            // given, and its weight mappings outlive the descriptor.
+            let ptr =
+                with_stream(file, path, |fp| unsafe { sys::llama_model_load_from_file_ptr(fp.cast(), params.raw()) })?;
             let ptr =
                 NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
             Ok(Self::from_ptr(ptr))
@@ -298,4 +287,32 @@ impl Drop for Model {
         // SAFETY: we own the model; contexts hold an Arc<Model>, so none outlives it.
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
     }
+}
+
+/// Runs `f` with a C stream over a duplicate of `file`'s descriptor, rewound to the start, and
+/// closes the stream after (llama.cpp never owns a stream it is given).
+#[cfg(unix)]
+pub(crate) fn with_stream<T>(file: &std::fs::File, path: &Path, f: impl FnOnce(*mut libc::FILE) -> T) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let failed = || LlamaError::Load { path: path.into(), log: std::io::Error::last_os_error().to_string() };
+    // SAFETY: `dup` of a descriptor `file` keeps open; `fdopen` takes ownership of the copy
+    // (closed with the stream below, or directly if fdopen fails).
+    let fp = unsafe {
+        let fd = libc::dup(file.as_raw_fd());
+        if fd < 0 {
+            return Err(failed());
+        }
+        let fp = libc::fdopen(fd, c"rb".as_ptr());
+        if fp.is_null() {
+            let e = failed();
+            libc::close(fd);
+            return Err(e);
+        }
+        libc::rewind(fp);
+        fp
+    };
+    let out = f(fp);
+    // SAFETY: the stream is ours and no longer used.
+    unsafe { libc::fclose(fp) };
+    Ok(out)
 }
