@@ -122,6 +122,9 @@ struct Files {
     merged_q4_0: PathBuf,
     merged_q4_1: PathBuf,
     merged2_q4_0: PathBuf,
+    /// The LoRA merged into the dequantized Q4_0 base (F16): the fine-tune on Q4_0's own weights.
+    on_q4_0_f16: PathBuf,
+    on_q4_0_pack: PathBuf,
     /// Pins the merged files.
     merged_pack: PathBuf,
     merged2_pack: PathBuf,
@@ -147,6 +150,8 @@ fn prepare(a: &AdapterArgs, tools: &fixtures::Tools) -> BResult<Files> {
         merged_q4_0: dir.join("merged.q4_0.gguf"),
         merged_q4_1: dir.join("merged.q4_1.gguf"),
         merged2_q4_0: dir.join("merged2.q4_0.gguf"),
+        on_q4_0_f16: dir.join("on-q4_0.f16.gguf"),
+        on_q4_0_pack: dir.join("on-q4_0.pack.gguf"),
         merged_pack: dir.join("merged.pack.gguf"),
         merged2_pack: dir.join("merged2.pack.gguf"),
         adapter_pack: dir.join("adapter.pack.gguf"),
@@ -155,12 +160,15 @@ fn prepare(a: &AdapterArgs, tools: &fixtures::Tools) -> BResult<Files> {
         adapter: dir.join("lora1.f16.gguf"),
         base_f16,
     };
-    if files.adapter2_pack.exists() {
+    if files.on_q4_0_pack.exists() {
         return Ok(files);
     }
     let catalog = f.catalog.clone();
     let sp = format!("default={}", s(&f.soft_prompt)?);
     let pack = |models: &[&Path], adapter: Option<&Path>, out: &Path| -> BResult<()> {
+        if out.exists() {
+            return Ok(());
+        }
         let mut args: Vec<String> = vec!["pack".into()];
         for m in models {
             args.extend(["--model".into(), s(m)?.into()]);
@@ -176,16 +184,26 @@ fn prepare(a: &AdapterArgs, tools: &fixtures::Tools) -> BResult<Files> {
         let lora = dir.join(format!("lora{k}"));
         write_lora(&lora, seed, a.b_std)?;
         let merged = dir.join(format!("merged{}.f16.gguf", if k == 1 { "" } else { "2" }));
-        eprintln!("adapter bench: merging LoRA {k} into F16, building its adapter");
-        convert(tools, &["merge-lora", "--base", s(&files.base_f16)?, "--lora", s(&lora)?, "--out", s(&merged)?])?;
+        if !merged.exists() {
+            eprintln!("adapter bench: merging LoRA {k} into F16");
+            convert(tools, &["merge-lora", "--base", s(&files.base_f16)?, "--lora", s(&lora)?, "--out", s(&merged)?])?;
+        }
         let ad = dir.join(format!("lora{k}.f16.gguf"));
-        convert(tools, &["adapter", "--base", s(&files.base_f16)?, "--lora", s(&lora)?, "--out", s(&ad)?])?;
+        if !ad.exists() {
+            convert(tools, &["adapter", "--base", s(&files.base_f16)?, "--lora", s(&lora)?, "--out", s(&ad)?])?;
+        }
         let types: &[&str] = if k == 1 { &["q8_0", "q4_0", "q4_1"] } else { &["q4_0"] };
         for ty in types {
             let out = merged.with_file_name(format!("merged{}.{ty}.gguf", if k == 1 { "" } else { "2" }));
-            convert(tools, &["quantize", "--in", s(&merged)?, "--out", s(&out)?, "--type", ty])?;
+            if !out.exists() {
+                convert(tools, &["quantize", "--in", s(&merged)?, "--out", s(&out)?, "--type", ty])?;
+            }
         }
     }
+    let lora1 = dir.join("lora1");
+    let (q4, on) = (s(&files.base_q4_0)?, s(&files.on_q4_0_f16)?);
+    convert(tools, &["merge-lora", "--base", q4, "--lora", s(&lora1)?, "--out", on, "--outtype", "f16"])?;
+    pack(&[&files.on_q4_0_f16], None, &files.on_q4_0_pack)?;
     let ms = [&files.merged_f16, &files.merged_q8_0, &files.merged_q4_0, &files.merged_q4_1];
     pack(&ms.map(|p| p.as_path()), None, &files.merged_pack)?;
     pack(&[&files.merged2_q4_0], None, &files.merged2_pack)?;
@@ -224,6 +242,34 @@ fn requests(e: &Engine, n: usize) -> Vec<RankRequest> {
         .collect()
 }
 
+/// Prints one fidelity table: each row's agreement with `reference` on the same requests.
+fn fidelity(title: &str, reference: &Engine, rows: &[(&str, &Engine)], reqs: &[RankRequest]) -> BResult<()> {
+    let want: Vec<Ranking> = reqs.iter().map(|r| reference.rank(r)).collect::<Result<_, _>>()?;
+    println!("\n| vs {title} | same top-1 | top-5 overlap | mean \\|Δscore\\| (nats) |");
+    println!("|---|---|---|---|");
+    for (name, e) in rows {
+        let (mut top1, mut over, mut delta, mut n) = (0usize, 0usize, 0f64, 0usize);
+        for (r, w) in reqs.iter().zip(&want) {
+            let got = e.rank(r)?;
+            top1 += usize::from(got.items[0].id == w.items[0].id);
+            let w5: Vec<&String> = w.items.iter().take(5).map(|i| &i.id).collect();
+            over += got.items.iter().take(5).filter(|i| w5.contains(&&i.id)).count();
+            let g = by_id(&got);
+            for i in &w.items {
+                delta += (g[&i.id] - i.score).abs();
+                n += 1;
+            }
+        }
+        println!(
+            "| {name} | {:.0}% | {:.0}% | {:.3} |",
+            100.0 * top1 as f64 / reqs.len() as f64,
+            100.0 * over as f64 / (5 * reqs.len()) as f64,
+            delta / n as f64
+        );
+    }
+    Ok(())
+}
+
 fn by_id(r: &Ranking) -> std::collections::HashMap<String, f64> {
     r.items.iter().map(|i| (i.id.clone(), i.score)).collect()
 }
@@ -256,7 +302,7 @@ pub fn run(a: &AdapterArgs) -> BResult<()> {
     println!(
         "LoRA r {RANK}, α {ALPHA}, all 7 projections × {LAYERS} layers, B ~ N(0, {}²): update RMS {rms:.2e} on \
          blk.10.attn_q, {:.2}× the mean Q4_0 grid step there ({step:.2e}); adapter file {:.1} MiB (F16). \
-         {} requests (H = 10, K = 20), {} threads.\n",
+         {} requests (H = 10, K = 20), {} threads.",
         a.b_std,
         rms / step,
         std::fs::metadata(&files.adapter)?.len() as f64 / (1 << 20) as f64,
@@ -276,31 +322,16 @@ pub fn run(a: &AdapterArgs) -> BResult<()> {
         ("Q4_1 base + F16 adapter", base_q4_1.open_pack(&files.adapter_pack)?),
         ("F16 base + F16 adapter", base_f16.open_pack(&files.adapter_pack)?),
         ("Q4_0 base, no fine-tune", base_q4_0.open_pack(&files.plain_pack)?),
+        ("Q4_1 base, no fine-tune", base_q4_1.open_pack(&files.plain_pack)?),
+        ("F16 base, no fine-tune (what the fine-tune moves)", base_f16.open_pack(&files.plain_pack)?),
     ];
     let reqs = requests(&reference, a.users);
-    let want: Vec<Ranking> = reqs.iter().map(|r| reference.rank(r)).collect::<Result<_, _>>()?;
-    println!("| vs merged F16 | same top-1 | top-5 overlap | mean \\|Δscore\\| (nats) |");
-    println!("|---|---|---|---|");
-    for (name, e) in &rows {
-        let (mut top1, mut over, mut delta, mut n) = (0usize, 0usize, 0f64, 0usize);
-        for (r, w) in reqs.iter().zip(&want) {
-            let got = e.rank(r)?;
-            top1 += usize::from(got.items[0].id == w.items[0].id);
-            let w5: Vec<&String> = w.items.iter().take(5).map(|i| &i.id).collect();
-            over += got.items.iter().take(5).filter(|i| w5.contains(&&i.id)).count();
-            let g = by_id(&got);
-            for i in &w.items {
-                delta += (g[&i.id] - i.score).abs();
-                n += 1;
-            }
-        }
-        println!(
-            "| {name} | {:.0}% | {:.0}% | {:.3} |",
-            100.0 * top1 as f64 / reqs.len() as f64,
-            100.0 * over as f64 / (5 * reqs.len()) as f64,
-            delta / n as f64
-        );
-    }
+    let all: Vec<(&str, &Engine)> = rows.iter().map(|(n, e)| (*n, e)).collect();
+    fidelity("merged F16 (the fine-tune on SmolLM2's shipped Q4_1 weights)", &reference, &all, &reqs)?;
+    let on_q4_0 = Engine::open(&files.on_q4_0_f16, &files.on_q4_0_pack, c.clone())?;
+    let q4_rows = [all[3], all[1], all[6]];
+    fidelity("the fine-tune on the Q4_0 weights (merged into dequantized Q4_0, F16)", &on_q4_0, &q4_rows, &reqs)?;
+    drop(on_q4_0);
 
     // Speed: interleaved repetitions of one request.
     let timed: Vec<(&str, &Engine)> = vec![

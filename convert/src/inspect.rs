@@ -114,6 +114,15 @@ pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
                 "item_projection": m.item_proj.as_ref().map(|p| json!({"n_in": p.linear.n_in, "pooling": p.pooling.as_str()})),
             })),
             "fusion": {"llm_weight": pack.fusion.llm_weight, "retrieve": pack.fusion.retrieve},
+            "adapter": pack.adapter.as_ref().map(|a| {
+                let beside = beside_pack(&pack, &a.file);
+                json!({"file": a.file, "sha256": a.sha256, "scale": a.scale,
+                       "found": beside.as_ref().map(|(_, ok)| *ok),
+                       "pairs": beside.as_ref().map(|(i, _)| i.pairs),
+                       "ranks": beside.as_ref().map(|(i, _)| i.ranks.iter().map(|(r, n)| json!({"rank": r, "count": n})).collect::<Vec<_>>()),
+                       "targets": beside.as_ref().map(|(i, _)| i.targets.clone()),
+                       "bytes": beside.as_ref().map(|(i, _)| i.bytes)})
+            }),
         });
     } else if is_adapter(&f) {
         let a = AdapterInfo::read(&f);
@@ -190,6 +199,28 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         );
         let _ = writeln!(s, "  BOS: {}", t.bos.map(|b| b.to_string()).unwrap_or_else(|| "none".into()));
         let _ = writeln!(s, "  scoring: {}", pack.scoring.as_str());
+        if let Some(a) = &pack.adapter {
+            let _ = writeln!(s, "  LoRA adapter: {} (sha256 {}…), scale {}", a.file, &a.sha256[..16], a.scale);
+            match beside_pack(&pack, &a.file) {
+                Some((info, true)) => {
+                    let ranks: Vec<String> = info.ranks.iter().map(|(r, n)| format!("{n} × rank {r}")).collect();
+                    let _ = writeln!(
+                        s,
+                        "    beside the pack: {} pairs ({}), targets {}, {} bytes",
+                        info.pairs,
+                        ranks.join(", "),
+                        info.targets.join(", "),
+                        info.bytes
+                    );
+                }
+                Some((_, false)) => {
+                    let _ = writeln!(s, "    beside the pack, but with other bytes than the pack pins");
+                }
+                None => {
+                    let _ = writeln!(s, "    not beside the pack (the app must give its path)");
+                }
+            }
+        }
         for sp in &pack.soft_prompts {
             let _ = writeln!(s, "  soft prompt {:?}: {} × {} {}", sp.name, sp.n_virtual, b.n_embd, sp.ty.name());
         }
@@ -244,6 +275,14 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
 }
 
 /// The adapter section of the text report.
+/// The pack's adapter file beside it, read: what it holds, and whether its sha256 is the pinned one.
+fn beside_pack(pack: &Pack, file: &str) -> Option<(AdapterInfo, bool)> {
+    let path = pack.path().parent().unwrap_or(Path::new(".")).join(file);
+    let g = GgufFile::open(&path).ok()?;
+    let ok = pack.adapter.as_ref().is_some_and(|a| delrec_format::identity::bytes_sha256(g.bytes()) == a.sha256);
+    Some((AdapterInfo::read(&g), ok))
+}
+
 fn adapter_text(s: &mut String, a: &AdapterInfo) {
     let _ = writeln!(s, "\nLoRA adapter (llama.cpp, applied at run time over a {} base):", a.arch);
     let from = a.peft_type.as_deref().map(|p| format!("PEFT {p}; ")).unwrap_or_default();

@@ -76,6 +76,41 @@ fn adapter_at_run_time_equals_the_merged_lora() {
     assert!(d16 < 2e-2, "F16 adapter vs merged: max |Δ| {d16}");
 }
 
+/// Setting another adapter (or another scale, or none) on a context clears its KV cache; setting
+/// the same one again keeps it.
+#[test]
+fn switching_the_adapter_clears_the_kv_cache() {
+    use delrec_runtime::llm::{Batch, Context, ContextParams};
+    let (base, a32, _) = tiny("f32");
+    let m = Arc::new(Model::load(&base, ModelParams::default()).unwrap());
+    let ad = load_adapter(&m, &a32);
+    let mut ctx = Context::new(m.clone(), &ContextParams::exact(64, 2)).unwrap();
+    let fill = |ctx: &mut Context| {
+        let mut b = Batch::tokens();
+        for (i, &t) in probe().iter().enumerate() {
+            b.add_token(t, i as i32, &[0], i + 1 == probe().len());
+        }
+        ctx.decode(&mut b).unwrap();
+        assert_eq!(ctx.seq_pos_max(0), probe().len() as i32 - 1);
+    };
+    fill(&mut ctx);
+    assert!(!ctx.set_adapter(None).unwrap(), "no adapter → no adapter is no change");
+    assert_eq!(ctx.seq_pos_max(0), probe().len() as i32 - 1, "an unchanged adapter keeps the cache");
+    for (next, what) in
+        [(Some((&ad, 1.0)), "adapter set"), (Some((&ad, 0.5)), "scale changed"), (None, "adapter removed")]
+    {
+        assert!(ctx.set_adapter(next).unwrap(), "{what}: a change");
+        assert_eq!(ctx.seq_pos_max(0), -1, "{what}: the KV cache must be empty");
+        fill(&mut ctx);
+    }
+    assert!(!ctx.set_adapter(None).unwrap());
+    assert_eq!(ctx.seq_pos_max(0), probe().len() as i32 - 1);
+    // An adapter loaded over another model is refused before llama.cpp sees it.
+    let other = Arc::new(Model::load(&base, ModelParams::default()).unwrap());
+    let foreign = load_adapter(&other, &a32);
+    assert!(ctx.set_adapter(Some((&foreign, 1.0))).is_err());
+}
+
 #[test]
 fn an_adapter_pack_ranks_like_a_pack_over_the_merged_model() {
     let (base, a32, merged) = tiny("f32");
