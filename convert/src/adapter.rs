@@ -35,18 +35,11 @@ use crate::lora::{gguf_stem, Lora, PeftType};
 use crate::merge::plan;
 use crate::model::{encode, out_dir, publish, type_name, write_staged};
 
-/// `general.type` of an adapter GGUF (llama.cpp refuses anything else as an adapter).
-pub const GENERAL_TYPE: &str = "adapter";
-/// `delrec.adapter.peft_type`: "LORA" or "ADALORA".
-pub const KEY_PEFT_TYPE: &str = "delrec.adapter.peft_type";
-/// `delrec.adapter.scale_folded`: whether each lora_b carries its pair's scale (alpha is then 0).
-pub const KEY_SCALE_FOLDED: &str = "delrec.adapter.scale_folded";
-/// The base model's identity ([`BaseIdentity`]): architecture (string), n_embd (u32), n_vocab
-/// (u32), tokenizer fingerprint (string).
-pub const KEY_BASE_ARCH: &str = "delrec.base.architecture";
-pub const KEY_BASE_N_EMBD: &str = "delrec.base.n_embd";
-pub const KEY_BASE_N_VOCAB: &str = "delrec.base.n_vocab";
-pub const KEY_BASE_TOKENIZER: &str = "delrec.base.tokenizer_fingerprint";
+/// The adapter's keys, as the runtime's check reads them (`delrec_format::adapter`).
+pub use delrec_format::adapter::{
+    GENERAL_TYPE, K_BASE_ARCH as KEY_BASE_ARCH, K_BASE_EMBD as KEY_BASE_N_EMBD, K_BASE_FP as KEY_BASE_TOKENIZER,
+    K_BASE_VOCAB as KEY_BASE_N_VOCAB, K_PEFT_TYPE as KEY_PEFT_TYPE, K_SCALE_FOLDED as KEY_SCALE_FOLDED,
+};
 
 /// Type of the adapter's tensors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -20,16 +20,17 @@ use crate::gguf::{GgufFile, TensorType, Value};
 use crate::identity::BaseIdentity;
 
 pub const K_TYPE: &str = "general.type";
+/// `general.type` of an adapter (llama.cpp refuses anything else as one).
+pub const GENERAL_TYPE: &str = "adapter";
 pub const K_ADAPTER_TYPE: &str = "adapter.type";
 pub const K_ALPHA: &str = "adapter.lora.alpha";
 pub const K_ALORA: &str = "adapter.alora.invocation_tokens";
 /// The PEFT type the adapter came from (`LORA`, `ADALORA`): documentation.
 pub const K_PEFT_TYPE: &str = "delrec.adapter.peft_type";
+/// Whether each `lora_b` carries its pair's whole scale (alpha is then 0): documentation.
+pub const K_SCALE_FOLDED: &str = "delrec.adapter.scale_folded";
 /// The base identity keys, as in a pack (`docs/format.md`); optional in an adapter.
-pub const K_BASE_ARCH: &str = "delrec.base.architecture";
-pub const K_BASE_EMBD: &str = "delrec.base.n_embd";
-pub const K_BASE_VOCAB: &str = "delrec.base.n_vocab";
-pub const K_BASE_FP: &str = "delrec.base.tokenizer_fingerprint";
+pub use crate::identity::{K_BASE_ARCH, K_BASE_EMBD, K_BASE_FP, K_BASE_VOCAB};
 
 /// Base weights an adapter may target: the ones llama.cpp's llama/qwen2 graphs multiply through
 /// `build_lora_mm` (the token embedding is applied differently and is not accepted).
@@ -119,7 +120,7 @@ fn adaptable(name: &str) -> bool {
 
 /// Checks an adapter file against a base (its tensor table and identity); see the module docs.
 pub fn check_adapter(f: &GgufFile, base: &BaseTensors, identity: &BaseIdentity) -> Result<AdapterInfo> {
-    if string_key(f, K_TYPE)? != Some("adapter") {
+    if string_key(f, K_TYPE)? != Some(GENERAL_TYPE) {
         return Err(bad_file(f, "not an adapter (general.type is not \"adapter\")"));
     }
     if string_key(f, K_ADAPTER_TYPE)? != Some("lora") {
@@ -143,16 +144,7 @@ pub fn check_adapter(f: &GgufFile, base: &BaseTensors, identity: &BaseIdentity) 
     }
     let peft_type = string_key(f, K_PEFT_TYPE)?.map(str::to_string);
     if f.get(K_BASE_ARCH).is_some() {
-        let u32_of = |k: &str| -> Result<u32> {
-            u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
-        };
-        let theirs = BaseIdentity {
-            architecture: f.req_str(K_BASE_ARCH)?.to_string(),
-            n_embd: u32_of(K_BASE_EMBD)?,
-            n_vocab: u32_of(K_BASE_VOCAB)?,
-            tokenizer_fingerprint: f.req_str(K_BASE_FP)?.to_string(),
-        };
-        theirs.check_matches(identity).map_err(|e| match e {
+        BaseIdentity::read_keys(f)?.check_matches(identity).map_err(|e| match e {
             crate::Error::PackMismatch { what, pack, model } => {
                 crate::Error::PackMismatch { what: format!("adapter base {what}"), pack, model }
             }

@@ -8,6 +8,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{bad_file, Error, Result};
 use crate::gguf::{GgufFile, Value};
 
+pub const K_BASE_ARCH: &str = "delrec.base.architecture";
+pub const K_BASE_EMBD: &str = "delrec.base.n_embd";
+pub const K_BASE_VOCAB: &str = "delrec.base.n_vocab";
+pub const K_BASE_FP: &str = "delrec.base.tokenizer_fingerprint";
+
 /// What identifies the base model a pack was built for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseIdentity {
@@ -30,6 +35,19 @@ impl BaseIdentity {
         let n_embd = u32::try_from(n_embd).map_err(|_| bad_file(model, "embedding_length overflows"))?;
         let n_vocab = u32::try_from(tokens.len()).map_err(|_| bad_file(model, "vocabulary too large"))?;
         Ok(Self { architecture, n_embd, n_vocab, tokenizer_fingerprint: tokenizer_fingerprint(model)? })
+    }
+
+    /// The identity recorded in a pack or an adapter (`delrec.base.*` keys, `docs/format.md`).
+    pub fn read_keys(f: &GgufFile) -> Result<Self> {
+        let u32_of = |k: &str| -> Result<u32> {
+            u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
+        };
+        Ok(Self {
+            architecture: f.req_str(K_BASE_ARCH)?.to_string(),
+            n_embd: u32_of(K_BASE_EMBD)?,
+            n_vocab: u32_of(K_BASE_VOCAB)?,
+            tokenizer_fingerprint: f.req_str(K_BASE_FP)?.to_string(),
+        })
     }
 
     /// The first field that differs, as an error.

@@ -140,10 +140,9 @@ pub struct Pack {
 }
 
 pub(crate) const K_VERSION: &str = "delrec.pack.version";
-pub(crate) const K_ARCH: &str = "delrec.base.architecture";
-pub(crate) const K_EMBD: &str = "delrec.base.n_embd";
-pub(crate) const K_VOCAB: &str = "delrec.base.n_vocab";
-pub(crate) const K_FP: &str = "delrec.base.tokenizer_fingerprint";
+pub(crate) use crate::identity::{
+    K_BASE_ARCH as K_ARCH, K_BASE_EMBD as K_EMBD, K_BASE_FP as K_FP, K_BASE_VOCAB as K_VOCAB,
+};
 pub(crate) const K_SHA: &str = "delrec.base.model_sha256";
 pub(crate) const K_TEXT: &str = "delrec.template.text";
 pub(crate) const K_PARTS: &str = "delrec.template.parts";
@@ -244,15 +243,7 @@ impl Pack {
                 format!("a version-{PACK_VERSION_ADAPTER} pack names an adapter ({K_ADAPTER_FILE}), and only it does"),
             ));
         }
-        let u32_of = |k: &str| -> Result<u32> {
-            u32::try_from(f.req_u64(k)?).map_err(|_| bad_file(f, format!("{k} overflows")))
-        };
-        let base = BaseIdentity {
-            architecture: f.req_str(K_ARCH)?.to_string(),
-            n_embd: u32_of(K_EMBD)?,
-            n_vocab: u32_of(K_VOCAB)?,
-            tokenizer_fingerprint: f.req_str(K_FP)?.to_string(),
-        };
+        let base = BaseIdentity::read_keys(f)?;
         let model_sha256 = match f.get(K_SHA) {
             None => vec![],
             Some(v) => v.as_str_array().ok_or_else(|| bad_file(f, format!("{K_SHA} is not a string array")))?.to_vec(),

@@ -59,21 +59,28 @@ fn out_type(name: &str) -> OutType {
 /// `fixture` (e.g. `llama-tiny`) converted to `outtype`, built once (what `delrec-convert model
 /// --hf DIR --out OUT --outtype T` does: loaded in llama.cpp before it is published).
 pub fn model(fixture: &str, outtype: &str) -> PathBuf {
+    convert(fixture, outtype, None)
+}
+
+fn convert(fixture: &str, outtype: &str, lora: Option<&str>) -> PathBuf {
     let fx = fixtures();
-    let out = artifacts().join(format!("{fixture}.{outtype}.gguf"));
+    let out = artifacts().join(match lora {
+        None => format!("{fixture}.{outtype}.gguf"),
+        Some(l) => format!("{fixture}.{outtype}.{l}.gguf"),
+    });
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let opts = ModelOptions {
             hf_dir: fx.join(fixture),
             out: out.clone(),
             outtype: out_type(outtype),
-            lora: None,
+            lora: lora.map(|l| fx.join(l)),
             name: None,
             verify: true,
             threads: 0,
         };
         if let Err(e) = convert_model(&opts) {
-            panic!("converting {fixture} to {outtype}: {e:?}");
+            panic!("converting {fixture} (LoRA {lora:?}) to {outtype}: {e:?}");
         }
     }
     out
@@ -86,24 +93,7 @@ pub fn pack(model: &Path, fixture: &str, prompt: &str) -> PathBuf {
 
 /// `fixture` converted to `outtype` with the PEFT LoRA `lora` merged in (`model --lora`).
 pub fn merged_model(fixture: &str, outtype: &str, lora: &str) -> PathBuf {
-    let fx = fixtures();
-    let out = artifacts().join(format!("{fixture}.{outtype}.{lora}.gguf"));
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.exists() {
-        let opts = ModelOptions {
-            hf_dir: fx.join(fixture),
-            out: out.clone(),
-            outtype: out_type(outtype),
-            lora: Some(fx.join(lora)),
-            name: None,
-            verify: true,
-            threads: 0,
-        };
-        if let Err(e) = convert_model(&opts) {
-            panic!("converting {fixture}+{lora} to {outtype}: {e:?}");
-        }
-    }
-    out
+    convert(fixture, outtype, Some(lora))
 }
 
 /// The PEFT LoRA fixture `lora` merged into the GGUF `base` (dequantized), written at F32
