@@ -375,7 +375,7 @@ impl Engine {
     pub fn open(model: impl AsRef<Path>, pack: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
         let pack = Pack::open(pack.as_ref())?;
         let base = Base::open_for(model.as_ref(), cfg, Some(&pack))?;
-        let adapter = pack.adapter.as_ref().map(|a| pack.path().parent().unwrap_or(Path::new("")).join(&a.file));
+        let adapter = base::adapter_beside(&pack);
         base.engine(pack, adapter.as_deref())
     }
 

@@ -159,7 +159,7 @@ impl Base {
     /// directory (see [`Base::open_pack_with_adapter`] for another place).
     pub fn open_pack(&self, pack: impl AsRef<Path>) -> Result<Engine> {
         let pack = Pack::open(pack.as_ref())?;
-        let adapter = pack.adapter.as_ref().map(|a| pack.path().parent().unwrap_or(Path::new("")).join(&a.file));
+        let adapter = adapter_beside(&pack);
         self.engine(pack, adapter.as_deref())
     }
 
@@ -272,6 +272,11 @@ pub(super) struct LoadedAdapter {
     pub scale: f32,
     pub info: AdapterInfo,
     pub path: PathBuf,
+}
+
+/// Where a pack's adapter is by default: beside the pack, under the name it pins.
+pub(super) fn adapter_beside(pack: &Pack) -> Option<PathBuf> {
+    pack.adapter.as_ref().map(|a| pack.path().parent().unwrap_or(Path::new("")).join(&a.file))
 }
 
 fn check_pinned(pack: &Pack, sum: &str) -> Result<()> {
