@@ -244,6 +244,8 @@ fn ensure_pack(cache: &Path, f: &fixtures::ModelFixture, n: usize, step: &mut dy
         soft_prompts: vec![("default".to_string(), f.soft_prompt.clone())],
         item_prefix: " ".to_string(),
         history_separator: ",".to_string(),
+        candidates_separator: ", ".into(),
+        verbalizer: None,
         bos: BosChoice::Auto,
         max_history: None,
         scoring: ScoringMode::Sum,

@@ -232,6 +232,9 @@ pub enum ScoringMode {
     Sum,
     /// The sum divided by the number of scored tokens.
     Mean,
+    /// One prediction at the template's mask, read by the pack's verbalizer (DELRec as
+    /// published): the whole catalog scored in one pass; titles may tie (see `ties`).
+    Verbalizer,
 }
 
 impl From<rt::ScoringMode> for ScoringMode {
@@ -239,6 +242,7 @@ impl From<rt::ScoringMode> for ScoringMode {
         match m {
             rt::ScoringMode::Sum => ScoringMode::Sum,
             rt::ScoringMode::Mean => ScoringMode::Mean,
+            rt::ScoringMode::Verbalizer => ScoringMode::Verbalizer,
         }
     }
 }
@@ -388,6 +392,8 @@ pub struct ScoredItem {
     pub n_tokens: u32,
     /// `logprob / n_tokens`.
     pub mean_logprob: f64,
+    /// How many other ranked items have exactly this score.
+    pub ties: u32,
 }
 
 impl From<rt::ScoredItem> for ScoredItem {
@@ -400,6 +406,7 @@ impl From<rt::ScoredItem> for ScoredItem {
             logprob: s.logprob,
             n_tokens: s.n_tokens,
             mean_logprob: s.mean_logprob,
+            ties: s.ties,
         }
     }
 }
@@ -416,6 +423,8 @@ pub struct RankStats {
     pub candidates: u64,
     /// Candidates left unscored because they provably could not reach the top k.
     pub pruned: u64,
+    /// Encoder passes (encoder-decoder models: one per request).
+    pub encoder_passes: u64,
 }
 
 impl From<rt::RankStats> for RankStats {
@@ -427,6 +436,7 @@ impl From<rt::RankStats> for RankStats {
             decode_calls: s.decode_calls as u64,
             candidates: s.candidates as u64,
             pruned: s.pruned as u64,
+            encoder_passes: s.encoder_passes as u64,
         }
     }
 }

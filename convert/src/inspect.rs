@@ -60,6 +60,8 @@ fn part_desc(p: &Part, pack: &Pack) -> String {
         Part::Soft(i) => format!("soft prompt {:?}", pack.soft_prompts[*i].name),
         Part::History => "{history}".into(),
         Part::Candidate => "{candidate}".into(),
+        Part::Candidates => "{candidates}".into(),
+        Part::Mask => "{mask}".into(),
     }
 }
 
@@ -103,6 +105,9 @@ pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
             "separator_tokens": t.separator_tokens,
             "bos": t.bos,
             "scoring": pack.scoring.as_str(),
+            "candidates_separator": t.candidates_separator,
+            "verbalizer": pack.verbalizer.as_ref().map(|v| json!({"handler": v.handler.as_str(), "label_words": v.rule.as_str(),
+                "prefix": v.prefix, "n_words": v.n_words()})),
             "soft_prompts": pack.soft_prompts.iter().map(|s| json!({"name": s.name, "n_virtual": s.n_virtual, "n_embd": pack.base.n_embd, "type": s.ty.name()})).collect::<Vec<_>>(),
             "n_items": pack.n_items(),
             "items": items,
@@ -199,6 +204,17 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         );
         let _ = writeln!(s, "  BOS: {}", t.bos.map(|b| b.to_string()).unwrap_or_else(|| "none".into()));
         let _ = writeln!(s, "  scoring: {}", pack.scoring.as_str());
+        if let Some(v) = &pack.verbalizer {
+            let _ = writeln!(
+                s,
+                "  verbalizer: handler {}, label words {} (prefix {:?}), {} words over {} items",
+                v.handler.as_str(),
+                v.rule.as_str(),
+                v.prefix,
+                v.n_words(),
+                v.n_items()
+            );
+        }
         if let Some(a) = &pack.adapter {
             let _ = writeln!(s, "  LoRA adapter: {} (sha256 {}…), scale {}", a.file, &a.sha256[..16], a.scale);
             match beside_pack(&pack, &a.file) {

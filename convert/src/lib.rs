@@ -18,6 +18,7 @@ pub mod pack;
 pub mod progress;
 pub mod quant;
 pub mod seq;
+pub mod soft;
 pub mod st;
 /// Fixture builders for tests only (the `testing` feature; this crate's tests turn it on).
 #[cfg(any(test, feature = "testing"))]

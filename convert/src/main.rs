@@ -11,7 +11,7 @@ use delrec_convert::model::{convert_model, ModelOptions, OutType};
 use delrec_convert::pack::{build_pack, parse_soft_arg, AdapterPack, BosChoice, PackOptions, SeqInput, SeqOptions};
 use delrec_convert::quant::{quantize_file, QuantType};
 use delrec_convert::{inspect, ConvertError};
-use delrec_format::pack::ScoringMode;
+use delrec_format::pack::{Handler, LabelRule, ScoringMode, VerbalizerSpec};
 use delrec_format::seq::Fusion;
 
 #[derive(Parser)]
@@ -120,7 +120,9 @@ enum Cmd {
         /// Read the template from a file instead.
         #[arg(long)]
         template_file: Option<PathBuf>,
-        /// NAME=PEFT_PROMPT_TUNING_DIR; repeatable.
+        /// NAME=SOURCE[@A..B]; repeatable. SOURCE: a PEFT prompt-tuning directory, an OpenPrompt
+        /// checkpoint (MixedTemplate / SoftTemplate state dict), or a file with one tensor;
+        /// @A..B keeps soft rows A..B (OpenPrompt numbers all soft segments in one sequence).
         #[arg(long = "soft-prompt", value_parser = parse_soft_arg)]
         soft_prompts: Vec<(String, PathBuf)>,
         #[arg(long, default_value = " ", allow_hyphen_values = true)]
@@ -134,8 +136,23 @@ enum Cmd {
         /// trained with); default: all.
         #[arg(long)]
         max_history: Option<u32>,
-        #[arg(long, default_value = "sum", value_parser = ["sum", "mean"])]
+        /// sum / mean: title log-likelihood (the template has {candidate}); verbalizer: one
+        /// prediction at {mask} read by label words (OpenPrompt's ManualVerbalizer, DELRec).
+        #[arg(long, default_value = "sum", value_parser = ["sum", "mean", "verbalizer"])]
         scoring: String,
+        /// Verbalizer: how a label word of several tokens is scored (OpenPrompt's multi_token_handler).
+        #[arg(long, value_parser = ["first", "mean", "max"])]
+        verbalizer_handler: Option<String>,
+        /// Verbalizer: label words per item: title, or title+no-year (DELRec's: the title and the
+        /// title without its " (YYYY)").
+        #[arg(long, value_parser = ["title", "title+no-year"])]
+        label_words: Option<String>,
+        /// Verbalizer: put before each label word before tokenizing (OpenPrompt's " ").
+        #[arg(long, allow_hyphen_values = true)]
+        label_prefix: Option<String>,
+        /// Between the candidates a {candidates} slot lists.
+        #[arg(long = "candidates-sep", default_value = ", ", allow_hyphen_values = true)]
+        candidates_sep: String,
         /// Store soft prompts as F16 (half the size) instead of F32.
         #[arg(long)]
         soft_f16: bool,
@@ -300,6 +317,10 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
             bos,
             max_history,
             scoring,
+            verbalizer_handler,
+            label_words,
+            label_prefix,
+            candidates_sep,
             soft_f16,
             seq_model,
             seq_items,
@@ -326,6 +347,16 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 (None, None) => return Err(ConvertError::Usage("give --template or --template-file".into())),
             };
             let scoring = ScoringMode::parse(&scoring)?;
+            let verbalizer = if verbalizer_handler.is_none() && label_words.is_none() && label_prefix.is_none() {
+                None
+            } else {
+                let d = VerbalizerSpec::default();
+                Some(VerbalizerSpec {
+                    handler: verbalizer_handler.as_deref().map(Handler::parse).transpose()?.unwrap_or(d.handler),
+                    rule: label_words.as_deref().map(LabelRule::parse).transpose()?.unwrap_or(d.rule),
+                    prefix: label_prefix.unwrap_or(d.prefix),
+                })
+            };
             let r = build_pack(&PackOptions {
                 models,
                 tokenizer,
@@ -334,6 +365,8 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                 soft_prompts,
                 item_prefix,
                 history_separator: history_sep,
+                candidates_separator: candidates_sep,
+                verbalizer,
                 bos,
                 max_history,
                 scoring,

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use delrec_format::gguf::{GgufFile, Value};
 use delrec_format::identity::{file_sha256, BaseIdentity};
+pub use delrec_format::pack::VerbalizerSpec;
 use delrec_format::pack::{CatalogItem, Pack, PackBuilder, ScoringMode};
 use delrec_format::seq::Fusion;
 use delrec_format::template::{self, Piece};
@@ -54,10 +55,15 @@ pub struct PackOptions {
     pub tokenizer: Option<PathBuf>,
     pub catalog: PathBuf,
     pub template: String,
-    /// (name, PEFT prompt-tuning directory)
+    /// (name, source): a PEFT prompt-tuning directory, an OpenPrompt checkpoint or a tensor
+    /// file, optionally `@A..B` for some of its rows ([`crate::soft`]).
     pub soft_prompts: Vec<(String, PathBuf)>,
     pub item_prefix: String,
     pub history_separator: String,
+    /// Between the candidates a `{candidates}` slot lists.
+    pub candidates_separator: String,
+    /// Label words and handler, with verbalizer scoring (defaults: OpenPrompt's, DELRec's words).
+    pub verbalizer: Option<VerbalizerSpec>,
     pub bos: BosChoice,
     /// The prompt takes only the latest this many history items (`--max-history`).
     pub max_history: Option<u32>,
@@ -416,8 +422,13 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         if soft.iter().any(|(n, _, _): &(String, usize, Vec<f32>)| n == name) {
             return Err(ConvertError::Usage(format!("soft prompt {name:?} given twice")));
         }
-        let (n, v) = load_soft_prompt(name, dir, base.n_embd as usize)?;
-        soft.push((name.clone(), n, v));
+        // A path that exists is taken as it is; otherwise a trailing `@A..B` selects rows.
+        let src = match dir.to_str() {
+            Some(s) if !dir.exists() => crate::soft::SoftSource::parse(s).map_err(ConvertError::Usage)?,
+            _ => crate::soft::SoftSource { path: dir.clone(), rows: None },
+        };
+        let r = crate::soft::load(name, &src, base.n_embd as usize)?;
+        soft.push((name.clone(), r.n_virtual, r.values));
     }
     let n_embd = base.n_embd as usize;
     let seq = match &opts.seq {
@@ -471,6 +482,14 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     b.model_sha256 = shas;
     b.item_prefix = opts.item_prefix.clone();
     b.history_separator = opts.history_separator.clone();
+    b.candidates_separator = opts.candidates_separator.clone();
+    b.verbalizer = match (opts.scoring, &opts.verbalizer) {
+        (ScoringMode::Verbalizer, v) => Some(v.clone().unwrap_or_default()),
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(ConvertError::Usage("verbalizer options need --scoring verbalizer".into()));
+        }
+    };
     b.bos = bos;
     b.max_history = opts.max_history;
     b.scoring = opts.scoring;

@@ -1035,6 +1035,8 @@ mod tests {
                 soft_prompts: vec![("default".into(), soft)],
                 item_prefix: " ".into(),
                 history_separator: ",".into(),
+                candidates_separator: ", ".into(),
+                verbalizer: None,
                 bos: BosChoice::Auto,
                 max_history: None,
                 scoring: delrec_format::pack::ScoringMode::Sum,

@@ -42,6 +42,8 @@ fn options(f: &Fixture, catalog: PathBuf, out: &Path) -> PackOptions {
         soft_prompts: vec![],
         item_prefix: " ".into(),
         history_separator: ",".into(),
+        candidates_separator: ", ".into(),
+        verbalizer: None,
         bos: BosChoice::Auto,
         max_history: None,
         scoring: ScoringMode::Sum,

@@ -6,7 +6,8 @@
 //!   catalog, scoring mode, base identity; validated completely on open. [`pack::PackBuilder`]
 //!   behind `build`.
 //! - [`seq`]: the sequential recommender (SASRec) a pack may carry, and the cascade's fusion.
-//! - [`template`]: the template language (`{soft:NAME}`, `{history}`, `{candidate}`).
+//! - [`template`]: the template language (`{soft:NAME}`, `{history}`, `{candidate}`,
+//!   `{candidates}`, `{mask}`); [`verbalizer`]: the label words a mask template is scored by.
 //! - [`identity`]: what ties a pack to its base model.
 //! - [`adapter`]: a llama.cpp LoRA adapter GGUF checked against its base before llama.cpp
 //!   reads it.
@@ -30,6 +31,7 @@ pub mod model_check;
 pub mod pack;
 pub mod seq;
 pub mod template;
+pub mod verbalizer;
 
 pub use error::{Error, Result};
 pub use identity::BaseIdentity;

@@ -14,6 +14,7 @@ use crate::gguf::{Array, GgufFile, TensorType, Value};
 pub use crate::identity::BaseIdentity;
 use crate::seq::{self as seqm, Fusion, Sasrec};
 use crate::template::{self, Piece};
+pub use crate::verbalizer::{Handler, LabelRule, Verbalizer};
 
 /// Version of the pack layout this build writes for a pack without an adapter; it reads it and
 /// [`PACK_VERSION_ADAPTER`].
@@ -30,6 +31,9 @@ pub enum ScoringMode {
     Sum,
     /// Sum divided by the number of scored tokens (length-normalized).
     Mean,
+    /// One prediction at the template's `{mask}`, read by the pack's verbalizer (OpenPrompt's
+    /// `ManualVerbalizer`, DELRec as published): the whole catalog scored in one pass.
+    Verbalizer,
 }
 
 impl ScoringMode {
@@ -37,6 +41,7 @@ impl ScoringMode {
         match self {
             ScoringMode::Sum => "sum",
             ScoringMode::Mean => "mean",
+            ScoringMode::Verbalizer => "verbalizer",
         }
     }
 
@@ -44,7 +49,8 @@ impl ScoringMode {
         match s {
             "sum" => Ok(ScoringMode::Sum),
             "mean" => Ok(ScoringMode::Mean),
-            _ => Err(Error::InvalidInput(format!("scoring mode {s:?} (expected sum or mean)"))),
+            "verbalizer" => Ok(ScoringMode::Verbalizer),
+            _ => Err(Error::InvalidInput(format!("scoring mode {s:?} (expected sum, mean or verbalizer)"))),
         }
     }
 }
@@ -68,6 +74,8 @@ pub enum Part {
     Soft(usize),
     History,
     Candidate,
+    Candidates,
+    Mask,
 }
 
 /// The compiled template of a pack.
@@ -78,6 +86,11 @@ pub struct Template {
     pub item_prefix: String,
     pub history_separator: String,
     pub separator_tokens: Vec<i32>,
+    /// Between the candidates `{candidates}` lists (mask templates that have it).
+    pub candidates_separator: String,
+    pub candidates_separator_tokens: Vec<i32>,
+    /// Title or mask template.
+    pub kind: template::Kind,
     /// Token put before everything, if any.
     pub bos: Option<i32>,
     /// The prompt takes only the latest this many history items (what the LLM was trained
@@ -137,6 +150,8 @@ pub struct Pack {
     pub fusion: Fusion,
     /// The LoRA adapter the pack's fine-tune ships as, if it is not merged into the model.
     pub adapter: Option<AdapterRef>,
+    /// The label words of every item (packs with verbalizer scoring, and only they).
+    pub verbalizer: Option<Verbalizer>,
 }
 
 pub(crate) const K_VERSION: &str = "delrec.pack.version";
@@ -152,6 +167,8 @@ pub(crate) const K_SEP_TOK: &str = "delrec.template.history_separator.tokens";
 pub(crate) const K_BOS: &str = "delrec.template.bos";
 pub(crate) const K_MAX_HISTORY: &str = "delrec.template.max_history";
 pub(crate) const K_SCORING: &str = "delrec.scoring.mode";
+pub(crate) const K_CANDS_SEP: &str = "delrec.template.candidates_separator";
+pub(crate) const K_CANDS_SEP_TOK: &str = "delrec.template.candidates_separator.tokens";
 pub(crate) const K_SOFT: &str = "delrec.soft_prompt.names";
 pub(crate) const K_IDS: &str = "delrec.catalog.ids";
 pub(crate) const K_TITLES: &str = "delrec.catalog.titles";
@@ -203,6 +220,24 @@ fn read_adapter(f: &GgufFile) -> Result<Option<AdapterRef>> {
 /// An adapter scale a pack may hold.
 pub fn valid_adapter_scale(s: f32) -> bool {
     s.is_finite() && s > 0.0 && s <= 16.0
+}
+
+/// Architectures whose encoder sees the whole input (a mask may sit mid-template there).
+pub fn is_encoder_decoder(arch: &str) -> bool {
+    arch == "t5"
+}
+
+/// A title template scores with `sum`/`mean`, a mask template with the verbalizer.
+pub fn check_scoring(scoring: ScoringMode, kind: template::Kind) -> Result<()> {
+    match (scoring, kind) {
+        (ScoringMode::Verbalizer, template::Kind::Title) => {
+            Err(Error::InvalidInput("verbalizer scoring needs a template with {mask}".into()))
+        }
+        (ScoringMode::Sum | ScoringMode::Mean, template::Kind::Mask) => Err(Error::InvalidInput(
+            "a template with {mask} scores with the verbalizer (scoring mode verbalizer)".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn read_i32s(bytes: &[u8]) -> impl Iterator<Item = i32> + '_ {
@@ -312,6 +347,8 @@ impl Pack {
                 "text" => (Piece::Text(String::new()), Part::Text(tok_array(&part_key(i))?)),
                 "history" => (Piece::History, Part::History),
                 "candidate" => (Piece::Candidate, Part::Candidate),
+                "candidates" => (Piece::Candidates, Part::Candidates),
+                "mask" => (Piece::Mask, Part::Mask),
                 other => match other.strip_prefix("soft:") {
                     Some(n) => {
                         let idx = soft_prompts.iter().position(|s| s.name == n).ok_or_else(|| {
@@ -325,7 +362,15 @@ impl Pack {
             pieces.push(piece);
             parts.push(part);
         }
-        template::validate(&pieces).map_err(|e| bad_file(f, e.to_string()))?;
+        let kind = template::validate(&pieces).map_err(|e| bad_file(f, e.to_string()))?;
+        if !is_encoder_decoder(&base.architecture) {
+            template::check_for_decoder_only(&pieces).map_err(|e| bad_file(f, e.to_string()))?;
+        }
+        let (candidates_separator, candidates_separator_tokens) = if pieces.contains(&Piece::Candidates) {
+            (f.req_str(K_CANDS_SEP)?.to_string(), tok_array(K_CANDS_SEP_TOK)?)
+        } else {
+            (String::new(), vec![])
+        };
         let bos = match f.get(K_BOS).and_then(Value::as_i64) {
             None | Some(-1) => None,
             Some(t) if t >= 0 && t < n_vocab => Some(t as i32),
@@ -337,6 +382,9 @@ impl Pack {
             item_prefix: f.req_str(K_PREFIX)?.to_string(),
             history_separator: f.req_str(K_SEP)?.to_string(),
             separator_tokens: tok_array(K_SEP_TOK)?,
+            candidates_separator,
+            candidates_separator_tokens,
+            kind,
             bos,
             max_history: match f.get(K_MAX_HISTORY) {
                 None => None,
@@ -349,6 +397,7 @@ impl Pack {
             },
         };
         let scoring = ScoringMode::parse(f.req_str(K_SCORING)?).map_err(|e| bad_file(f, e.to_string()))?;
+        check_scoring(scoring, kind).map_err(|e| bad_file(f, e.to_string()))?;
 
         // Catalog.
         let n = ids.len();
@@ -402,8 +451,13 @@ impl Pack {
         check_tokens(T_TOKENS, &tokens)?;
         let seq = seqm::read_sasrec(f, n, base.n_embd as usize)?;
         let fusion = seqm::read_fusion(f, n)?;
+        let verbalizer = match scoring {
+            ScoringMode::Verbalizer => Some(Verbalizer::read(f, n, n_vocab)?),
+            _ => None,
+        };
 
         Ok(Pack {
+            verbalizer,
             seq,
             fusion,
             adapter,
@@ -482,4 +536,4 @@ impl Pack {
 #[cfg(feature = "build")]
 mod build;
 #[cfg(feature = "build")]
-pub use build::{CatalogItem, PackBuilder};
+pub use build::{CatalogItem, PackBuilder, VerbalizerSpec};

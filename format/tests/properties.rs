@@ -476,6 +476,8 @@ fn template_text() -> impl Strategy<Value = String> {
         Just("}}".to_string()),
         Just("{history}".to_string()),
         Just("{candidate}".to_string()),
+        Just("{candidates}".to_string()),
+        Just("{mask}".to_string()),
         Just("{soft:".to_string()),
         Just("{soft:}".to_string()),
         "[A-Za-z0-9_. -]{0,5}".prop_map(|s| format!("{{soft:{s}}}")),
@@ -494,15 +496,29 @@ fn render(pieces: &[Piece]) -> String {
             Piece::Soft(n) => format!("{{soft:{n}}}"),
             Piece::History => "{history}".into(),
             Piece::Candidate => "{candidate}".into(),
+            Piece::Candidates => "{candidates}".into(),
+            Piece::Mask => "{mask}".into(),
         })
         .collect()
 }
 
 fn check_accepted(text: &str) -> Result<(), TestCaseError> {
     if let Ok(pieces) = template::parse(text) {
-        prop_assert!(template::validate(&pieces).is_ok());
-        prop_assert_eq!(pieces.iter().filter(|p| **p == Piece::History).count(), 1);
-        prop_assert_eq!(pieces.iter().filter(|p| **p == Piece::Candidate).count(), 1);
+        let kind = template::validate(&pieces);
+        prop_assert!(kind.is_ok());
+        let count = |want: Piece| pieces.iter().filter(|p| **p == want).count();
+        prop_assert_eq!(count(Piece::History), 1);
+        match kind.ok() {
+            Some(template::Kind::Title) => {
+                prop_assert_eq!(count(Piece::Candidate), 1);
+                prop_assert_eq!(count(Piece::Mask) + count(Piece::Candidates), 0);
+            }
+            _ => {
+                prop_assert_eq!(count(Piece::Mask), 1);
+                prop_assert_eq!(count(Piece::Candidate), 0);
+                prop_assert!(count(Piece::Candidates) <= 1);
+            }
+        }
         for w in pieces.windows(2) {
             prop_assert!(!matches!(w, [Piece::Text(_), Piece::Text(_)]), "adjacent text pieces");
         }

@@ -198,12 +198,17 @@ pub struct ScoredItem {
     pub index: u32,
     /// The ranking score under the pack's scoring mode.
     pub score: f64,
-    /// Σ ln p over the scored tokens.
+    /// Σ ln p over the scored tokens; with verbalizer scoring, the class's log-score (the mean
+    /// of its label words' log-probabilities), equal to `score`.
     pub logprob: f64,
-    /// Number of scored tokens (title + terminator).
+    /// Number of scored tokens (title + terminator); with verbalizer scoring, label words.
     pub n_tokens: u32,
     /// `logprob / n_tokens`.
     pub mean_logprob: f64,
+    /// How many other ranked items have exactly this score (they are ordered by catalog index
+    /// among themselves). A verbalizer scoring by first tokens ties every title that starts with
+    /// the same token: shown here, not hidden.
+    pub ties: u32,
 }
 
 /// Counters of one ranking call.
@@ -218,6 +223,8 @@ pub struct RankStats {
     pub candidates: usize,
     /// Candidates left unscored because they provably could not reach the top k.
     pub pruned: usize,
+    /// Encoder passes (encoder-decoder models: one per request).
+    pub encoder_passes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -300,6 +307,9 @@ pub enum Strategy {
     BestFirst { k: usize },
     /// One full prompt per candidate.
     Naive,
+    /// One prediction at the template's mask, read by the pack's verbalizer: the prefix once,
+    /// every candidate (up to the whole catalog) scored from one row of logits.
+    Verbalizer,
 }
 
 /// One trie node of a candidate group, in decode order.
@@ -467,9 +477,12 @@ impl Engine {
         let inner = &*self.inner;
         let cat = self.catalog();
         let r = prompt::resolve(&cat, req)?;
-        let prefix = prompt::prefix_rows(&cat, &r.history, r.soft_override)?;
+        let prefix = prompt::prefix_rows(&cat, &r, r.soft_override)?;
+        let strategy = plan::choose(req, r.candidates.len(), inner.n_seq_max, inner.pack.scoring);
+        if strategy == Strategy::Verbalizer {
+            return Ok(RankPlan { strategy, prefix, candidates: r.candidates, sequences: vec![], groups: vec![] });
+        }
         let sequences = prompt::candidate_sequences(&cat, &r.candidates)?;
-        let strategy = plan::choose(req, sequences.len(), inner.n_seq_max, inner.pack.scoring);
         let groups = plan::shared::groups(&sequences, inner.n_seq_max, inner.n_ctx, prefix.len())?;
         Ok(RankPlan {
             strategy,

@@ -226,6 +226,8 @@ fn build_opts(
             soft_prompts: vec![("default".to_string(), fx.join(prompt))],
             item_prefix: " ".to_string(),
             history_separator: ",".to_string(),
+            candidates_separator: ", ".into(),
+            verbalizer: None,
             bos: BosChoice::Auto,
             max_history: None,
             scoring: ScoringMode::Sum,
@@ -242,6 +244,47 @@ fn build_opts(
         if let Err(e) = build_pack(&opts) {
             panic!("building the pack {}: {e:?}", out.display());
         }
+    }
+    out
+}
+
+/// A verbalizer pack (mask template `template`, soft prompts as `(name, source)`; none when
+/// empty) for `model` over the fixture catalog, tokenized with the fixture's HF tokenizer;
+/// `tag` names the file.
+pub fn verbalizer_pack(
+    model: &Path,
+    fixture: &str,
+    template: &str,
+    soft: &[(&str, PathBuf)],
+    spec: delrec_convert::pack::VerbalizerSpec,
+    tag: &str,
+) -> PathBuf {
+    let fx = fixtures();
+    let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let out = artifacts().join(format!("{stem}.verbalizer-{tag}.pack.gguf"));
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = PackOptions {
+        models: vec![model.to_path_buf()],
+        tokenizer: Some(fx.join(fixture).join("tokenizer.json")),
+        catalog: fx.join("catalog.csv"),
+        template: template.to_string(),
+        soft_prompts: soft.iter().map(|(n, p)| (n.to_string(), p.clone())).collect(),
+        item_prefix: " ".to_string(),
+        history_separator: ",".to_string(),
+        candidates_separator: ", ".into(),
+        verbalizer: Some(spec),
+        bos: BosChoice::Auto,
+        max_history: None,
+        scoring: ScoringMode::Verbalizer,
+        soft_f16: false,
+        name: None,
+        out: out.clone(),
+        fusion: None,
+        adapter: None,
+        seq: None,
+    };
+    if let Err(e) = build_pack(&opts) {
+        panic!("building the pack {}: {e:?}", out.display());
     }
     out
 }

@@ -240,6 +240,8 @@ fn pack_in(dir: &Path, model: &Path) -> PathBuf {
         soft_prompts: vec![("default".into(), fx.join("prompt-llama"))],
         item_prefix: " ".into(),
         history_separator: ",".into(),
+        candidates_separator: ", ".into(),
+        verbalizer: None,
         bos: delrec_convert::pack::BosChoice::Auto,
         max_history: None,
         scoring: delrec_runtime::ScoringMode::Sum,

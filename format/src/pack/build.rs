@@ -26,6 +26,8 @@ pub struct PackBuilder {
     pub template: String,
     pub item_prefix: String,
     pub history_separator: String,
+    /// Between the candidates a `{candidates}` slot lists.
+    pub candidates_separator: String,
     pub bos: Option<i32>,
     /// The prompt takes only the latest this many history items.
     pub max_history: Option<u32>,
@@ -38,6 +40,24 @@ pub struct PackBuilder {
     pub fusion: Option<Fusion>,
     /// The adapter the pack is served with (written as a version-2 pack).
     pub adapter: Option<AdapterRef>,
+    /// With verbalizer scoring: how label words are made and scored.
+    pub verbalizer: Option<VerbalizerSpec>,
+}
+
+/// How a verbalizer's label words are made from titles (tokenized with the pack's tokenizer as
+/// `prefix + word`) and scored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerbalizerSpec {
+    pub handler: Handler,
+    pub rule: LabelRule,
+    pub prefix: String,
+}
+
+impl Default for VerbalizerSpec {
+    /// OpenPrompt's `ManualVerbalizer` defaults with DELRec's label words.
+    fn default() -> Self {
+        Self { handler: Handler::First, rule: LabelRule::TitleAndNoYear, prefix: " ".into() }
+    }
 }
 
 impl PackBuilder {
@@ -48,6 +68,7 @@ impl PackBuilder {
             template: template.to_string(),
             item_prefix: " ".into(),
             history_separator: ",".into(),
+            candidates_separator: ", ".into(),
             bos: None,
             max_history: None,
             scoring: ScoringMode::Sum,
@@ -57,6 +78,7 @@ impl PackBuilder {
             seq: None,
             fusion: None,
             adapter: None,
+            verbalizer: None,
         }
     }
 
@@ -89,6 +111,14 @@ impl PackBuilder {
     /// Validates everything, tokenizes, and writes the pack atomically.
     pub fn write(&self, path: &Path, tokenize: &mut dyn FnMut(&str) -> Result<Vec<i32>>) -> Result<()> {
         let pieces = template::parse(&self.template)?;
+        let kind = template::validate(&pieces)?;
+        if !is_encoder_decoder(&self.base.architecture) {
+            template::check_for_decoder_only(&pieces)?;
+        }
+        check_scoring(self.scoring, kind)?;
+        if self.verbalizer.is_some() != (self.scoring == ScoringMode::Verbalizer) {
+            return Err(Error::InvalidInput("a verbalizer spec goes with verbalizer scoring, and only with it".into()));
+        }
         let n_vocab = self.base.n_vocab as i64;
         let mut tok = |what: &str, s: &str| -> Result<Vec<i32>> {
             let t = tokenize(s)?;
@@ -145,6 +175,11 @@ impl PackBuilder {
         w.set(K_PREFIX, Value::Str(self.item_prefix.clone()));
         w.set(K_SEP, Value::Str(self.history_separator.clone()));
         w.set(K_SEP_TOK, Value::Array(Array::I32(tok("history separator", &self.history_separator)?)));
+        if pieces.contains(&Piece::Candidates) {
+            w.set(K_CANDS_SEP, Value::Str(self.candidates_separator.clone()));
+            let t = tok("candidates separator", &self.candidates_separator)?;
+            w.set(K_CANDS_SEP_TOK, Value::Array(Array::I32(t)));
+        }
         if let Some(b) = self.bos {
             if b < 0 || b as i64 >= n_vocab {
                 return Err(Error::InvalidInput(format!("BOS token {b} outside the vocabulary")));
@@ -197,6 +232,24 @@ impl PackBuilder {
         if self.items.iter().any(|i| i.text.is_some()) {
             let texts = self.items.iter().map(|i| i.text.clone().unwrap_or_default()).collect();
             w.set(K_TEXTS, Value::Array(Array::Str(texts)));
+        }
+        if let Some(spec) = &self.verbalizer {
+            let mut words = Vec::with_capacity(self.items.len());
+            for it in &self.items {
+                let mut ws = Vec::new();
+                for word in spec.rule.words(&it.title) {
+                    let t = tok("label word", &format!("{}{word}", spec.prefix))?;
+                    if t.is_empty() {
+                        return Err(Error::InvalidInput(format!(
+                            "catalog item {:?}: label word {word:?} tokenizes to nothing",
+                            it.id
+                        )));
+                    }
+                    ws.push(t);
+                }
+                words.push(ws);
+            }
+            Verbalizer::new(spec.handler, spec.rule, &spec.prefix, &words)?.write(&mut w)?;
         }
         w.add_tensor(T_TOKENS, &[tokens.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&tokens)))?;
         w.add_tensor(T_OFFSETS, &[offsets.len() as u64], TensorType::I32, TensorData::Owned(i32_bytes(&offsets)))?;
@@ -507,6 +560,86 @@ mod tests {
                 }
                 for s in 0..pack.soft_prompts.len() {
                     let _ = pack.soft_prompt_values(s);
+                }
+            }
+        }
+    }
+
+    fn verbalizer_builder() -> PackBuilder {
+        let mut b = builder();
+        b.template = "{soft:u}Seen:{history}; pick one of {candidates}:{mask}".into();
+        b.scoring = ScoringMode::Verbalizer;
+        b.verbalizer = Some(VerbalizerSpec::default());
+        b
+    }
+
+    #[test]
+    fn verbalizer_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        verbalizer_builder().write(&p, &mut bytes_tok).unwrap();
+        let pack = Pack::open(&p).unwrap();
+        assert_eq!(pack.scoring, ScoringMode::Verbalizer);
+        assert_eq!(pack.template.kind, template::Kind::Mask);
+        assert_eq!(*pack.template.parts.last().unwrap(), Part::Mask);
+        assert!(pack.template.parts.contains(&Part::Candidates));
+        assert_eq!(pack.template.candidates_separator_tokens, bytes_tok(", ").unwrap());
+        let v = pack.verbalizer.as_ref().unwrap();
+        assert_eq!((v.handler, v.rule, v.n_items(), v.n_words()), (Handler::First, LabelRule::TitleAndNoYear, 2, 4));
+        let words: Vec<Vec<i32>> = v.words(1).unwrap().map(<[i32]>::to_vec).collect();
+        assert_eq!(words, vec![bytes_tok(" Beta (1999)").unwrap(), bytes_tok(" Beta").unwrap()]);
+        // A title pack has none.
+        builder().write(&p, &mut bytes_tok).unwrap();
+        assert!(Pack::open(&p).unwrap().verbalizer.is_none());
+    }
+
+    #[test]
+    fn verbalizer_misuse_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        // Verbalizer scoring without a mask slot, a mask template with title scoring, a spec
+        // without verbalizer scoring, and a mask mid-template on a decoder-only base.
+        let mut no_mask = verbalizer_builder();
+        no_mask.template = "{history}{candidate}".into();
+        let mut title_scored = verbalizer_builder();
+        title_scored.scoring = ScoringMode::Sum;
+        let mut no_spec = verbalizer_builder();
+        no_spec.verbalizer = None;
+        let mut mid = verbalizer_builder();
+        mid.template = "{history}{mask} is next".into();
+        for (what, b) in [("no mask", no_mask), ("title scored", title_scored), ("no spec", no_spec), ("mid", mid)] {
+            let e = b.write(&p, &mut bytes_tok).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{what}: {e}");
+            assert!(!p.exists(), "{what}: a file was written");
+        }
+        // An encoder-decoder base reads the whole input: a mask may sit mid-template.
+        let mut t5 = verbalizer_builder();
+        t5.base.architecture = "t5".into();
+        t5.template = "{history}{mask} is next".into();
+        t5.write(&p, &mut bytes_tok).unwrap();
+        assert!(Pack::open(&p).is_ok());
+    }
+
+    #[test]
+    fn verbalizer_pack_truncations_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        verbalizer_builder().write(&p, &mut bytes_tok).unwrap();
+        let full = std::fs::read(&p).unwrap();
+        let q = dir.path().join("q.gguf");
+        for cut in (0..full.len()).step_by(5) {
+            std::fs::write(&q, &full[..cut]).unwrap();
+            assert!(Pack::open(&q).is_err(), "cut at {cut} opened");
+        }
+        for i in (0..full.len()).step_by(3) {
+            let mut m = full.clone();
+            m[i] ^= 0xff;
+            std::fs::write(&q, &m).unwrap();
+            if let Ok(pack) = Pack::open(&q) {
+                if let Some(v) = &pack.verbalizer {
+                    for j in 0..=v.n_items() as u32 {
+                        let _ = v.words(j).map(|w| w.count());
+                    }
                 }
             }
         }

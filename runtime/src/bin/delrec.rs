@@ -219,8 +219,28 @@ impl EngineArgs {
 fn items_json(r: &Ranking) -> Vec<serde_json::Value> {
     r.items
         .iter()
-        .map(|i| json!({"id": i.id, "title": i.title, "score": i.score, "logprob": i.logprob, "n_tokens": i.n_tokens, "mean": i.mean_logprob}))
+        .map(|i| json!({"id": i.id, "title": i.title, "score": i.score, "logprob": i.logprob, "n_tokens": i.n_tokens, "mean": i.mean_logprob, "ties": i.ties}))
         .collect()
+}
+
+/// The pack's scoring mode, in words (the verbalizer's handler and label words too).
+fn scoring_desc(p: &delrec_runtime::Pack) -> String {
+    match &p.verbalizer {
+        Some(v) => format!(
+            "verbalizer (handler {}, label words {}, prefix {:?}; {} words over {} items)",
+            v.handler.as_str(),
+            v.rule.as_str(),
+            v.prefix,
+            v.n_words(),
+            v.n_items()
+        ),
+        None => format!("title log-likelihood ({})", p.scoring.as_str()),
+    }
+}
+
+/// The pack's soft prompts as `name×rows`.
+fn soft_desc(p: &delrec_runtime::Pack) -> Vec<String> {
+    p.soft_prompts.iter().map(|s| format!("{}×{}", s.name, s.n_virtual)).collect()
 }
 
 fn kv_type(s: &str) -> Result<KvType, String> {
@@ -585,10 +605,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 let out = json!({
                     "items": items_json(&ranking),
                     "scoring": engine.pack().scoring.as_str(),
+                    "scoring_desc": scoring_desc(engine.pack()),
+                    "template": engine.pack().template.text,
+                    "soft_prompts": soft_desc(engine.pack()),
                     "adapter": engine.adapter().map(|a| json!({"path": a.path, "scale": a.scale, "alpha": a.alpha,
                         "ranks": a.ranks, "targets": a.targets, "weights": a.weights, "bytes": a.tensor_bytes})),
                     "stats": {"open_ms": open_ms, "rank_ms": rank_ms, "prefix_rows": s.prefix_rows, "decoded_rows": s.decoded_rows,
-                              "decode_calls": s.decode_calls, "candidates": s.candidates},
+                              "decode_calls": s.decode_calls, "candidates": s.candidates,
+                              "encoder_passes": s.encoder_passes, "tied": ranking.items.iter().filter(|i| i.ties > 0).count()},
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
@@ -605,6 +629,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         a.tensor_bytes as f64 / 1024.0
                     );
                 }
+                println!("scoring: {}", scoring_desc(p));
+                println!("template: {:?}; soft prompts: {}\n", p.template.text, soft_desc(p).join(", "));
                 println!("history (oldest first):");
                 for h in &history {
                     let title = p.item_index(h).and_then(|i| p.item_title(i)).unwrap_or("?");
@@ -612,7 +638,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 println!("\n{:>4}  {:>8}  {:>10}  {:>6}  title", "rank", "id", "score", "tokens");
                 for (r, i) in ranking.items.iter().enumerate() {
-                    println!("{:>4}  {:>8}  {:>10.4}  {:>6}  {}", r + 1, i.id, i.score, i.n_tokens, i.title);
+                    let tie = if i.ties > 0 { format!("  (tied with {})", i.ties) } else { String::new() };
+                    println!("{:>4}  {:>8}  {:>10.4}  {:>6}  {}{tie}", r + 1, i.id, i.score, i.n_tokens, i.title);
                 }
                 let s = &ranking.stats;
                 println!(

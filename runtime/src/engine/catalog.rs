@@ -25,6 +25,8 @@ pub(crate) struct AddedItem {
     pub id: String,
     pub title: String,
     pub tokens: Vec<i32>,
+    /// Its verbalizer label words, tokenized (packs with verbalizer scoring).
+    pub label_words: Vec<Vec<i32>>,
     /// The sequential model's vector (`hidden` wide), when the pack's model has an item
     /// projection; without one the item can be ranked by the LLM but not retrieved.
     pub vector: Option<Vec<f32>>,
@@ -66,6 +68,23 @@ impl Catalog<'_> {
     /// `item_prefix + title`, tokenized.
     pub fn tokens(&self, i: u32) -> Option<&[i32]> {
         self.pack.item_tokens(i).or_else(|| self.added_item(i).map(|a| a.tokens.as_slice()))
+    }
+
+    /// Calls `f` with each label word of item `i` (verbalizer packs); `false` when it has none.
+    pub fn each_label_word(&self, i: u32, f: &mut dyn FnMut(&[i32])) -> bool {
+        let mut any = false;
+        if let Some(words) = self.pack.verbalizer.as_ref().and_then(|v| v.words(i)) {
+            for w in words {
+                f(w);
+                any = true;
+            }
+        } else if let Some(a) = self.added_item(i) {
+            for w in &a.label_words {
+                f(w);
+                any = true;
+            }
+        }
+        any
     }
 
     /// The sequential model's vector of an added item (pack items are in the model's table).
@@ -133,6 +152,17 @@ impl Engine {
         if tokens.iter().any(|&t| t < 0 || t as i64 >= n_vocab) {
             return Err(Error::internal("the tokenizer produced a token outside the vocabulary"));
         }
+        // A verbalizer pack's label words, made by the pack's rule and tokenized like the title.
+        let mut label_words = Vec::new();
+        if let Some(v) = &pack.verbalizer {
+            for word in v.rule.words(title) {
+                let t = self.inner.model.tokenize(&format!("{}{word}", v.prefix), false)?;
+                if t.is_empty() || t.len() > MAX_TITLE_TOKENS || t.iter().any(|&x| x < 0 || x as i64 >= n_vocab) {
+                    return Err(Error::invalid("title", format!("label word {word:?} gives {} tokens", t.len())));
+                }
+                label_words.push(t);
+            }
+        }
         let vector = match pack.seq.as_ref().and_then(|m| m.item_proj.as_ref()) {
             None => None,
             Some(p) => {
@@ -170,7 +200,7 @@ impl Engine {
             u32::try_from(pack.n_items() + next.items.len()).map_err(|_| Error::invalid("id", "catalog full"))?;
         let info = AddedInfo { index, n_tokens: tokens.len(), retrievable: vector.is_some() };
         next.index.insert(id.to_string(), index);
-        next.items.push(AddedItem { id: id.to_string(), title: title.to_string(), tokens, vector });
+        next.items.push(AddedItem { id: id.to_string(), title: title.to_string(), tokens, label_words, vector });
         *guard = Arc::new(next);
         Ok(info)
     }

@@ -6,6 +6,8 @@
 //!   every trie node decoded once (every candidate scored).
 //! - [`best_first`]: exact top-k by best-first search over the trie of all candidates.
 //! - [`naive`]: one full prompt per candidate (a baseline and a test oracle).
+//! - [`verbalizer`]: one prediction at the template's mask, every candidate scored from it
+//!   by its label words (score = the class's log-score, count = its label words).
 //!
 //! A new scoring mode is a module here with a `score(&mut Job, ..)` function, a [`Strategy`]
 //! variant, and a line in [`choose`].
@@ -13,11 +15,14 @@
 pub(crate) mod best_first;
 pub(crate) mod naive;
 pub(crate) mod shared;
+pub(crate) mod verbalizer;
 
 use super::call::Call;
+use super::catalog::Catalog;
 use super::prefix::PrefixState;
 use super::{Plan, PrefixRow, RankRequest, Strategy};
 use crate::llm::Context;
+use delrec_format::pack::Handler;
 use delrec_format::ScoringMode;
 
 /// Σ log p and the number of scored tokens of each candidate, in request order.
@@ -33,12 +38,25 @@ pub(crate) struct Job<'a> {
     pub width: usize,
     pub rows: &'a [PrefixRow],
     pub seqs: &'a [Vec<i32>],
+    /// What the verbalizer plan reads (only it).
+    pub verbalizer: Option<VerbalizerJob<'a>>,
+}
+
+/// The catalog whose label words the verbalizer normalizes over, and the candidates it scores.
+#[derive(Clone, Copy)]
+pub(crate) struct VerbalizerJob<'a> {
+    pub cat: &'a Catalog<'a>,
+    pub handler: Handler,
+    pub candidates: &'a [u32],
 }
 
 /// Which plan serves a request. Pruning needs sum scoring (a partial sum bounds a candidate, a
 /// partial mean does not), and pays only beyond one group: a group's trie goes in one or two
 /// calls, while a search needs one call per depth.
 pub(crate) fn choose(req: &RankRequest, n_candidates: usize, n_seq_max: usize, scoring: ScoringMode) -> Strategy {
+    if scoring == ScoringMode::Verbalizer {
+        return Strategy::Verbalizer;
+    }
     match (req.plan, req.top_k) {
         (Plan::Naive, _) => Strategy::Naive,
         (Plan::SharedPrefix, Some(k))
@@ -55,5 +73,6 @@ pub(crate) fn run(strategy: Strategy, job: &mut Job) -> crate::Result<Scores> {
         Strategy::SharedTrie => shared::score(job),
         Strategy::BestFirst { k } => best_first::score(job, k),
         Strategy::Naive => naive::score(job),
+        Strategy::Verbalizer => verbalizer::score(job),
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct Resolved {
     pub history: Vec<u32>,
     pub soft_override: Option<usize>,
     pub candidates: Vec<u32>,
+    /// The candidates were given (not the whole catalog), so a `{candidates}` slot may list them.
+    pub listed: bool,
 }
 
 pub(crate) fn item(cat: &Catalog, id: &str) -> Result<u32> {
@@ -56,18 +58,24 @@ pub(crate) fn resolve(cat: &Catalog, req: &RankRequest) -> Result<Resolved> {
     if candidates.is_empty() {
         return Err(RequestError::EmptyCandidates.into());
     }
-    Ok(Resolved { history, soft_override, candidates })
+    let listed = req.candidates.is_some() && candidates.len() <= MAX_LISTED;
+    Ok(Resolved { history, soft_override, candidates, listed })
 }
 
 fn tokens<'a>(cat: &'a Catalog, i: u32) -> Result<&'a [i32]> {
     cat.tokens(i).ok_or_else(|| Error::internal(format!("catalog index {i} out of range")))
 }
 
-/// The prompt prefix rows for a history: everything before `{candidate}`. A pack with
+/// The most candidates a `{candidates}` slot lists: a prompt, not a catalog.
+pub(crate) const MAX_LISTED: usize = 1024;
+
+/// The prompt prefix rows for a request: everything before `{candidate}` (title templates) or
+/// `{mask}` (mask templates, whose `{candidates}` lists the request's candidates). A pack with
 /// `max_history` takes the latest that many items.
-pub(crate) fn prefix_rows(cat: &Catalog, history: &[u32], soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
+pub(crate) fn prefix_rows(cat: &Catalog, r: &Resolved, soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
     let pack = cat.pack;
     let t = &pack.template;
+    let history = r.history.as_slice();
     let history = match t.max_history {
         Some(h) => &history[history.len().saturating_sub(h)..],
         None => history,
@@ -89,7 +97,21 @@ pub(crate) fn prefix_rows(cat: &Catalog, history: &[u32], soft_override: Option<
                     rows.extend(tokens(cat, h)?.iter().map(|&x| PrefixRow::Token(x)));
                 }
             }
-            Part::Candidate => break,
+            Part::Candidates => {
+                if !r.listed {
+                    return Err(Error::invalid(
+                        "candidates",
+                        format!("the pack's template lists the candidates in the prompt ({{candidates}}): give 1..={MAX_LISTED}"),
+                    ));
+                }
+                for (i, &c) in r.candidates.iter().enumerate() {
+                    if i > 0 {
+                        rows.extend(t.candidates_separator_tokens.iter().map(|&x| PrefixRow::Token(x)));
+                    }
+                    rows.extend(tokens(cat, c)?.iter().map(|&x| PrefixRow::Token(x)));
+                }
+            }
+            Part::Candidate | Part::Mask => break,
         }
     }
     if rows.is_empty() {

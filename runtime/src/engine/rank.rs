@@ -3,9 +3,9 @@
 use delrec_format::ScoringMode;
 
 use super::call::Call;
-use super::plan::{self, Job};
+use super::plan::{self, Job, VerbalizerJob};
 use super::prefix::PrefixState;
-use super::{prompt, Engine, EngineConfig, RankRequest, Ranking, ScoredItem};
+use super::{prompt, Engine, EngineConfig, RankRequest, Ranking, ScoredItem, Strategy};
 use crate::error::{Error, Result};
 use crate::llm::Context;
 
@@ -31,12 +31,30 @@ impl Engine {
         let cat = self.catalog();
         let r = prompt::resolve(&cat, req)?;
         call.stats.candidates = r.candidates.len();
-        let rows = prompt::prefix_rows(&cat, &r.history, r.soft_override)?;
+        let rows = prompt::prefix_rows(&cat, &r, r.soft_override)?;
         call.stats.prefix_rows = rows.len();
-        let seqs = prompt::candidate_sequences(&cat, &r.candidates)?;
-        let strategy = plan::choose(req, seqs.len(), ctx.n_seq_max(), pack.scoring);
-        let mut job =
-            Job { ctx, state, call, soft: &inner.soft, width: inner.model.n_embd(), rows: &rows, seqs: &seqs };
+        let strategy = plan::choose(req, r.candidates.len(), ctx.n_seq_max(), pack.scoring);
+        let seqs = match strategy {
+            Strategy::Verbalizer => vec![],
+            _ => prompt::candidate_sequences(&cat, &r.candidates)?,
+        };
+        let verbalizer = match (strategy, &pack.verbalizer) {
+            (Strategy::Verbalizer, Some(v)) => {
+                Some(VerbalizerJob { cat: &cat, handler: v.handler, candidates: &r.candidates })
+            }
+            (Strategy::Verbalizer, None) => return Err(Error::internal("verbalizer scoring without a verbalizer")),
+            _ => None,
+        };
+        let mut job = Job {
+            ctx,
+            state,
+            call,
+            soft: &inner.soft,
+            width: inner.model.n_embd(),
+            rows: &rows,
+            seqs: &seqs,
+            verbalizer,
+        };
         let scores = plan::run(strategy, &mut job)?;
         let mode = pack.scoring;
         let mut items = Vec::with_capacity(scores.len());
@@ -55,14 +73,31 @@ impl Engine {
                 logprob,
                 n_tokens: n,
                 mean_logprob: mean,
+                ties: 0,
             });
         }
         // Best first; ties keep catalog order so results are deterministic.
         items.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        count_ties(&mut items);
         if let Some(k) = req.top_k {
             items.truncate(k);
         }
         Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
+    }
+}
+
+/// Sets each item's `ties`: the others with exactly its score (`items` sorted by score).
+fn count_ties(items: &mut [ScoredItem]) {
+    let mut a = 0;
+    while a < items.len() {
+        let mut b = a + 1;
+        while b < items.len() && items[b].score == items[a].score {
+            b += 1;
+        }
+        for it in &mut items[a..b] {
+            it.ties = (b - a - 1) as u32;
+        }
+        a = b;
     }
 }
 
