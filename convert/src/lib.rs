@@ -19,11 +19,13 @@ pub mod progress;
 pub mod quant;
 pub mod seq;
 pub mod st;
+pub mod t5;
 /// Fixture builders for tests only (the `testing` feature; this crate's tests turn it on).
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod torch_ckpt;
+pub mod ugm;
 pub mod vocab;
 
 pub use error::{ConvertError, Result};
