@@ -80,3 +80,41 @@ fn tied_t5_gets_an_output_tensor_scaled_by_d_model_to_the_minus_half() {
     assert!(out_vals.iter().zip(shared).all(|(o, x)| *o == x * s));
     assert!(f.tensor("enc.blk.0.ffn_gate.weight").is_none());
 }
+
+#[test]
+fn encoder_input_longer_than_one_ubatch_is_a_typed_error() {
+    use delrec_runtime::llm::{Batch, Context, ContextParams, LlamaError, Model, ModelParams};
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let hf = root.path().join("t5");
+    write_t5(&hf, &json!({}), 5);
+    let out = root.path().join("t5.gguf");
+    convert_model(&opts(&hf, &out, OutType::F32)).unwrap();
+    let m = Arc::new(Model::load(&out, ModelParams::default()).unwrap());
+    assert_eq!(m.decoder_start_token(), Some(0));
+    let mut p = ContextParams::exact(64, 2);
+    p.n_batch = 16;
+    p.n_seq_max = 2;
+    let mut ctx = Context::new(m, &p).unwrap();
+    // Decoding before any encode is refused (the cross attention has nothing to read).
+    let mut d = Batch::tokens();
+    d.add_token(0, 0, &[0], true);
+    assert!(matches!(ctx.decode(&mut d), Err(LlamaError::Refused(_))));
+    let mut b = Batch::tokens();
+    for i in 0..17 {
+        b.add_token(5, i, &[0, 1], false);
+    }
+    match ctx.encode(&mut b) {
+        Err(LlamaError::EncoderTooLong { rows: 17, limit: "n_ubatch", max: 16 }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ctx.encoder_passes(), 0);
+    let mut b = Batch::tokens();
+    for i in 0..16 {
+        b.add_token(5, i, &[0, 1], false);
+    }
+    ctx.encode(&mut b).unwrap();
+    assert_eq!(ctx.encoder_passes(), 1);
+    ctx.decode(&mut d).unwrap();
+    assert_eq!(ctx.logits(&d, 0).unwrap().len(), 824);
+}
