@@ -17,8 +17,8 @@ pub enum ConvertError {
     #[error("{path}: unsupported or inconsistent config: {reason}")]
     UnsupportedConfig { path: PathBuf, reason: String },
     #[error(
-        "unknown architecture {found:?}: this converter handles LlamaForCausalLM (model_type llama) \
-         and Qwen2ForCausalLM (model_type qwen2)"
+        "unknown architecture {found:?}: this converter handles LlamaForCausalLM (model_type llama), \
+         Qwen2ForCausalLM (model_type qwen2) and T5ForConditionalGeneration (model_type t5)"
     )]
     UnknownArchitecture { found: String },
     #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]

@@ -20,11 +20,13 @@ pub mod quant;
 pub mod seq;
 pub mod soft;
 pub mod st;
+pub mod t5;
 /// Fixture builders for tests only (the `testing` feature; this crate's tests turn it on).
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod torch_ckpt;
+pub mod ugm;
 pub mod vocab;
 
 pub use error::{ConvertError, Result};

@@ -29,7 +29,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a Hugging Face Llama/Qwen2 checkpoint (safetensors) to a llama.cpp GGUF.
+    /// Convert a Hugging Face Llama/Qwen2/T5 checkpoint (safetensors) to a llama.cpp GGUF.
     Model {
         /// The HF model directory (config.json, tokenizer.json, model.safetensors or shards).
         #[arg(long)]

@@ -1,4 +1,5 @@
-//! `delrec-convert model`: a Hugging Face llama/qwen2 checkpoint → a llama.cpp GGUF.
+//! `delrec-convert model`: a Hugging Face llama/qwen2 checkpoint → a llama.cpp GGUF (T5
+//! encoder-decoders go to [`crate::t5`]).
 //!
 //! Everything is validated before the first byte is written (config, tokenizer, every tensor's
 //! presence, shape and dtype, the LoRA adapter), then tensors are converted one at a time: those
@@ -53,7 +54,7 @@ impl OutType {
     }
 
     /// The llama.cpp ftype to quantize to, for quantized outputs.
-    fn quant_ftype(self) -> Option<u32> {
+    pub(crate) fn quant_ftype(self) -> Option<u32> {
         match self {
             OutType::Q8_0 => Some(ftype::MOSTLY_Q8_0),
             OutType::Q4_0 => Some(ftype::MOSTLY_Q4_0),
@@ -193,7 +194,7 @@ fn llama3_rope_factors(cfg: &HfConfig, factor: f64, low: f64, high: f64, old_ctx
         .collect()
 }
 
-fn tensor_type(dt: Dtype) -> TensorType {
+pub(crate) fn tensor_type(dt: Dtype) -> TensorType {
     match dt {
         Dtype::F32 => TensorType::F32,
         Dtype::F16 => TensorType::F16,
@@ -254,7 +255,7 @@ impl Spill {
     }
 
     /// Converts `src` (elements of `dt`) to `ty` in chunks, appending to the scratch file.
-    fn convert(&mut self, src: &[u8], dt: Dtype, ty: TensorType, overflow: &mut u64) -> Result<TensorData> {
+    pub(crate) fn convert(&mut self, src: &[u8], dt: Dtype, ty: TensorType, overflow: &mut u64) -> Result<TensorData> {
         let start = self.pos;
         if tensor_type(dt) == ty {
             self.write(src)?;
@@ -347,6 +348,10 @@ fn check_tensors(cfg: &HfConfig, set: &StSet, entries: &[Entry]) -> Result<()> {
 /// Converts a checkpoint; see the module docs.
 pub fn convert_model(opts: &ModelOptions) -> Result<ModelReport> {
     let dir = &opts.hf_dir;
+    let cfg_path = dir.join("config.json");
+    if cfg_path.is_file() && crate::t5::is_t5(&crate::error::read_json(&cfg_path)?) {
+        return crate::t5::convert_t5(opts, &cfg_path);
+    }
     let cfg = HfConfig::load(dir)?;
     let tok_json = dir.join("tokenizer.json");
     if !tok_json.is_file() {

@@ -941,6 +941,83 @@ pub fn random_sasrec(
     }
 }
 
+/// The committed T5 tokenizer files (a real SentencePiece Unigram model, `tests/fixtures/t5-tokenizer`).
+pub fn t5_tokenizer_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/t5-tokenizer")
+}
+
+/// A tiny T5 v1.1 checkpoint in HF's layout (810 tokens, 824 rows); `config` entries override
+/// the defaults (e.g. `feed_forward_proj`, `tie_word_embeddings`). Returns its tensors.
+pub fn write_t5(dir: &Path, config: &J, seed: u64) -> Floats {
+    std::fs::create_dir_all(dir).expect("mkdir"); // ok: test fixture builder
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(t5_tokenizer_dir().join(f), dir.join(f)).expect("copy t5 tokenizer");
+        // ok: test fixture builder
+    }
+    let mut cfg = json!({
+        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 32, "d_kv": 8,
+        "num_heads": 4, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "vocab_size": 824,
+        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "decoder_start_token_id": 0,
+        "layer_norm_epsilon": 1e-6, "eos_token_id": 1, "pad_token_id": 0
+    });
+    for (k, v) in config.as_object().into_iter().flatten() {
+        cfg[k] = v.clone();
+    }
+    write_json(&dir.join("config.json"), &cfg);
+    let u = |k: &str| cfg[k].as_u64().unwrap_or(0) as usize;
+    let (d, inner, ff, v, nb, nh) = (
+        u("d_model"),
+        u("d_kv") * u("num_heads"),
+        u("d_ff"),
+        u("vocab_size"),
+        u("relative_attention_num_buckets"),
+        u("num_heads"),
+    );
+    let gated = cfg["feed_forward_proj"].as_str() != Some("relu");
+    let mut rng = Rng(seed);
+    let mut t: Floats = BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>, scale: f32| {
+        let n = shape.iter().product();
+        t.insert(name, (Dtype::F32, shape, rng.vec(n, scale)));
+    };
+    put("shared.weight".into(), vec![v, d], 1.0);
+    for side in ["encoder", "decoder"] {
+        for i in 0..u("num_layers") {
+            let p = format!("{side}.block.{i}.layer.");
+            let attns: &[(&str, bool)] = if side == "decoder" {
+                &[("0.SelfAttention", i == 0), ("1.EncDecAttention", false)]
+            } else {
+                &[("0.SelfAttention", i == 0)]
+            };
+            for &(a, rel) in attns {
+                for m in ["q", "k", "v"] {
+                    put(format!("{p}{a}.{m}.weight"), vec![inner, d], 0.3);
+                }
+                put(format!("{p}{a}.o.weight"), vec![d, inner], 0.3);
+                if rel {
+                    put(format!("{p}{a}.relative_attention_bias.weight"), vec![nb, nh], 1.0);
+                }
+            }
+            let f = attns.len();
+            for l in 0..=f {
+                put(format!("{p}{l}.layer_norm.weight"), vec![d], 1.0);
+            }
+            let wi: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
+            for w in wi {
+                put(format!("{p}{f}.DenseReluDense.{w}.weight"), vec![ff, d], 0.3);
+            }
+            put(format!("{p}{f}.DenseReluDense.wo.weight"), vec![d, ff], 0.3);
+        }
+        put(format!("{side}.final_layer_norm.weight"), vec![d], 1.0);
+    }
+    if cfg["tie_word_embeddings"].as_bool() != Some(true) {
+        put("lm_head.weight".into(), vec![v, d], 0.3);
+    }
+    write_floats(&dir.join("model.safetensors"), &t);
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

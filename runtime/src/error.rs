@@ -142,6 +142,8 @@ impl From<LlamaError> for Error {
             LlamaError::Cancelled => Error::Cancelled,
             LlamaError::DeadlineExceeded => Error::DeadlineExceeded,
             LlamaError::KvFull { rows, n_ctx } => Error::context_cells(rows, n_ctx),
+            // The encoder input must fit one ubatch (≤ n_batch ≤ n_ctx): a context-size limit.
+            LlamaError::EncoderTooLong { rows, max, .. } => Error::context_cells(rows, max),
             LlamaError::Path(p) => Error::invalid("path", format!("{} cannot be passed to llama.cpp", p.display())),
             // Everything else is a check we failed to make earlier, or llama.cpp failing.
             other => Error::internal(other.to_string()),

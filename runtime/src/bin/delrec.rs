@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use delrec_runtime::format::adapter::{check_adapter, BaseTensors};
 use delrec_runtime::format::gguf::GgufFile;
 use delrec_runtime::format::BaseIdentity;
-use delrec_runtime::llm::{sequence_logits, Adapter, Model, ModelParams};
+use delrec_runtime::llm::{
+    encoder_decoder_logits, sequence_logits, Adapter, EncoderSegment, Model, ModelParams, TokenEmbeddings,
+};
 use delrec_runtime::KvType;
 use delrec_runtime::{
     Base, Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest, Recommendation,
@@ -78,6 +80,9 @@ enum Cmd {
         json: bool,
     },
     /// Print next-token logits of every position of a token sequence (model parity checks).
+    /// For an encoder-decoder model (T5), `--tokens` is the decoder sequence and the encoder
+    /// input is given by `--encoder` segments; `--decoder` adds more decoder sequences sharing
+    /// the one encoder pass (JSON: "sequences", one list of rows each; "logits" is the first).
     Logits {
         #[arg(long)]
         model: PathBuf,
@@ -86,6 +91,14 @@ enum Cmd {
         adapter: Option<PathBuf>,
         #[arg(long, value_delimiter = ',')]
         tokens: Vec<i32>,
+        /// Encoder input, in order: `tokens:1,2,3` or `embeds:FILE` (little-endian f32 rows of
+        /// the model's input width). Repeatable; token segments mixed with embedding rows are
+        /// looked up in the model's token embeddings.
+        #[arg(long)]
+        encoder: Vec<String>,
+        /// A further decoder sequence (comma-separated ids); repeatable.
+        #[arg(long)]
+        decoder: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -648,11 +661,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        Cmd::Logits { model, adapter, tokens, json } => {
+        Cmd::Logits { model, adapter, tokens, encoder, decoder, json } => {
             if tokens.is_empty() {
                 return Err("--tokens is empty".into());
             }
             let m = Arc::new(Model::load(&model, ModelParams::default())?);
+            if m.has_encoder() {
+                if adapter.is_some() {
+                    return Err("--adapter is not supported for encoder-decoder models yet".into());
+                }
+                return encoder_logits(&m, &model, &encoder, tokens, &decoder, json);
+            }
+            if !encoder.is_empty() || !decoder.is_empty() {
+                return Err("--encoder/--decoder need an encoder-decoder model".into());
+            }
             let adapter = match &adapter {
                 None => None,
                 Some(path) => {
@@ -688,6 +710,72 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `delrec logits` for an encoder-decoder model: one encoder pass, every decoder sequence.
+fn encoder_logits(
+    m: &Arc<Model>,
+    path: &std::path::Path,
+    segments: &[String],
+    first: Vec<i32>,
+    more: &[String],
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let parse_ids = |s: &str| -> Result<Vec<i32>, Box<dyn std::error::Error>> {
+        s.split(',').filter(|t| !t.trim().is_empty()).map(|t| Ok(t.trim().parse::<i32>()?)).collect()
+    };
+    enum Seg {
+        Tokens(Vec<i32>),
+        Embeds(Vec<f32>),
+    }
+    let mut segs = Vec::new();
+    for s in segments {
+        if let Some(ids) = s.strip_prefix("tokens:") {
+            segs.push(Seg::Tokens(parse_ids(ids)?));
+        } else if let Some(file) = s.strip_prefix("embeds:") {
+            let bytes = std::fs::read(file)?;
+            if bytes.len() % 4 != 0 {
+                return Err(format!("{file}: {} bytes is not a whole number of f32 values", bytes.len()).into());
+            }
+            segs.push(Seg::Embeds(
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            ));
+        } else {
+            return Err(format!("--encoder {s:?}: expected tokens:IDS or embeds:FILE").into());
+        }
+    }
+    if segs.is_empty() {
+        return Err("an encoder-decoder model needs --encoder input".into());
+    }
+    let view: Vec<EncoderSegment> = segs
+        .iter()
+        .map(|s| match s {
+            Seg::Tokens(t) => EncoderSegment::Tokens(t),
+            Seg::Embeds(e) => EncoderSegment::Embeddings(e),
+        })
+        .collect();
+    let table = if segs.iter().any(|s| matches!(s, Seg::Embeds(_))) {
+        Some(TokenEmbeddings::from_gguf(&GgufFile::open(path)?)?)
+    } else {
+        None
+    };
+    let mut decoders = vec![first];
+    for d in more {
+        decoders.push(parse_ids(d)?);
+    }
+    let (seqs, passes) = encoder_decoder_logits(m, table.as_ref(), &view, &decoders, 2)?;
+    if json {
+        println!("{}", json!({ "logits": seqs[0], "sequences": seqs, "encoder_passes": passes }));
+    } else {
+        for (s, rows) in seqs.iter().enumerate() {
+            for (i, r) in rows.iter().enumerate() {
+                let best = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j).unwrap_or(0);
+                println!("seq {s} pos {i}: argmax {best}");
+            }
+        }
+        println!("{passes} encoder pass(es)");
     }
     Ok(())
 }

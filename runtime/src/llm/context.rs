@@ -71,6 +71,8 @@ pub struct Context {
     /// The adapter llama.cpp applies in this context, with its scale; held so it outlives
     /// its use here.
     adapter: Option<(Arc<Adapter>, f32)>,
+    /// Successful `llama_encode` calls in this context (an engine reports one per request).
+    encoder_passes: u64,
 }
 
 // SAFETY: a context is only used through &mut (one thread at a time); moving it between threads is
@@ -159,7 +161,18 @@ impl Context {
         };
         let n_embd_out = n_embd_out.max(0) as usize;
         // Built here so that a refusal below frees the llama.cpp context (Drop).
-        let ctx = Self { ptr, model, abort, n_ctx, n_batch, n_seq_max, pooling, n_embd_out, adapter: None };
+        let ctx = Self {
+            ptr,
+            model,
+            abort,
+            n_ctx,
+            n_batch,
+            n_seq_max,
+            pooling,
+            n_embd_out,
+            adapter: None,
+            encoder_passes: 0,
+        };
         if let Some(pooling) = pooling {
             if pooling_type != pooling.raw() || ctx.n_embd_out == 0 {
                 return Err(LlamaError::Refused(format!(
@@ -293,11 +306,90 @@ impl Context {
         self.adapter.as_ref().map(|(a, _)| a)
     }
 
+    /// Runs the encoder of an encoder-decoder model over one whole input (`b`: token ids or
+    /// embedding rows of width `n_embd_inp`, positions 0.., each row tagged with the decoder
+    /// sequences whose cross attention may see it). The output replaces the previous one and
+    /// serves every later decode in this context. Checks first what llama.cpp asserts on: the
+    /// whole input in one ubatch (here `n_ubatch = n_batch`) and within `n_ctx`.
+    pub fn encode(&mut self, b: &mut Batch) -> Result<()> {
+        if !self.model.has_encoder() {
+            return Err(LlamaError::Refused("the model has no encoder".into()));
+        }
+        let n = b.len();
+        if n == 0 {
+            return Err(LlamaError::Refused("an empty encoder input".into()));
+        }
+        if n > self.n_batch as usize {
+            return Err(LlamaError::EncoderTooLong { rows: n, limit: "n_ubatch", max: self.n_batch as usize });
+        }
+        if n > self.n_ctx as usize {
+            return Err(LlamaError::EncoderTooLong { rows: n, limit: "n_ctx", max: self.n_ctx as usize });
+        }
+        self.check_rows(b)?;
+        let mut seq_ptrs: Vec<*mut i32> = b.seqs.iter_mut().map(|s| s.as_mut_ptr()).collect();
+        let mut n_seq: Vec<i32> = b.seqs.iter().map(|s| s.len() as i32).collect();
+        let raw = sys::llama_batch {
+            n_tokens: n as i32,
+            token: if b.embd.is_some() { std::ptr::null_mut() } else { b.tokens.as_mut_ptr() },
+            embd: b.embd.as_mut().map_or(std::ptr::null_mut(), |e| e.as_mut_ptr()),
+            pos: b.pos.as_mut_ptr(),
+            n_seq_id: n_seq.as_mut_ptr(),
+            seq_id: seq_ptrs.as_mut_ptr(),
+            logits: b.out.as_mut_ptr(),
+        };
+        Backend::get().clear_log();
+        // SAFETY: every array has n entries (Batch keeps them in step) and lives until the call
+        // returns; ids, widths and the ubatch limit were checked above.
+        let rc = {
+            let _shared = self.model.adapters_read();
+            unsafe { sys::llama_encode(self.ptr.as_ptr(), raw) }
+        };
+        b.outputs.clear();
+        match rc {
+            0 => {
+                self.encoder_passes += 1;
+                Ok(())
+            }
+            code => Err(LlamaError::Decode { code, log: Backend::get().take_log() }),
+        }
+    }
+
+    /// Successful encoder passes so far in this context.
+    pub fn encoder_passes(&self) -> u64 {
+        self.encoder_passes
+    }
+
+    /// Row checks shared by encode and decode: input width, token ids, sequence ids.
+    fn check_rows(&self, b: &Batch) -> Result<()> {
+        // llama.cpp copies rows of its input width: a narrower row would be read past its end.
+        if b.embd.is_some() && b.width != self.model.n_embd_inp() {
+            return Err(LlamaError::Refused(format!(
+                "embedding rows of width {} for a model of width {}",
+                b.width,
+                self.model.n_embd_inp()
+            )));
+        }
+        let n_vocab = i32::try_from(self.model.n_vocab()).unwrap_or(i32::MAX);
+        if b.tokens.iter().any(|&t| t < 0 || t >= n_vocab) {
+            return Err(LlamaError::Refused("token id outside the vocabulary".into()));
+        }
+        for s in &b.seqs {
+            if s.is_empty() || s.iter().any(|&x| x < 0 || x as u32 >= self.n_seq_max) {
+                return Err(LlamaError::Refused("sequence id out of range".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Decodes a batch. Checks everything llama.cpp would assert on.
     pub fn decode(&mut self, b: &mut Batch) -> Result<()> {
         let n = b.len();
         if n == 0 {
             return Ok(());
+        }
+        // The decoder's cross attention reads the encoder output; without one it has none.
+        if self.model.has_encoder() && self.encoder_passes == 0 {
+            return Err(LlamaError::Refused("encode the input before decoding with an encoder-decoder model".into()));
         }
         if n > self.n_batch as usize {
             return Err(LlamaError::Refused(format!("batch of {n} rows exceeds n_batch {}", self.n_batch)));

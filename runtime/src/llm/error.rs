@@ -25,6 +25,10 @@ pub enum LlamaError {
     DeadlineExceeded,
     #[error("llama_decode failed with code {code}: {log}")]
     Decode { code: i32, log: String },
+    /// An encoder input larger than llama.cpp takes in one `llama_encode` (the whole input must
+    /// be one ubatch; llama.cpp would abort the process).
+    #[error("encoder input of {rows} rows exceeds the context's {limit} = {max}")]
+    EncoderTooLong { rows: usize, limit: &'static str, max: usize },
     #[error("no logits for row {0}")]
     NoLogits(usize),
     #[error("tokenization failed: {0}")]

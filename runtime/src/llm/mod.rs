@@ -2,7 +2,8 @@
 //!
 //! One concern per file: [`adapter`] (LoRA applied at run time), [`backend`] (process-wide init and the single log router), [`model`],
 //! [`context`] (KV cache operations, decode, logits, pooled embeddings), [`batch`] (token or
-//! embedding rows), [`embed`] (many sequences' pooled embeddings per decode), [`quantize`].
+//! embedding rows), [`embed`] (many sequences' pooled embeddings per decode), [`encdec`] (encoder inputs of
+//! encoder-decoder models), [`quantize`].
 //! The safe `llama-cpp-2` crate cannot feed input embeddings, hence our own.
 //!
 //! llama.cpp aborts the process on many invalid calls (a logits index without an output flag, a
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod batch;
 pub mod context;
 pub mod embed;
+pub mod encdec;
 mod error;
 pub mod model;
 pub mod quantize;
@@ -24,6 +26,7 @@ pub use backend::Backend;
 pub use batch::Batch;
 pub use context::{sequence_logits, Context, ContextParams, KvType};
 pub use embed::{embed_sequences, Pooling};
+pub use encdec::{encoder_decoder_logits, EncoderSegment, TokenEmbeddings};
 pub use error::LlamaError;
 pub use model::{Model, ModelParams};
 pub use quantize::{ftype, quantize};

@@ -139,6 +139,17 @@ impl Model {
         unsafe { sys::llama_model_has_encoder(self.ptr.as_ptr()) }
     }
 
+    /// The token a decoder sequence starts with (`t5.decoder_start_token_id`; llama.cpp falls
+    /// back to BOS when the file has none). `None` for decoder-only models.
+    pub fn decoder_start_token(&self) -> Option<i32> {
+        if !self.has_encoder() {
+            return None;
+        }
+        // SAFETY: live model.
+        let t = unsafe { sys::llama_model_decoder_start_token(self.ptr.as_ptr()) };
+        (t >= 0 && (t as usize) < self.n_vocab).then_some(t)
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
         self.ptr.as_ptr()
     }
