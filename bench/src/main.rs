@@ -9,6 +9,7 @@
 //! target/release/delrec-bench cascade          # retrieval + re-rank at 1,682 / 10^4 / 10^5 items
 //! target/release/delrec-bench open             # the model checks' cost at Engine::open
 //! target/release/delrec-bench adapter          # LoRA at run time over Q4 vs merged: fidelity, speed, memory
+//! target/release/delrec-bench verbalizer       # DELRec's one-pass verbalizer vs title likelihood (SmolLM2, T5)
 //! ```
 
 mod adapter;
@@ -18,6 +19,7 @@ mod open;
 mod plan;
 mod report;
 mod sys;
+mod verbalizer;
 mod worker;
 
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -59,6 +61,9 @@ enum Cmd {
     /// A LoRA fine-tune as a run-time adapter over Q4_0/Q4_1 vs merged and quantized: fidelity
     /// to merged F16, speed, and the memory of two packs over one base vs two merged models.
     Adapter(Box<adapter::AdapterArgs>),
+    /// DELRec's one-pass verbalizer against title-likelihood ranking (shared trie, exact
+    /// whole-catalog search), on SmolLM2-135M and on a T5 of Flan-T5-small's shape.
+    Verbalizer(Box<verbalizer::VerbalizerArgs>),
     /// Internal: one memory case of `adapter` in a fresh process.
     #[command(hide = true)]
     AdapterMem {
@@ -336,6 +341,7 @@ fn main() -> ExitCode {
         Some(Cmd::Cascade(args)) => cascade::run(&args),
         Some(Cmd::Open(args)) => open::run(&args),
         Some(Cmd::Adapter(args)) => adapter::run(&args),
+        Some(Cmd::Verbalizer(args)) => verbalizer::run(&args),
         Some(Cmd::AdapterMem { case, threads, spec }) => adapter::mem_worker(&case, threads, &spec),
         Some(Cmd::CascadeWorker { spec, out }) => cascade::worker(&spec, &out),
         None => run(&cli.run),

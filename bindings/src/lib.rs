@@ -99,6 +99,8 @@ pub enum Resource {
     ContextCells,
     /// The engine's memory budget against `EngineConfig.memoryLimitBytes`.
     Memory,
+    /// Rows of one encoder pass (encoder-decoder models; `EngineConfig.batchSize`).
+    EncoderRows,
 }
 
 fn count(n: u64) -> i64 {
@@ -150,6 +152,7 @@ impl From<rt::Error> for DelrecError {
                 resource: match resource {
                     rt::Resource::ContextCells => Resource::ContextCells,
                     rt::Resource::Memory => Resource::Memory,
+                    rt::Resource::EncoderRows => Resource::EncoderRows,
                     _ => Resource::ContextCells,
                 },
                 needed: count(*needed),
@@ -425,6 +428,8 @@ pub struct RankStats {
     pub pruned: u64,
     /// Encoder passes (encoder-decoder models: one per request).
     pub encoder_passes: u64,
+    /// Rows those passes encoded.
+    pub encoder_rows: u64,
 }
 
 impl From<rt::RankStats> for RankStats {
@@ -437,6 +442,7 @@ impl From<rt::RankStats> for RankStats {
             candidates: s.candidates as u64,
             pruned: s.pruned as u64,
             encoder_passes: s.encoder_passes as u64,
+            encoder_rows: s.encoder_rows as u64,
         }
     }
 }

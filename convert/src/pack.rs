@@ -392,6 +392,9 @@ impl Tok {
     }
 }
 
+/// T5's mask (first sentinel) token.
+pub const T5_MASK: &str = "<extra_id_0>";
+
 pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     let first = opts.models.first().ok_or_else(|| ConvertError::Usage("give at least one --model".into()))?;
     let model = GgufFile::open(first)?;
@@ -453,12 +456,23 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
     let (mut tok, tok_desc) = match &opts.tokenizer {
         Some(p) => {
             let tj = tokenizer_json_path(p)?;
-            let meta = TokenizerMeta::from_path(&tj, Some(base.n_vocab as usize), None)?;
-            if meta.fingerprint() != base.tokenizer_fingerprint {
-                return Err(ConvertError::TokenizerMismatch {
-                    path: tj.clone(),
-                    reason: explain_mismatch(&meta, &model),
-                });
+            if model.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("t5") {
+                // A SentencePiece Unigram vocabulary (T5): the same tokens, or refused.
+                let meta = crate::ugm::UgmMeta::from_path(&tj, base.n_vocab as usize)?;
+                if meta.fingerprint() != base.tokenizer_fingerprint {
+                    return Err(ConvertError::TokenizerMismatch {
+                        path: tj.clone(),
+                        reason: "its Unigram vocabulary is not the model's (tokens differ)".into(),
+                    });
+                }
+            } else {
+                let meta = TokenizerMeta::from_path(&tj, Some(base.n_vocab as usize), None)?;
+                if meta.fingerprint() != base.tokenizer_fingerprint {
+                    return Err(ConvertError::TokenizerMismatch {
+                        path: tj.clone(),
+                        reason: explain_mismatch(&meta, &model),
+                    });
+                }
             }
             let t = tokenizers::Tokenizer::from_file(&tj).map_err(|e| ConvertError::UnsupportedTokenizer {
                 path: tj.clone(),
@@ -478,7 +492,22 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
         }
     };
 
+    // An encoder-decoder model reads its answer after the mask: T5's first sentinel, as
+    // OpenPrompt's T5 wrapper puts it in the encoder and after the decoder's start token.
+    let mask_token = if delrec_format::pack::is_encoder_decoder(&base.architecture) {
+        match tok.encode(T5_MASK, true)?.as_slice() {
+            [t] => Some(*t),
+            other => {
+                return Err(ConvertError::Usage(format!(
+                    "the tokenizer has no single {T5_MASK} token (it gives {other:?}): an encoder-decoder pack needs it"
+                )))
+            }
+        }
+    } else {
+        None
+    };
     let mut b = PackBuilder::new(base, &opts.template);
+    b.mask_token = mask_token;
     b.model_sha256 = shas;
     b.item_prefix = opts.item_prefix.clone();
     b.history_separator = opts.history_separator.clone();

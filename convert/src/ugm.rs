@@ -271,6 +271,21 @@ impl UgmMeta {
     }
 
     /// Writes the `tokenizer.*` keys.
+    /// The base-identity fingerprint a model written with this vocabulary has (`docs/format.md`,
+    /// "Tokenizer fingerprint": model type `t5`, no pre-tokenizer, the tokens, no merges).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"t5\0\0");
+        h.update([1u8]);
+        for s in &self.tokens {
+            h.update(s.as_bytes());
+            h.update([0u8]);
+        }
+        h.update([1u8]);
+        delrec_format::identity::hex(&h.finalize())
+    }
+
     pub fn write(&self, w: &mut GgufWriter) {
         w.set("tokenizer.ggml.model", Value::Str("t5".into()));
         w.set("tokenizer.ggml.tokens", Value::Array(Array::Str(self.tokens.clone())));

@@ -91,6 +91,9 @@ pub struct Template {
     pub candidates_separator_tokens: Vec<i32>,
     /// Title or mask template.
     pub kind: template::Kind,
+    /// Encoder-decoder packs: the token at `{mask}` in the encoder and after the decoder's start
+    /// token (T5's `<extra_id_0>`, as OpenPrompt's T5 wrapper feeds it).
+    pub mask_token: Option<i32>,
     /// Token put before everything, if any.
     pub bos: Option<i32>,
     /// The prompt takes only the latest this many history items (what the LLM was trained
@@ -167,6 +170,7 @@ pub(crate) const K_SEP_TOK: &str = "delrec.template.history_separator.tokens";
 pub(crate) const K_BOS: &str = "delrec.template.bos";
 pub(crate) const K_MAX_HISTORY: &str = "delrec.template.max_history";
 pub(crate) const K_SCORING: &str = "delrec.scoring.mode";
+pub(crate) const K_MASK_TOK: &str = "delrec.template.mask_token";
 pub(crate) const K_CANDS_SEP: &str = "delrec.template.candidates_separator";
 pub(crate) const K_CANDS_SEP_TOK: &str = "delrec.template.candidates_separator.tokens";
 pub(crate) const K_SOFT: &str = "delrec.soft_prompt.names";
@@ -227,14 +231,20 @@ pub fn is_encoder_decoder(arch: &str) -> bool {
     arch == "t5"
 }
 
-/// A title template scores with `sum`/`mean`, a mask template with the verbalizer.
-pub fn check_scoring(scoring: ScoringMode, kind: template::Kind) -> Result<()> {
+/// Which scoring a template allows. Decoder-only: a title template scores with `sum`/`mean`, a
+/// mask template with the verbalizer. Encoder-decoder: the template is the encoder's input and
+/// must have a `{mask}`; the decoder starts at the mask and either the verbalizer reads its first
+/// prediction or `sum`/`mean` score each title there.
+pub fn check_scoring(scoring: ScoringMode, kind: template::Kind, encoder_decoder: bool) -> Result<()> {
     match (scoring, kind) {
+        (_, template::Kind::Title) if encoder_decoder => Err(Error::InvalidInput(
+            "an encoder-decoder model reads the whole template: mark where the answer goes with {mask} instead of {candidate}".into(),
+        )),
         (ScoringMode::Verbalizer, template::Kind::Title) => {
             Err(Error::InvalidInput("verbalizer scoring needs a template with {mask}".into()))
         }
-        (ScoringMode::Sum | ScoringMode::Mean, template::Kind::Mask) => Err(Error::InvalidInput(
-            "a template with {mask} scores with the verbalizer (scoring mode verbalizer)".into(),
+        (ScoringMode::Sum | ScoringMode::Mean, template::Kind::Mask) if !encoder_decoder => Err(Error::InvalidInput(
+            "on a decoder-only model a template with {mask} scores with the verbalizer (scoring mode verbalizer)".into(),
         )),
         _ => Ok(()),
     }
@@ -376,7 +386,7 @@ impl Pack {
             Some(t) if t >= 0 && t < n_vocab => Some(t as i32),
             Some(t) => return Err(bad_file(f, format!("{K_BOS}: token {t} outside the vocabulary"))),
         };
-        let template = Template {
+        let mut template = Template {
             text,
             parts,
             item_prefix: f.req_str(K_PREFIX)?.to_string(),
@@ -385,6 +395,7 @@ impl Pack {
             candidates_separator,
             candidates_separator_tokens,
             kind,
+            mask_token: None,
             bos,
             max_history: match f.get(K_MAX_HISTORY) {
                 None => None,
@@ -397,7 +408,19 @@ impl Pack {
             },
         };
         let scoring = ScoringMode::parse(f.req_str(K_SCORING)?).map_err(|e| bad_file(f, e.to_string()))?;
-        check_scoring(scoring, kind).map_err(|e| bad_file(f, e.to_string()))?;
+        let enc_dec = is_encoder_decoder(&base.architecture);
+        check_scoring(scoring, kind, enc_dec).map_err(|e| bad_file(f, e.to_string()))?;
+        // The encoder-decoder's mask token (T5: `<extra_id_0>`), in the encoder at `{mask}` and
+        // after the decoder's start token.
+        let mask_token = match f.get(K_MASK_TOK).map(|v| v.as_i64()) {
+            None if enc_dec => return Err(bad_file(f, format!("{K_MASK_TOK} is missing (an encoder-decoder pack)"))),
+            None => None,
+            Some(Some(t)) if enc_dec && t >= 0 && t < n_vocab => Some(t as i32),
+            Some(_) => {
+                return Err(bad_file(f, format!("{K_MASK_TOK} must be a token id, in encoder-decoder packs only")))
+            }
+        };
+        template.mask_token = mask_token;
 
         // Catalog.
         let n = ids.len();

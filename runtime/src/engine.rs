@@ -225,6 +225,8 @@ pub struct RankStats {
     pub pruned: usize,
     /// Encoder passes (encoder-decoder models: one per request).
     pub encoder_passes: usize,
+    /// Rows those passes encoded.
+    pub encoder_rows: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -328,6 +330,10 @@ pub struct TrieRow {
 #[derive(Clone, Debug)]
 pub struct RankPlan {
     pub strategy: Strategy,
+    /// Encoder-decoder models: the encoder's input (empty for decoder-only models).
+    pub encoder: Vec<PrefixRow>,
+    /// The rows decoded once before the candidates (encoder-decoder: the decoder's start and
+    /// mask tokens).
     pub prefix: Vec<PrefixRow>,
     /// Catalog indices of the candidates, in request order.
     pub candidates: Vec<u32>,
@@ -477,15 +483,23 @@ impl Engine {
         let inner = &*self.inner;
         let cat = self.catalog();
         let r = prompt::resolve(&cat, req)?;
-        let prefix = prompt::prefix_rows(&cat, &r, r.soft_override)?;
+        let (encoder, prefix) = self.rows(&cat, &r)?;
         let strategy = plan::choose(req, r.candidates.len(), inner.n_seq_max, inner.pack.scoring);
         if strategy == Strategy::Verbalizer {
-            return Ok(RankPlan { strategy, prefix, candidates: r.candidates, sequences: vec![], groups: vec![] });
+            return Ok(RankPlan {
+                strategy,
+                encoder: encoder.unwrap_or_default(),
+                prefix,
+                candidates: r.candidates,
+                sequences: vec![],
+                groups: vec![],
+            });
         }
-        let sequences = prompt::candidate_sequences(&cat, &r.candidates)?;
+        let sequences = prompt::candidate_sequences(&cat, &r.candidates, self.decoder_eos())?;
         let groups = plan::shared::groups(&sequences, inner.n_seq_max, inner.n_ctx, prefix.len())?;
         Ok(RankPlan {
             strategy,
+            encoder: encoder.unwrap_or_default(),
             groups: groups.iter().map(plan::shared::rows).collect(),
             prefix,
             candidates: r.candidates,

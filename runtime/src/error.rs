@@ -96,6 +96,9 @@ pub enum Resource {
     ContextCells,
     /// The engine's memory budget against `EngineConfig::memory_limit` (bytes).
     Memory,
+    /// Rows of one encoder pass (encoder-decoder models): the whole input goes through the
+    /// encoder in one batch of at most `EngineConfig::batch_size` rows.
+    EncoderRows,
 }
 
 impl fmt::Display for Resource {
@@ -103,6 +106,7 @@ impl fmt::Display for Resource {
         f.write_str(match self {
             Resource::ContextCells => "context (KV cells)",
             Resource::Memory => "memory limit (bytes)",
+            Resource::EncoderRows => "encoder input rows (batch_size: one encoder pass)",
         })
     }
 }
@@ -142,8 +146,12 @@ impl From<LlamaError> for Error {
             LlamaError::Cancelled => Error::Cancelled,
             LlamaError::DeadlineExceeded => Error::DeadlineExceeded,
             LlamaError::KvFull { rows, n_ctx } => Error::context_cells(rows, n_ctx),
-            // The encoder input must fit one ubatch (≤ n_batch ≤ n_ctx): a context-size limit.
-            LlamaError::EncoderTooLong { rows, max, .. } => Error::context_cells(rows, max),
+            // The encoder input must fit one ubatch (n_batch) and the context.
+            LlamaError::EncoderTooLong { rows, max, limit } => Error::Capacity {
+                resource: if limit == "n_ctx" { Resource::ContextCells } else { Resource::EncoderRows },
+                needed: rows as u64,
+                available: max as u64,
+            },
             LlamaError::Path(p) => Error::invalid("path", format!("{} cannot be passed to llama.cpp", p.display())),
             // Everything else is a check we failed to make earlier, or llama.cpp failing.
             other => Error::internal(other.to_string()),

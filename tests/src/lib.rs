@@ -248,17 +248,19 @@ fn build_opts(
     out
 }
 
-/// A verbalizer pack (mask template `template`, soft prompts as `(name, source)`; none when
-/// empty) for `model` over the fixture catalog, tokenized with the fixture's HF tokenizer;
+/// A pack with a mask template `template` (soft prompts as `(name, source)`; none when empty)
+/// for `model` over the fixture catalog, tokenized with the fixture's HF tokenizer, scored by
+/// the verbalizer `spec`, or without one by title likelihood (`sum`, encoder-decoder models);
 /// `tag` names the file.
 pub fn verbalizer_pack(
     model: &Path,
     fixture: &str,
     template: &str,
     soft: &[(&str, PathBuf)],
-    spec: delrec_convert::pack::VerbalizerSpec,
+    spec: Option<delrec_convert::pack::VerbalizerSpec>,
     tag: &str,
 ) -> PathBuf {
+    let scoring = if spec.is_some() { ScoringMode::Verbalizer } else { ScoringMode::Sum };
     let fx = fixtures();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let out = artifacts().join(format!("{stem}.verbalizer-{tag}.pack.gguf"));
@@ -272,10 +274,10 @@ pub fn verbalizer_pack(
         item_prefix: " ".to_string(),
         history_separator: ",".to_string(),
         candidates_separator: ", ".into(),
-        verbalizer: Some(spec),
+        verbalizer: spec,
         bos: BosChoice::Auto,
         max_history: None,
-        scoring: ScoringMode::Verbalizer,
+        scoring,
         soft_f16: false,
         name: None,
         out: out.clone(),

@@ -26,7 +26,7 @@ fn engine(template: &str, handler: Handler, tag: &str) -> Engine {
     let m = model("llama-tiny", "f32");
     let soft =
         if template.contains("{soft:default}") { vec![("default", fixtures().join("prompt-llama"))] } else { vec![] };
-    let p = verbalizer_pack(&m, "llama-tiny", template, &soft, spec(handler), tag);
+    let p = verbalizer_pack(&m, "llama-tiny", template, &soft, Some(spec(handler)), tag);
     Engine::open(&m, &p, cfg()).unwrap()
 }
 

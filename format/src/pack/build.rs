@@ -29,6 +29,8 @@ pub struct PackBuilder {
     /// Between the candidates a `{candidates}` slot lists.
     pub candidates_separator: String,
     pub bos: Option<i32>,
+    /// Encoder-decoder packs: the mask token (T5's `<extra_id_0>`).
+    pub mask_token: Option<i32>,
     /// The prompt takes only the latest this many history items.
     pub max_history: Option<u32>,
     pub scoring: ScoringMode,
@@ -70,6 +72,7 @@ impl PackBuilder {
             history_separator: ",".into(),
             candidates_separator: ", ".into(),
             bos: None,
+            mask_token: None,
             max_history: None,
             scoring: ScoringMode::Sum,
             name: None,
@@ -115,7 +118,18 @@ impl PackBuilder {
         if !is_encoder_decoder(&self.base.architecture) {
             template::check_for_decoder_only(&pieces)?;
         }
-        check_scoring(self.scoring, kind)?;
+        let enc_dec = is_encoder_decoder(&self.base.architecture);
+        check_scoring(self.scoring, kind, enc_dec)?;
+        match self.mask_token {
+            Some(t) if enc_dec && t >= 0 && (t as i64) < self.base.n_vocab as i64 => {}
+            None if !enc_dec => {}
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "an encoder-decoder pack needs its mask token (a token id), and only it: {:?}",
+                    self.mask_token
+                )))
+            }
+        }
         if self.verbalizer.is_some() != (self.scoring == ScoringMode::Verbalizer) {
             return Err(Error::InvalidInput("a verbalizer spec goes with verbalizer scoring, and only with it".into()));
         }
@@ -186,6 +200,9 @@ impl PackBuilder {
             }
         }
         w.set(K_BOS, Value::I32(self.bos.unwrap_or(-1)));
+        if let Some(t) = self.mask_token {
+            w.set(K_MASK_TOK, Value::I32(t));
+        }
         match self.max_history {
             Some(0) => return Err(Error::InvalidInput("max_history must be at least 1".into())),
             Some(n) => w.set(K_MAX_HISTORY, Value::U32(n)),
@@ -616,8 +633,20 @@ mod tests {
         let mut t5 = verbalizer_builder();
         t5.base.architecture = "t5".into();
         t5.template = "{history}{mask} is next".into();
+        assert!(t5.write(&p, &mut bytes_tok).is_err(), "an encoder-decoder pack needs its mask token");
+        t5.mask_token = Some(7);
         t5.write(&p, &mut bytes_tok).unwrap();
-        assert!(Pack::open(&p).is_ok());
+        assert_eq!(Pack::open(&p).unwrap().template.mask_token, Some(7));
+        // There, title likelihood at the mask is allowed too; a {candidate} template is not.
+        t5.scoring = ScoringMode::Sum;
+        t5.verbalizer = None;
+        t5.write(&p, &mut bytes_tok).unwrap();
+        t5.template = "{history}{candidate}".into();
+        assert!(t5.write(&p, &mut bytes_tok).is_err());
+        // A decoder-only pack takes no mask token.
+        let mut b = verbalizer_builder();
+        b.mask_token = Some(7);
+        assert!(b.write(&p, &mut bytes_tok).is_err());
     }
 
     #[test]

@@ -625,7 +625,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         "ranks": a.ranks, "targets": a.targets, "weights": a.weights, "bytes": a.tensor_bytes})),
                     "stats": {"open_ms": open_ms, "rank_ms": rank_ms, "prefix_rows": s.prefix_rows, "decoded_rows": s.decoded_rows,
                               "decode_calls": s.decode_calls, "candidates": s.candidates,
-                              "encoder_passes": s.encoder_passes, "tied": ranking.items.iter().filter(|i| i.ties > 0).count()},
+                              "encoder_passes": s.encoder_passes, "encoder_rows": s.encoder_rows, "tied": ranking.items.iter().filter(|i| i.ties > 0).count()},
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

@@ -16,7 +16,7 @@ use super::digest::{self, Stamp};
 use super::pool::Pool;
 use super::{memory, rank, DigestSource, Engine, EngineConfig, Inner, ModelVerification};
 use crate::error::{Error, FileError, Resource, Result};
-use crate::llm::{Adapter, Context, ContextParams, Model, ModelParams};
+use crate::llm::{Adapter, Context, ContextParams, Model, ModelParams, TokenEmbeddings};
 
 /// A base model, opened once; [`Base::open_pack`] opens packs over it. A cheap handle (`Clone`,
 /// `Send + Sync`): the engines of its packs share its model, its context pool (sized by the
@@ -56,6 +56,8 @@ pub(super) struct BaseInner {
     pub n_seq_max: usize,
     /// Adapters loaded over this model, by the sha256 of their file.
     adapters: Mutex<HashMap<String, Weak<Adapter>>>,
+    /// Encoder-decoder models: the token embeddings, for mixed encoder inputs.
+    pub token_embd: Option<Arc<TokenEmbeddings>>,
 }
 
 impl Base {
@@ -79,6 +81,13 @@ impl Base {
         delrec_format::model_check::check_model(&gguf)?;
         let identity = BaseIdentity::of_model(&gguf)?;
         let tensors = BaseTensors::of_model(&gguf)?;
+        // An encoder input that mixes soft rows and text goes to llama.cpp as embedding rows:
+        // the text rows are looked up in the model's token table (copied, the map is dropped).
+        let token_embd = if delrec_format::pack::is_encoder_decoder(&identity.architecture) {
+            Some(Arc::new(TokenEmbeddings::from_gguf(&gguf)?))
+        } else {
+            None
+        };
         if let Some(pack) = first {
             pack.base.check_matches(&identity)?;
         }
@@ -96,10 +105,10 @@ impl Base {
         let params = ModelParams { gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
         let m = Model::load_file(&file, model, params)?;
         drop(file);
-        if m.has_encoder() {
+        if m.has_encoder() != token_embd.is_some() || (m.has_encoder() && m.decoder_start_token().is_none()) {
             return Err(FileError::ModelLoad {
                 path: model.to_path_buf(),
-                reason: "encoder-decoder models are not supported by this runtime yet".into(),
+                reason: "llama.cpp's view of the encoder (or its decoder start token) disagrees with the file".into(),
             }
             .into());
         }
@@ -151,6 +160,7 @@ impl Base {
                 n_ctx,
                 n_seq_max,
                 adapters: Mutex::default(),
+                token_embd,
             }),
         })
     }

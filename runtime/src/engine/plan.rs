@@ -22,6 +22,7 @@ use super::catalog::Catalog;
 use super::prefix::PrefixState;
 use super::{Plan, PrefixRow, RankRequest, Strategy};
 use crate::llm::Context;
+use crate::llm::TokenEmbeddings;
 use delrec_format::pack::Handler;
 use delrec_format::ScoringMode;
 
@@ -40,6 +41,16 @@ pub(crate) struct Job<'a> {
     pub seqs: &'a [Vec<i32>],
     /// What the verbalizer plan reads (only it).
     pub verbalizer: Option<VerbalizerJob<'a>>,
+    /// Encoder-decoder models: the encoder's input, encoded before the decoder's prefix (`rows`).
+    pub encoder: Option<EncoderJob<'a>>,
+}
+
+/// An encoder input and the token table that turns its text rows into embedding rows when it
+/// mixes them with soft rows.
+#[derive(Clone, Copy)]
+pub(crate) struct EncoderJob<'a> {
+    pub rows: &'a [PrefixRow],
+    pub embeddings: &'a TokenEmbeddings,
 }
 
 /// The catalog whose label words the verbalizer normalizes over, and the candidates it scores.

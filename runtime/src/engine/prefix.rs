@@ -13,13 +13,59 @@ pub(crate) struct PrefixState {
     pub rows: Vec<PrefixRow>,
     /// Logits of the last row and their log-sum-exp.
     pub last: Option<(Vec<f32>, f64)>,
+    /// Encoder-decoder models: the input the context's encoder output is of.
+    pub encoded: Option<Vec<PrefixRow>>,
 }
 
 impl PrefixState {
     pub fn forget(&mut self) {
         self.rows.clear();
         self.last = None;
+        self.encoded = None;
     }
+}
+
+/// Encoder-decoder models: makes the context's encoder output the job's encoder input, encoding
+/// it (once, every row visible to every sequence) when it is not already. A new encoder output
+/// invalidates everything the decoder cached, so the cache is cleared first.
+pub(crate) fn ensure_encoded(job: &mut Job) -> Result<()> {
+    let Some(enc) = job.encoder else { return Ok(()) };
+    if job.state.encoded.as_deref() == Some(enc.rows) {
+        return Ok(());
+    }
+    job.call.check()?;
+    job.ctx.clear();
+    job.state.forget();
+    let width = job.width;
+    let seqs: Vec<i32> = (0..job.ctx.n_seq_max() as i32).collect();
+    let mixed = enc.rows.iter().any(|r| matches!(r, PrefixRow::Soft { .. }));
+    let mut b = if mixed { Batch::embeddings(width) } else { Batch::tokens() };
+    let mut row = Vec::with_capacity(width);
+    for (i, r) in enc.rows.iter().enumerate() {
+        let pos = i32::try_from(i).map_err(|_| Error::internal("position overflow"))?;
+        match *r {
+            PrefixRow::Token(t) if !mixed => b.add_token(t, pos, &seqs, false),
+            PrefixRow::Token(t) => {
+                row.clear();
+                enc.embeddings.push_row(t, &mut row)?;
+                b.add_embedding(&row, pos, &seqs, false)?;
+            }
+            PrefixRow::Soft { prompt, row: k } => {
+                let (p, k) = (prompt as usize, k as usize);
+                let v = job
+                    .soft
+                    .get(p)
+                    .and_then(|s| s.get(k * width..(k + 1) * width))
+                    .ok_or_else(|| Error::internal(format!("soft prompt row {p}/{k} out of range")))?;
+                b.add_embedding(v, pos, &seqs, false)?;
+            }
+        }
+    }
+    job.ctx.encode(&mut b)?;
+    job.call.stats.encoder_passes += 1;
+    job.call.stats.encoder_rows += b.len();
+    job.state.encoded = Some(enc.rows.to_vec());
+    Ok(())
 }
 
 /// Decodes `rows` at positions `start..` into sequence 0, in batches of one kind (tokens or
@@ -70,6 +116,7 @@ pub(crate) fn decode_rows(
 /// Brings sequence 0 to hold the job's prefix rows, reusing the longest common prefix already
 /// there, and keeps the last row's logits in the state.
 pub(crate) fn ensure(job: &mut Job) -> Result<()> {
+    ensure_encoded(job)?;
     let rows = job.rows;
     if rows.len() >= job.ctx.n_ctx() {
         return Err(Error::context_cells(rows.len() + 1, job.ctx.n_ctx()));
@@ -83,7 +130,10 @@ pub(crate) fn ensure(job: &mut Job) -> Result<()> {
     let mut keep = lcp.min(rows.len() - 1);
     if !job.ctx.seq_rm(0, keep as i32) {
         job.ctx.clear();
+        // The encoder output survives a cache clear.
+        let encoded = job.state.encoded.take();
         job.state.forget();
+        job.state.encoded = encoded;
         keep = 0;
     }
     job.state.rows.truncate(keep);

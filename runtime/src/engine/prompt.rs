@@ -73,6 +73,35 @@ pub(crate) const MAX_LISTED: usize = 1024;
 /// `{mask}` (mask templates, whose `{candidates}` lists the request's candidates). A pack with
 /// `max_history` takes the latest that many items.
 pub(crate) fn prefix_rows(cat: &Catalog, r: &Resolved, soft_override: Option<usize>) -> Result<Vec<PrefixRow>> {
+    template_rows(cat, r, soft_override, None)
+}
+
+/// An encoder-decoder model's encoder input: the whole template, `{mask}` as the mask token, and
+/// the end-of-sequence token last (as OpenPrompt's T5 wrapper builds it).
+pub(crate) fn encoder_rows(
+    cat: &Catalog,
+    r: &Resolved,
+    soft_override: Option<usize>,
+    eos: Option<i32>,
+) -> Result<Vec<PrefixRow>> {
+    let mask = cat
+        .pack
+        .template
+        .mask_token
+        .ok_or_else(|| Error::internal("an encoder-decoder pack without its mask token"))?;
+    let mut rows = template_rows(cat, r, soft_override, Some(mask))?;
+    rows.extend(eos.map(PrefixRow::Token));
+    Ok(rows)
+}
+
+/// The template's rows up to `{candidate}` / `{mask}`, or all of them with the mask token at
+/// `{mask}` when `mask` is given.
+fn template_rows(
+    cat: &Catalog,
+    r: &Resolved,
+    soft_override: Option<usize>,
+    mask: Option<i32>,
+) -> Result<Vec<PrefixRow>> {
     let pack = cat.pack;
     let t = &pack.template;
     let history = r.history.as_slice();
@@ -111,7 +140,11 @@ pub(crate) fn prefix_rows(cat: &Catalog, r: &Resolved, soft_override: Option<usi
                     rows.extend(tokens(cat, c)?.iter().map(|&x| PrefixRow::Token(x)));
                 }
             }
-            Part::Candidate | Part::Mask => break,
+            Part::Mask => match mask {
+                Some(m) => rows.push(PrefixRow::Token(m)),
+                None => break,
+            },
+            Part::Candidate => break,
         }
     }
     if rows.is_empty() {
@@ -120,9 +153,13 @@ pub(crate) fn prefix_rows(cat: &Catalog, r: &Resolved, soft_override: Option<usi
     Ok(rows)
 }
 
-/// What is scored for each candidate: its title tokens, then the template's terminator.
-pub(crate) fn candidate_sequences(cat: &Catalog, candidates: &[u32]) -> Result<Vec<Vec<i32>>> {
-    let terminator = cat.pack.template.terminator();
+/// What is scored for each candidate: its title tokens, then the template's terminator (an
+/// encoder-decoder model's decoder: the end-of-sequence token, `eos`).
+pub(crate) fn candidate_sequences(cat: &Catalog, candidates: &[u32], eos: Option<i32>) -> Result<Vec<Vec<i32>>> {
+    let terminator = match eos {
+        Some(t) => vec![t],
+        None => cat.pack.template.terminator(),
+    };
     candidates
         .iter()
         .map(|&c| {

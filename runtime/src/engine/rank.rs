@@ -3,8 +3,11 @@
 use delrec_format::ScoringMode;
 
 use super::call::Call;
-use super::plan::{self, Job, VerbalizerJob};
+use super::catalog::Catalog;
+use super::plan::{self, EncoderJob, Job, VerbalizerJob};
 use super::prefix::PrefixState;
+use super::prompt::Resolved;
+use super::PrefixRow;
 use super::{prompt, Engine, EngineConfig, RankRequest, Ranking, ScoredItem, Strategy};
 use crate::error::{Error, Result};
 use crate::llm::Context;
@@ -31,12 +34,12 @@ impl Engine {
         let cat = self.catalog();
         let r = prompt::resolve(&cat, req)?;
         call.stats.candidates = r.candidates.len();
-        let rows = prompt::prefix_rows(&cat, &r, r.soft_override)?;
+        let (encoder, rows) = self.rows(&cat, &r)?;
         call.stats.prefix_rows = rows.len();
         let strategy = plan::choose(req, r.candidates.len(), ctx.n_seq_max(), pack.scoring);
         let seqs = match strategy {
             Strategy::Verbalizer => vec![],
-            _ => prompt::candidate_sequences(&cat, &r.candidates)?,
+            _ => prompt::candidate_sequences(&cat, &r.candidates, self.decoder_eos())?,
         };
         let verbalizer = match (strategy, &pack.verbalizer) {
             (Strategy::Verbalizer, Some(v)) => {
@@ -54,6 +57,11 @@ impl Engine {
             rows: &rows,
             seqs: &seqs,
             verbalizer,
+            encoder: match (&encoder, &inner.base.inner.token_embd) {
+                (Some(rows), Some(e)) => Some(EncoderJob { rows, embeddings: e }),
+                (None, _) => None,
+                (Some(_), None) => return Err(Error::internal("an encoder input without the token table")),
+            },
         };
         let scores = plan::run(strategy, &mut job)?;
         let mode = pack.scoring;
@@ -83,6 +91,31 @@ impl Engine {
             items.truncate(k);
         }
         Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
+    }
+}
+
+impl Engine {
+    /// A request's rows: the encoder's input (encoder-decoder models) and the rows decoded
+    /// before the candidates — the template's prefix, or the decoder's start and mask tokens.
+    pub(crate) fn rows(&self, cat: &Catalog, r: &Resolved) -> Result<(Option<Vec<PrefixRow>>, Vec<PrefixRow>)> {
+        let model = &self.inner.model;
+        if !model.has_encoder() {
+            return Ok((None, prompt::prefix_rows(cat, r, r.soft_override)?));
+        }
+        let enc = prompt::encoder_rows(cat, r, r.soft_override, model.eos_token())?;
+        let start = model.decoder_start_token().ok_or_else(|| Error::internal("no decoder start token"))?;
+        let mask = cat.pack.template.mask_token.ok_or_else(|| Error::internal("no mask token"))?;
+        Ok((Some(enc), vec![PrefixRow::Token(start), PrefixRow::Token(mask)]))
+    }
+
+    /// What ends a candidate in an encoder-decoder model's decoder.
+    pub(crate) fn decoder_eos(&self) -> Option<i32> {
+        let m = &self.inner.model;
+        if m.has_encoder() {
+            m.eos_token()
+        } else {
+            None
+        }
     }
 }
 

@@ -150,6 +150,13 @@ impl Model {
         (t >= 0 && (t as usize) < self.n_vocab).then_some(t)
     }
 
+    /// The end-of-sequence token, if the vocabulary has one.
+    pub fn eos_token(&self) -> Option<i32> {
+        // SAFETY: live model; the vocabulary lives as long as it.
+        let t = unsafe { sys::llama_vocab_eos(sys::llama_model_get_vocab(self.ptr.as_ptr())) };
+        (t >= 0 && (t as usize) < self.n_vocab).then_some(t)
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
         self.ptr.as_ptr()
     }

@@ -13,6 +13,8 @@ pub(crate) fn score(job: &mut Job) -> Result<Scores> {
     for seq in job.seqs {
         job.ctx.clear();
         job.state.forget();
+        // A full prompt each: an encoder-decoder model encodes it each time too.
+        crate::engine::prefix::ensure_encoded(job)?;
         let mut full = rows.to_vec();
         full.extend(seq.iter().map(|&t| PrefixRow::Token(t)));
         if full.len() > job.ctx.n_ctx() {

@@ -1,0 +1,94 @@
+//! The engine on an encoder-decoder model (the t5-tiny fixture, converted): one encoder pass per
+//! request and none when a session's input is unchanged, the shared-prefix plans against one
+//! full prompt per candidate, soft rows mixed into the encoder input, and the encoder's one-ubatch
+//! limit as a typed error with the engine usable after it. (Parity against transformers + the
+//! OpenPrompt reference: train/tests/test_t5_rank_parity.py.)
+
+use delrec_convert::pack::VerbalizerSpec;
+use delrec_runtime::{Engine, EngineConfig, Error, KvType, Plan, PrefixRow, RankRequest, Resource};
+use delrec_tests::{catalog_ids, fixtures, model, verbalizer_pack};
+
+const TEMPLATE: &str = "Pattern:{soft:default}. History:{history}. Next:{mask} (a title).";
+const NO_SOFT: &str = "History:{history}. Next:{mask}.";
+
+fn cfg() -> EngineConfig {
+    EngineConfig { kv_type: KvType::F32, flash_attention: false, threads: 2, ..Default::default() }
+}
+
+fn engine(template: &str, verbalizer: bool, tag: &str, cfg: EngineConfig) -> Engine {
+    let m = model("t5-tiny", "f32");
+    let soft = if template.contains("{soft:") { vec![("default", fixtures().join("prompt-llama"))] } else { vec![] };
+    let spec = verbalizer.then(VerbalizerSpec::default);
+    let p = verbalizer_pack(&m, "t5-tiny", template, &soft, spec, tag);
+    Engine::open(&m, &p, cfg).unwrap()
+}
+
+fn req(h: &[String], c: Option<&[String]>) -> RankRequest {
+    RankRequest { history: h.to_vec(), candidates: c.map(<[String]>::to_vec), ..Default::default() }
+}
+
+#[test]
+fn one_encoder_pass_per_request_and_none_when_a_session_reuses_it() {
+    let ids = catalog_ids();
+    let e = engine(TEMPLATE, true, "t5-verb", cfg());
+    let r = e.rank(&req(&ids[..3], None)).unwrap();
+    assert_eq!(r.items.len(), ids.len());
+    assert_eq!(r.stats.encoder_passes, 1);
+    assert_eq!((r.stats.prefix_rows, r.stats.decoded_rows), (2, 2), "the decoder reads <pad> <extra_id_0>");
+    let plan = e.plan(&req(&ids[..3], None)).unwrap();
+    assert!(plan.encoder.iter().any(|r| matches!(r, PrefixRow::Soft { .. })), "soft rows in the encoder");
+    assert_eq!(r.stats.encoder_rows, plan.encoder.len());
+    let mut s = e.session(None).unwrap();
+    for id in &ids[..3] {
+        s.push(id).unwrap();
+    }
+    let a = s.rank(&RankRequest::default()).unwrap();
+    let b = s.rank(&RankRequest::default()).unwrap();
+    assert_eq!((a.stats.encoder_passes, b.stats.encoder_passes), (1, 0));
+    let same = |x: &delrec_runtime::Ranking, y: &delrec_runtime::Ranking| {
+        x.items.iter().zip(&y.items).all(|(p, q)| p.id == q.id && (p.score - q.score).abs() < 1e-5)
+    };
+    assert!(same(&a, &b) && same(&a, &r), "a session ranks as a fresh request does");
+    s.push(&ids[7]).unwrap();
+    assert_eq!(s.rank(&RankRequest::default()).unwrap().stats.encoder_passes, 1, "a new history is encoded again");
+}
+
+#[test]
+fn title_likelihood_shared_plans_equal_one_prompt_per_candidate() {
+    let ids = catalog_ids();
+    for (template, tag) in [(TEMPLATE, "t5-title-soft"), (NO_SOFT, "t5-title")] {
+        let e = engine(template, false, tag, cfg());
+        let mut r = req(&ids[..2], Some(&ids[5..17]));
+        let shared = e.rank(&r).unwrap();
+        assert_eq!(shared.stats.encoder_passes, 1);
+        r.plan = Plan::Naive;
+        let naive = e.rank(&r).unwrap();
+        assert_eq!(naive.stats.encoder_passes, 12, "{tag}: the baseline encodes each full prompt");
+        for it in &shared.items {
+            let n = naive.items.iter().find(|x| x.id == it.id).unwrap();
+            assert!((it.logprob - n.logprob).abs() < 1e-4, "{tag} {}: {} vs {}", it.id, it.logprob, n.logprob);
+            assert_eq!(it.n_tokens, n.n_tokens);
+        }
+        // Best-first top 3 over the whole catalog equals the exhaustive order.
+        let all = e.rank(&req(&ids[..2], None)).unwrap();
+        let top = e.rank(&RankRequest { top_k: Some(3), ..req(&ids[..2], None) }).unwrap();
+        let want: Vec<&str> = all.items.iter().take(3).map(|i| i.id.as_str()).collect();
+        let got: Vec<&str> = top.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(got, want, "{tag}");
+    }
+}
+
+#[test]
+fn an_encoder_input_past_one_ubatch_is_a_typed_error_and_the_engine_stays_usable() {
+    let ids = catalog_ids();
+    let e = engine(NO_SOFT, true, "t5-small-batch", EngineConfig { batch_size: 32, ..cfg() });
+    let long = e.rank(&req(&ids[..12], None)).unwrap_err();
+    match &long {
+        Error::Capacity { resource: Resource::EncoderRows, needed, available } => {
+            assert!(*needed > 32 && *available == 32, "{long}");
+        }
+        other => panic!("expected Capacity(EncoderRows), got {other:?}"),
+    }
+    let short = e.rank(&req(&ids[..1], None)).unwrap();
+    assert_eq!(short.stats.encoder_passes, 1);
+}
