@@ -217,6 +217,23 @@ fn hostile_t5_charsmaps() {
         }
         set_charsmap(m, b)
     });
+    // Only what a fullwidth "Ａ" (EF BC A1) reaches, broken: llama.cpp loads the file (its load
+    // normalizes just "\n") and throws inside llama_tokenize at the first such text.
+    let path = trie_path(&original, "Ａ".as_bytes());
+    let (first, value) = (path[0], *path.last().unwrap());
+    fx.refused("cmap-leaf-offset", &["precompiled_charsmap", "replacement offset 2147418112"], |m| {
+        let mut b = original.clone();
+        b[4 + 4 * value..8 + 4 * value].copy_from_slice(&(0x8000_0000u32 | 0x7fff_0000).to_le_bytes());
+        set_charsmap(m, b)
+    });
+    fx.refused("cmap-child-out", &["precompiled_charsmap", "trie index"], |m| {
+        let mut b = original.clone();
+        let p = u32::from_le_bytes(b[4 + 4 * first..8 + 4 * first].try_into().unwrap());
+        // Same label and leaf bit, a base that sends the next byte past the array.
+        let far = (first as u32 ^ (n_nodes as u32 + 1024)) << 10 | (p & 0x1ff);
+        b[4 + 4 * first..8 + 4 * first].copy_from_slice(&far.to_le_bytes());
+        set_charsmap(m, b)
+    });
     fx.refused("cmap-no-nul", &["precompiled_charsmap", "no NUL"], |m| {
         let mut b = original.clone();
         for x in &mut b[4 + blob..] {
@@ -229,4 +246,28 @@ fn hostile_t5_charsmaps() {
     fx.refused("cmap-type", &["precompiled_charsmap", "not a u8 or i8 array"], |m| {
         m.set("tokenizer.ggml.precompiled_charsmap", Value::Array(Array::U32(vec![1, 2, 3])))
     });
+}
+
+/// The trie nodes a walk over `text` visits in a charsmap (as llama.cpp's normalizer walks it):
+/// the node matched for each byte, then the value node of the last leaf.
+fn trie_path(map: &[u8], text: &[u8]) -> Vec<usize> {
+    let blob = u32::from_le_bytes(map[..4].try_into().unwrap()) as usize;
+    let nodes: Vec<u32> = map[4..4 + blob].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    let base = |p: u32| (p >> 10) << ((p & (1 << 9)) >> 6);
+    let mut state = base(nodes[0]);
+    let (mut path, mut leaf) = (vec![], None);
+    for &c in text {
+        let index = state ^ c as u32;
+        let p = nodes[index as usize];
+        if p & 0x8000_00ff != c as u32 {
+            break;
+        }
+        path.push(index as usize);
+        state = index ^ base(p);
+        if (p >> 8) & 1 == 1 {
+            leaf = Some(state as usize);
+        }
+    }
+    path.push(leaf.expect("the charsmap normalizes the text"));
+    path
 }
