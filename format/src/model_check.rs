@@ -1,17 +1,19 @@
 //! Is a model GGUF safe to hand to llama.cpp? llama.cpp aborts the process (`GGML_ASSERT`,
-//! SIGABRT, some SIGSEGV) on many hostile model files instead of returning an error: layer
-//! counts out of range, expert counts without experts, unknown rope-scaling types, non-finite
-//! norm epsilons, a tensor retyped to another type of the same byte size, duplicate vocabulary
-//! strings, head counts that do not divide. [`check_model`] proves, for an allowlist of
-//! architectures ([`ARCHITECTURES`]), that every hyperparameter llama.cpp reads for them is in
-//! range, that the vocabulary is well formed, and that the tensors are exactly the set the
-//! architecture creates for those hyperparameters, each with the shape llama.cpp expects and a
-//! type llama.cpp can use for that tensor, its bytes inside the file.
+//! SIGABRT, some SIGSEGV, C++ exceptions thrown through its C API) on many hostile model files
+//! instead of returning an error: layer counts out of range, expert counts without experts,
+//! unknown rope-scaling types, non-finite norm epsilons, a tensor retyped to another type of the
+//! same byte size, duplicate vocabulary strings, head counts that do not divide, a T5 charsmap
+//! whose trie points outside itself. [`check_model`] proves, for an allowlist of architectures
+//! ([`ARCHITECTURES`]), that every hyperparameter llama.cpp reads for them is in range, that the
+//! vocabulary (and for UGM tokenizers the precompiled charsmap) is well formed, and that the
+//! tensors are exactly the set the architecture creates for those hyperparameters, each with the
+//! shape llama.cpp expects and a type llama.cpp can use for that tensor, its bytes inside the file.
 //!
 //! The rules follow llama.cpp's loader (`llama-model.cpp` `load_hparams`, `models/llama.cpp`,
-//! `models/qwen2.cpp`, `llama-vocab.cpp`), in the version the runtime links; they are stricter
-//! where llama.cpp would only warn (special token ids outside the vocabulary) and where it would
-//! throw later (unused tensors, wrongly typed keys), so the error is early and names the culprit.
+//! `models/qwen2.cpp`, `models/t5.cpp`, `llama-vocab.cpp`, `llama-graph.cpp`), in the version the
+//! runtime links; they are stricter where llama.cpp would only warn (special token ids outside
+//! the vocabulary) and where it would throw later (unused tensors, wrongly typed keys), so the
+//! error is early and names the culprit.
 //! What is not checked: the values of the weights (a NaN weight gives NaN scores, not a crash),
 //! and a matrix retyped to another usable type of the same block size (F16 ↔ BF16, Q4_0 ↔
 //! IQ4_NL): llama.cpp computes with it without crashing, and only the pack's digest pin catches it.
@@ -23,11 +25,23 @@ use crate::error::{bad_file, Result};
 use crate::gguf::{Array, GgufFile, TensorInfo, Value};
 
 /// The architectures whose files [`check_model`] can prove safe.
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "t5"];
 /// llama.cpp's `LLAMA_MAX_LAYERS`.
 pub const MAX_LAYERS: u64 = 512;
-/// Tokenizer models accepted (`tokenizer.ggml.model`): BPE (`gpt2`) and SentencePiece (`llama`).
-pub const TOKENIZER_MODELS: &[&str] = &["gpt2", "llama"];
+/// Tokenizer models accepted (`tokenizer.ggml.model`): BPE (`gpt2`), SentencePiece (`llama`) and
+/// SentencePiece Unigram (`t5`, llama.cpp's UGM).
+pub const TOKENIZER_MODELS: &[&str] = &["gpt2", "llama", "t5"];
+/// T5 relative-attention bucket counts llama.cpp computes in range. Its bucket formula
+/// (`llama_relative_position_bucket`, max_distance fixed at 128) divides by
+/// ln(128 / (buckets / 2)) in the decoder: below 4 that is ln(128 / 0) (NaN buckets), from 256 on
+/// the divisor is 0 or negative and buckets go negative; `get_rows` asserts on either.
+pub const T5_BUCKETS: std::ops::RangeInclusive<u32> = 4..=255;
+/// Longest UGM token accepted (bytes). llama.cpp builds its token matcher (`naive_trie`) one
+/// recursive level per byte; SentencePiece pieces are at most a few dozen bytes.
+pub const MAX_UGM_TOKEN_BYTES: usize = 4096;
+/// Largest `tokenizer.ggml.precompiled_charsmap` accepted: proving its trie safe visits every
+/// reachable node 255 times (real SentencePiece charsmaps are about 240 KB).
+pub const MAX_CHARSMAP_BYTES: usize = 4 << 20;
 /// `rope.scaling.type` values llama.cpp knows (`LLAMA_ROPE_SCALING_TYPES`); any other asserts.
 pub const ROPE_SCALING_TYPES: &[&str] = &["none", "linear", "yarn", "longrope"];
 /// BPE pre-tokenizers llama.cpp knows (`llama-vocab.cpp`); any other throws.
@@ -160,12 +174,13 @@ const TOKEN_TYPE_BYTE: i32 = 6;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelFacts {
     pub architecture: String,
+    /// Layers (the encoder's for an encoder-decoder; its decoder has as many, see [`Seq2SeqFacts`]).
     pub n_layer: u32,
     pub n_embd: u32,
     pub n_ff: u32,
     pub n_head: u32,
     pub n_head_kv: u32,
-    /// Per-head width of keys (= values = rotary dimensions for these architectures).
+    /// Per-head width of keys (= values; = rotary dimensions for llama and qwen2).
     pub head_dim: u32,
     pub n_ctx_train: u32,
     pub n_vocab: u32,
@@ -173,6 +188,20 @@ pub struct ModelFacts {
     pub tokenizer_model: String,
     /// No `output.weight`: the output projection is the token embedding.
     pub tied_output: bool,
+    /// What only an encoder-decoder (t5) has; `None` for decoder-only models.
+    pub seq2seq: Option<Seq2SeqFacts>,
+}
+
+/// The encoder-decoder part of [`ModelFacts`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seq2SeqFacts {
+    /// Decoder layers (equal to the encoder's: llama.cpp keeps one layer array and one KV cache
+    /// sized by the encoder's count).
+    pub n_dec_layer: u32,
+    /// Relative-attention position buckets.
+    pub n_rel_attn_bkts: u32,
+    /// `decoder_start_token_id`, inside the vocabulary when present.
+    pub decoder_start_token: Option<u32>,
 }
 
 /// A ggml tensor type: name, elements per block, bytes per block (`ggml.c` `type_traits`).
@@ -229,13 +258,41 @@ enum Role {
     /// Norm weights, biases, rope factors: llama.cpp adds/multiplies them as F32 (1-D tensors are
     /// never quantized); any other type of the same size (I32 for F32) aborts in the op.
     Vector,
+    /// T5's relative-position bias: read by `get_rows` (F32, F16, BF16 rows become F32; llama.cpp's
+    /// quantizer never quantizes it), then added to the attention scores.
+    Table,
     Matrix,
 }
+
+/// The `get_rows` source types a [`Role::Table`] may have.
+const TABLE_TYPES: &[u32] = &[0, 1, 30];
 
 struct Expected {
     dims: Vec<u64>,
     role: Role,
     required: bool,
+}
+
+/// The tensors an architecture creates, by name.
+type TensorSet = BTreeMap<String, Expected>;
+
+fn expect(want: &mut TensorSet, name: String, dims: &[u64], role: Role, required: bool) {
+    want.insert(name, Expected { dims: dims.to_vec(), role, required });
+}
+
+/// The hyperparameters every allowlisted architecture has (`llama_model_base::load_hparams`).
+struct Hparams {
+    n_layer: u32,
+    n_ctx_train: u32,
+    n_embd: u32,
+    n_ff: u32,
+    n_head: u32,
+    n_head_kv: u32,
+    head_k: u32,
+    head_v: u32,
+    n_rot: u32,
+    rope_scaling: String,
+    rms_eps: f32,
 }
 
 /// Checks a model GGUF as llama.cpp will read it; see the module documentation.
@@ -255,10 +312,60 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
             ARCHITECTURES.join(", ")
         )));
     }
-    let k = |name: &str| format!("{arch}.{name}");
     let keys = Keys { f };
+    let h = check_hparams(f, &keys, arch)?;
+    let seq2seq = if arch == "t5" {
+        Some(check_t5_hparams(f, &keys, &h)?)
+    } else {
+        check_rope_heads(f, arch, &h)?;
+        None
+    };
 
-    // --- hyperparameters (llama-model.cpp load_hparams, then the architecture's own) ---
+    // --- vocabulary (llama-vocab.cpp) ---
+    let (n_vocab, tokenizer_model) = check_vocab(f, &keys)?;
+    let k = |name: &str| format!("{arch}.{name}");
+    if let Some(n) = keys.opt_u32(&k("vocab_size"))? {
+        if n != n_vocab {
+            return Err(bad(format!("{} = {n} but the vocabulary has {n_vocab} tokens", k("vocab_size"))));
+        }
+    }
+    if let Some(Seq2SeqFacts { decoder_start_token: Some(id), .. }) = &seq2seq {
+        if *id >= n_vocab {
+            return Err(bad(format!(
+                "{} = {id} is outside the vocabulary of {n_vocab} tokens",
+                k("decoder_start_token_id")
+            )));
+        }
+    }
+
+    // --- tensors (models/llama.cpp, models/qwen2.cpp, models/t5.cpp load_arch_tensors) ---
+    let want = match &seq2seq {
+        Some(s) => t5_tensors(&h, s, n_vocab),
+        None => decoder_only_tensors(arch, &h, n_vocab),
+    };
+    check_tensor_set(f, arch, &want)?;
+
+    Ok(ModelFacts {
+        architecture: arch.to_string(),
+        n_layer: h.n_layer,
+        n_embd: h.n_embd,
+        n_ff: h.n_ff,
+        n_head: h.n_head,
+        n_head_kv: h.n_head_kv,
+        head_dim: h.head_k,
+        n_ctx_train: h.n_ctx_train,
+        n_vocab,
+        rms_eps: h.rms_eps,
+        tokenizer_model,
+        tied_output: f.tensor("output.weight").is_none(),
+        seq2seq,
+    })
+}
+
+/// What `load_hparams` reads for every architecture (and the norm epsilon all three need).
+fn check_hparams(f: &GgufFile, keys: &Keys, arch: &str) -> Result<Hparams> {
+    let bad = |reason: String| bad_file(f, reason);
+    let k = |name: &str| format!("{arch}.{name}");
     let n_layer = keys.req_u32(&k("block_count"))?;
     if n_layer == 0 || n_layer as u64 > MAX_LAYERS {
         return Err(bad(format!("{} = {n_layer} is outside 1..={MAX_LAYERS}", k("block_count"))));
@@ -326,20 +433,6 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
     let head_k = key_len.unwrap_or(n_embd / n_head);
     let head_v = value_len.unwrap_or(n_embd / n_head);
     let n_rot = keys.opt_u32(&k("rope.dimension_count"))?.unwrap_or(head_k);
-    // The graphs of both architectures assert n_embd_head_v == n_embd_head_k == n_rot.
-    if head_k == 0 || head_k != head_v || n_rot != head_k || !head_k.is_multiple_of(2) {
-        return Err(bad(format!(
-            "head dimensions are inconsistent: key_length {head_k}, value_length {head_v}, rope.dimension_count \
-             {n_rot} (llama.cpp needs them equal, even and > 0)"
-        )));
-    }
-    let q_width = (head_k as u64) * (n_head as u64);
-    if arch == "qwen2" && q_width != n_embd as u64 {
-        return Err(bad(format!(
-            "qwen2 needs key_length × head_count = embedding_length ({head_k} × {n_head} ≠ {n_embd})"
-        )));
-    }
-    let kv_width = (head_k as u64) * (n_head_kv as u64);
     keys.opt_bool(&k("rope.scaling.finetuned"))?;
     if let Some(n) = keys.opt_u32(&k("rope.scaling.original_context_length"))? {
         if n == 0 {
@@ -351,9 +444,10 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
     keys.opt_f32(&k("rope.scale_linear"), |v| v >= 0.0, "finite and >= 0")?;
     keys.opt_f32(&k("rope.scaling.attn_factor"), |v| v > 0.0, "finite and > 0")?;
     keys.opt_f32(&k("rope.scaling.alpha"), |v| v >= 0.0, "finite and >= 0")?;
+    // Read (and asserted known) for every architecture, rope or not.
     let rope_scaling = match f.get(&k("rope.scaling.type")) {
-        None => "linear",
-        Some(Value::Str(s)) if ROPE_SCALING_TYPES.contains(&s.as_str()) => s.as_str(),
+        None => "linear".to_string(),
+        Some(Value::Str(s)) if ROPE_SCALING_TYPES.contains(&s.as_str()) => s.clone(),
         Some(v) => {
             return Err(bad(format!(
                 "{} = {} is not one llama.cpp knows ({})",
@@ -366,33 +460,91 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
     let rms_eps = keys
         .opt_f32(&k("attention.layer_norm_rms_epsilon"), |v| v > 0.0, "finite and > 0")?
         .ok_or_else(|| bad(format!("{} is missing", k("attention.layer_norm_rms_epsilon"))))?;
+    Ok(Hparams { n_layer, n_ctx_train, n_embd, n_ff, n_head, n_head_kv, head_k, head_v, n_rot, rope_scaling, rms_eps })
+}
 
-    // --- vocabulary (llama-vocab.cpp) ---
-    let (n_vocab, tokenizer_model) = check_vocab(f, &keys)?;
-    if let Some(n) = keys.opt_u32(&k("vocab_size"))? {
-        if n != n_vocab {
-            return Err(bad(format!("{} = {n} but the vocabulary has {n_vocab} tokens", k("vocab_size"))));
-        }
+/// llama and qwen2 rotate keys: their graphs assert n_embd_head_v == n_embd_head_k == n_rot.
+fn check_rope_heads(f: &GgufFile, arch: &str, h: &Hparams) -> Result<()> {
+    let (head_k, head_v, n_rot) = (h.head_k, h.head_v, h.n_rot);
+    if head_k == 0 || head_k != head_v || n_rot != head_k || !head_k.is_multiple_of(2) {
+        return Err(bad_file(
+            f,
+            format!(
+                "head dimensions are inconsistent: key_length {head_k}, value_length {head_v}, rope.dimension_count \
+                 {n_rot} (llama.cpp needs them equal, even and > 0)"
+            ),
+        ));
     }
+    if arch == "qwen2" && head_k as u64 * h.n_head as u64 != h.n_embd as u64 {
+        return Err(bad_file(
+            f,
+            format!("qwen2 needs key_length × head_count = embedding_length ({head_k} × {} ≠ {})", h.n_head, h.n_embd),
+        ));
+    }
+    Ok(())
+}
 
-    // --- tensors (models/llama.cpp, models/qwen2.cpp load_arch_tensors) ---
-    let (e, v, ff) = (n_embd as u64, n_vocab as u64, n_ff as u64);
-    let mut want: BTreeMap<String, Expected> = BTreeMap::new();
-    let mut add = |name: String, dims: &[u64], role: Role, required: bool| {
-        want.insert(name, Expected { dims: dims.to_vec(), role, required });
-    };
+/// What `llama_model_t5::load_arch_hparams` and the t5 graphs need beyond [`check_hparams`].
+fn check_t5_hparams(f: &GgufFile, keys: &Keys, h: &Hparams) -> Result<Seq2SeqFacts> {
+    let bad = |reason: String| bad_file(f, reason);
+    // Q is created n_embd_head_k × n_head_kv wide and reshaped to n_head heads: equal or it asserts.
+    if h.n_head_kv != h.n_head {
+        return Err(bad(format!(
+            "t5.attention.head_count_kv = {} must equal t5.attention.head_count = {} (the t5 graph reshapes \
+             queries of head_count_kv heads into head_count)",
+            h.n_head_kv, h.n_head
+        )));
+    }
+    // The graphs assert n_embd_head_v == n_embd_head_k (no rotary part).
+    if h.head_k == 0 || h.head_k != h.head_v {
+        return Err(bad(format!(
+            "head dimensions are inconsistent: t5.attention.key_length {}, t5.attention.value_length {} (llama.cpp \
+             needs them equal and > 0)",
+            h.head_k, h.head_v
+        )));
+    }
+    let buckets = keys.req_u32("t5.attention.relative_buckets_count")?;
+    if !T5_BUCKETS.contains(&buckets) {
+        return Err(bad(format!(
+            "t5.attention.relative_buckets_count = {buckets} is outside {}..={} (llama.cpp's bucket formula \
+             computes indices outside the bias table)",
+            T5_BUCKETS.start(),
+            T5_BUCKETS.end()
+        )));
+    }
+    let n_dec_layer = keys.opt_u32("t5.decoder_block_count")?.unwrap_or(h.n_layer);
+    if n_dec_layer != h.n_layer {
+        return Err(bad(format!(
+            "t5.decoder_block_count = {n_dec_layer} differs from t5.block_count = {} (llama.cpp shares one layer \
+             array and sizes the decoder's KV cache by block_count)",
+            h.n_layer
+        )));
+    }
+    let decoder_start_token = keys.opt_u32("t5.decoder_start_token_id")?;
+    Ok(Seq2SeqFacts { n_dec_layer, n_rel_attn_bkts: buckets, decoder_start_token })
+}
+
+/// The tensors `models/llama.cpp` and `models/qwen2.cpp` create.
+fn decoder_only_tensors(arch: &str, h: &Hparams, n_vocab: u32) -> TensorSet {
+    let (e, v, ff) = (h.n_embd as u64, n_vocab as u64, h.n_ff as u64);
+    let q_width = h.head_k as u64 * h.n_head as u64;
+    let kv_width = h.head_k as u64 * h.n_head_kv as u64;
+    let half_rot = h.n_rot as u64 / 2;
+    let mut want = TensorSet::new();
+    let mut add =
+        |name: String, dims: &[u64], role: Role, required: bool| expect(&mut want, name, dims, role, required);
     add("token_embd.weight".into(), &[e, v], Role::Matrix, true);
     add("output_norm.weight".into(), &[e], Role::Vector, true);
     add("output.weight".into(), &[e, v], Role::Matrix, false);
     if arch == "qwen2" {
         add("output.bias".into(), &[v], Role::Vector, false);
-    } else if rope_scaling == "longrope" {
-        add("rope_factors_long.weight".into(), &[n_rot as u64 / 2], Role::Vector, false);
-        add("rope_factors_short.weight".into(), &[n_rot as u64 / 2], Role::Vector, false);
+    } else if h.rope_scaling == "longrope" {
+        add("rope_factors_long.weight".into(), &[half_rot], Role::Vector, false);
+        add("rope_factors_short.weight".into(), &[half_rot], Role::Vector, false);
     } else {
-        add("rope_freqs.weight".into(), &[n_rot as u64 / 2], Role::Vector, false);
+        add("rope_freqs.weight".into(), &[half_rot], Role::Vector, false);
     }
-    for i in 0..n_layer {
+    for i in 0..h.n_layer {
         let b = |t: &str| format!("blk.{i}.{t}");
         add(b("attn_norm.weight"), &[e], Role::Vector, true);
         add(b("attn_q.weight"), &[e, q_width], Role::Matrix, true);
@@ -413,30 +565,64 @@ pub fn check_model(f: &GgufFile) -> Result<ModelFacts> {
             add(b("ffn_down.bias"), &[e], Role::Vector, false);
         }
     }
+    want
+}
+
+/// The tensors `llama_model_t5::load_arch_tensors` creates. Its `attn_rel_b` is optional in
+/// every layer, but the graphs fall back to layer 0's without a null check (a missing one there
+/// is a null dereference), so block 0 must have it; the FFN gate is optional per layer (present:
+/// gated GELU, absent: ReLU).
+fn t5_tensors(h: &Hparams, s: &Seq2SeqFacts, n_vocab: u32) -> TensorSet {
+    let (e, v, ff) = (h.n_embd as u64, n_vocab as u64, h.n_ff as u64);
+    let inner = h.head_k as u64 * h.n_head as u64;
+    let bias = [h.n_head as u64, s.n_rel_attn_bkts as u64];
+    let mut want = TensorSet::new();
+    let mut add =
+        |name: String, dims: &[u64], role: Role, required: bool| expect(&mut want, name, dims, role, required);
+    add("token_embd.weight".into(), &[e, v], Role::Matrix, true);
+    add("enc.output_norm.weight".into(), &[e], Role::Vector, true);
+    add("dec.output_norm.weight".into(), &[e], Role::Vector, true);
+    add("output.weight".into(), &[e, v], Role::Matrix, false);
+    for (side, n) in [("enc", h.n_layer), ("dec", s.n_dec_layer)] {
+        for i in 0..n {
+            let b = |t: &str| format!("{side}.blk.{i}.{t}");
+            add(b("attn_norm.weight"), &[e], Role::Vector, true);
+            add(b("attn_rel_b.weight"), &bias, Role::Table, i == 0);
+            add(b("attn_q.weight"), &[e, inner], Role::Matrix, true);
+            add(b("attn_k.weight"), &[e, inner], Role::Matrix, true);
+            add(b("attn_v.weight"), &[e, inner], Role::Matrix, true);
+            add(b("attn_o.weight"), &[inner, e], Role::Matrix, true);
+            if side == "dec" {
+                add(b("cross_attn_norm.weight"), &[e], Role::Vector, true);
+                // Created when present (never used by the graph).
+                add(b("cross_attn_rel_b.weight"), &bias, Role::Table, false);
+                add(b("cross_attn_q.weight"), &[e, inner], Role::Matrix, true);
+                add(b("cross_attn_k.weight"), &[e, inner], Role::Matrix, true);
+                add(b("cross_attn_v.weight"), &[e, inner], Role::Matrix, true);
+                add(b("cross_attn_o.weight"), &[inner, e], Role::Matrix, true);
+            }
+            add(b("ffn_norm.weight"), &[e], Role::Vector, true);
+            add(b("ffn_gate.weight"), &[e, ff], Role::Matrix, false);
+            add(b("ffn_up.weight"), &[e, ff], Role::Matrix, true);
+            add(b("ffn_down.weight"), &[ff, e], Role::Matrix, true);
+        }
+    }
+    want
+}
+
+/// The file's tensors are exactly `want`'s (llama.cpp throws on extra tensors, and on missing
+/// required ones), each as [`check_tensor`] requires.
+fn check_tensor_set(f: &GgufFile, arch: &str, want: &TensorSet) -> Result<()> {
     for t in f.tensors() {
         let Some(exp) = want.get(&t.name) else {
-            return Err(bad(format!("tensor {:?} is not one the {arch} architecture uses", t.name)));
+            return Err(bad_file(f, format!("tensor {:?} is not one the {arch} architecture uses", t.name)));
         };
         check_tensor(f, t, exp)?;
     }
     if let Some((name, _)) = want.iter().find(|(name, exp)| exp.required && f.tensor(name).is_none()) {
-        return Err(bad(format!("tensor {name:?} is missing")));
+        return Err(bad_file(f, format!("tensor {name:?} is missing")));
     }
-
-    Ok(ModelFacts {
-        architecture: arch.to_string(),
-        n_layer,
-        n_embd,
-        n_ff,
-        n_head,
-        n_head_kv,
-        head_dim: head_k,
-        n_ctx_train,
-        n_vocab,
-        rms_eps,
-        tokenizer_model,
-        tied_output: f.tensor("output.weight").is_none(),
-    })
+    Ok(())
 }
 
 fn check_tensor(f: &GgufFile, t: &TensorInfo, exp: &Expected) -> Result<()> {
@@ -454,12 +640,12 @@ fn check_tensor(f: &GgufFile, t: &TensorInfo, exp: &Expected) -> Result<()> {
     let Some((name, block, bytes)) = ggml_type(id) else {
         return Err(bad(format!("unknown ggml type id {id}")));
     };
-    let allowed = match exp.role {
-        Role::Vector => id == 0,
-        Role::Matrix => MATRIX_TYPES.contains(&id),
+    let (allowed, what) = match exp.role {
+        Role::Vector => (id == 0, "must be F32"),
+        Role::Table => (TABLE_TYPES.contains(&id), "must be F32, F16 or BF16 (rows read by get_rows)"),
+        Role::Matrix => (MATRIX_TYPES.contains(&id), "is not a type llama.cpp multiplies"),
     };
     if !allowed {
-        let what = if exp.role == Role::Vector { "must be F32" } else { "is not a type llama.cpp multiplies" };
         return Err(bad(format!("type {name} {what}")));
     }
     if !t.dims[0].is_multiple_of(block) {
@@ -571,6 +757,9 @@ fn check_vocab(f: &GgufFile, keys: &Keys) -> Result<(u32, String)> {
             }
         }
     }
+    if model == "t5" {
+        check_ugm(f, keys, tokens, n_vocab)?;
+    }
     if let Some(v) = f.get("tokenizer.ggml.suppress_tokens") {
         if !matches!(v, Value::Array(Array::I32(_))) {
             return Err(bad("tokenizer.ggml.suppress_tokens is not an i32 array".into()));
@@ -607,6 +796,115 @@ fn check_vocab(f: &GgufFile, keys: &Keys) -> Result<(u32, String)> {
         }
     }
     Ok((n_vocab, model))
+}
+
+/// The UGM (`tokenizer.ggml.model = "t5"`) tokenizer beyond [`check_vocab`]'s generic rules:
+/// what `llm_tokenizer_ugm` and its sessions read. Their failures are C++ exceptions or asserts
+/// inside `llama_tokenize`, which lets them through the C API: the process terminates at the
+/// first text that reaches them, long after the model loaded.
+fn check_ugm(f: &GgufFile, keys: &Keys, tokens: &[String], n_vocab: u32) -> Result<()> {
+    let bad = |reason: String| bad_file(f, reason);
+    if let Some((i, t)) = tokens.iter().enumerate().find(|(_, t)| t.len() > MAX_UGM_TOKEN_BYTES) {
+        return Err(bad(format!(
+            "tokenizer.ggml.tokens: token {i} is {} bytes long (at most {MAX_UGM_TOKEN_BYTES} for a UGM vocabulary)",
+            t.len()
+        )));
+    }
+    // The id llama.cpp ends up with: the key (range-checked by check_vocab), else UGM's default
+    // when that lies inside the vocabulary, else none (LLAMA_TOKEN_NULL).
+    let resolved = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
+        Ok(keys.opt_u32(key)?.or(default.filter(|&d| d < n_vocab)))
+    };
+    // Every unknown stretch of text becomes this id: without one, -1 lands among the tokens.
+    if resolved("tokenizer.ggml.unknown_token_id", Some(2))?.is_none() {
+        return Err(bad(format!(
+            "tokenizer.ggml.unknown_token_id is missing and UGM's default (2) is outside the vocabulary of {n_vocab} \
+             tokens"
+        )));
+    }
+    // With add_special, UGM sessions assert these ids exist when they are to be added.
+    for (flag, flag_default, key, default) in [
+        ("tokenizer.ggml.add_eos_token", true, "tokenizer.ggml.eos_token_id", Some(1)),
+        ("tokenizer.ggml.add_bos_token", false, "tokenizer.ggml.bos_token_id", None),
+    ] {
+        if keys.opt_bool(flag)?.unwrap_or(flag_default) && resolved(key, default)?.is_none() {
+            return Err(bad(format!("{flag} is true but {key} names no token of the vocabulary of {n_vocab}")));
+        }
+    }
+    match f.get("tokenizer.ggml.precompiled_charsmap") {
+        None => Ok(()),
+        Some(Value::Array(Array::U8(b))) => check_charsmap(b),
+        Some(Value::Array(Array::I8(b))) => check_charsmap(&b.iter().map(|&x| x as u8).collect::<Vec<u8>>()),
+        Some(v) => Err(format!("is {}, not a u8 or i8 array", v.summary())),
+    }
+    .map_err(|reason| bad(format!("tokenizer.ggml.precompiled_charsmap {reason}")))
+}
+
+/// SentencePiece's precompiled charsmap as llama.cpp's UGM normalizer walks it: a u32 byte
+/// count, that many bytes of XOR-compressed double array (u32 nodes), then NUL-terminated
+/// replacement strings. Normalizing text walks the trie from the root with `index = base ^ byte`
+/// for any input byte 1..=255 and reads the node at every index it reaches (a throw outside the
+/// array); at a leaf, the node at `index ^ base` holds an offset into the replacements, which
+/// must lie inside them with a NUL after it. Since the input is anyone's text, every state
+/// reachable from the root is proven for every byte.
+fn check_charsmap(b: &[u8]) -> std::result::Result<(), String> {
+    if b.len() > MAX_CHARSMAP_BYTES {
+        return Err(format!("is {} bytes (at most {MAX_CHARSMAP_BYTES})", b.len()));
+    }
+    let Some(&[b0, b1, b2, b3]) = b.get(..4) else {
+        return Err(format!("is {} bytes, shorter than its 4-byte header", b.len()));
+    };
+    let blob = u32::from_le_bytes([b0, b1, b2, b3]) as usize;
+    // llama.cpp's loader throws unless blob_size + 4 < size.
+    if blob + 4 >= b.len() {
+        return Err(format!("header says its trie is {blob} bytes, but only {} follow it", b.len() - 4));
+    }
+    if !blob.is_multiple_of(4) {
+        return Err(format!("trie size {blob} is not a whole number of 4-byte nodes"));
+    }
+    let nodes: Vec<u32> =
+        b[4..4 + blob].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let replacements = &b[4 + blob..];
+    let Some(&root) = nodes.first() else { return Ok(()) };
+    // xcda_array_view: BASE in bits 10..31 (shifted by 8 when bit 9 is set), LCHECK = bit 31 and
+    // bits 0..8 (a node with bit 31 set never matches a byte), LEAF bit 8, VALUE bits 0..31.
+    let base = |p: u32| (p >> 10) << ((p & (1 << 9)) >> 6);
+    let node = |i: u32| {
+        nodes.get(i as usize).copied().ok_or_else(|| format!("trie index {i} is past its {} nodes", nodes.len()))
+    };
+    let last_nul = replacements.iter().rposition(|&c| c == 0);
+    // A state at or past len + 256 reaches only indices past the end (XOR changes the low byte).
+    let mut seen = vec![false; nodes.len() + 256];
+    let mut stack = vec![base(root)];
+    while let Some(state) = stack.pop() {
+        match seen.get_mut(state as usize) {
+            Some(s) if !*s => *s = true,
+            Some(_) => continue,
+            None => return Err(format!("trie index {} is past its {} nodes", state ^ 1, nodes.len())),
+        }
+        for c in 1..=255u32 {
+            let index = state ^ c;
+            let p = node(index)?;
+            if p & 0x8000_00ff != c {
+                continue;
+            }
+            let next = index ^ base(p);
+            if (p >> 8) & 1 == 1 {
+                let offset = (node(next)? & 0x7fff_ffff) as usize;
+                if offset >= replacements.len() {
+                    return Err(format!(
+                        "replacement offset {offset} (trie node {next}) is past its {} bytes of replacements",
+                        replacements.len()
+                    ));
+                }
+                if last_nul.is_none_or(|n| n < offset) {
+                    return Err(format!("replacement at offset {offset} has no NUL terminator"));
+                }
+            }
+            stack.push(next);
+        }
+    }
+    Ok(())
 }
 
 /// Typed key access with llama.cpp's own type rules (`GGUFMeta::GKV`: a u32 key must be stored
@@ -1016,6 +1314,322 @@ mod tests {
         let mut s = Spec::new("llama");
         s.set("llama.attention.key_length", Value::U32(16));
         refused(s.check(dir.path(), "key-len"), &["key_length 16"]);
+    }
+
+    /// A synthetic charsmap: a root whose child for byte `a` is a leaf replacing it with `b`.
+    /// 512 nodes (two 256-blocks), so every `state ^ byte` from the root's state (256) is inside.
+    fn charsmap(nodes: &[(usize, u32)], replacements: &[u8]) -> Vec<u8> {
+        let mut n = vec![0u32; 512];
+        n[0] = 256 << 10;
+        n[0x100 ^ 0x61] = (0x61 << 10) | (1 << 8) | 0x61;
+        n[0x100] = 0x8000_0000;
+        for &(i, v) in nodes {
+            n[i] = v;
+        }
+        let mut b = ((n.len() * 4) as u32).to_le_bytes().to_vec();
+        b.extend(n.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend_from_slice(replacements);
+        b
+    }
+
+    impl Spec {
+        /// A tiny valid t5 (gated FFN, untied output) with a UGM vocabulary and a charsmap.
+        fn t5() -> Self {
+            let head = N_EMBD / N_HEAD;
+            let tokens: Vec<String> = (0..N_VOCAB).map(|i| format!("t{i}")).collect();
+            let mut types = vec![1; N_VOCAB as usize];
+            types[..3].copy_from_slice(&[3, 3, 2]);
+            let kv = vec![
+                ("general.architecture".into(), Value::Str("t5".into())),
+                ("t5.block_count".into(), Value::U32(N_LAYER as u32)),
+                ("t5.decoder_block_count".into(), Value::U32(N_LAYER as u32)),
+                ("t5.context_length".into(), Value::U32(512)),
+                ("t5.embedding_length".into(), Value::U32(N_EMBD as u32)),
+                ("t5.feed_forward_length".into(), Value::U32(N_FF as u32)),
+                ("t5.attention.head_count".into(), Value::U32(N_HEAD as u32)),
+                ("t5.attention.head_count_kv".into(), Value::U32(N_HEAD as u32)),
+                ("t5.attention.key_length".into(), Value::U32(head as u32)),
+                ("t5.attention.value_length".into(), Value::U32(head as u32)),
+                ("t5.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-6)),
+                ("t5.attention.relative_buckets_count".into(), Value::U32(32)),
+                ("t5.decoder_start_token_id".into(), Value::U32(0)),
+                ("t5.vocab_size".into(), Value::U32(N_VOCAB as u32)),
+                ("tokenizer.ggml.model".into(), Value::Str("t5".into())),
+                ("tokenizer.ggml.tokens".into(), Value::Array(Array::Str(tokens))),
+                ("tokenizer.ggml.scores".into(), Value::Array(Array::F32(vec![-1.0; N_VOCAB as usize]))),
+                ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(types))),
+                ("tokenizer.ggml.precompiled_charsmap".into(), Value::Array(Array::U8(charsmap(&[], b"b\0")))),
+                ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+                ("tokenizer.ggml.unknown_token_id".into(), Value::U32(2)),
+                ("tokenizer.ggml.padding_token_id".into(), Value::U32(0)),
+                ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+                ("tokenizer.ggml.add_eos_token".into(), Value::Bool(true)),
+            ];
+            let mut s = Spec { kv, tensors: vec![] };
+            let e = N_EMBD;
+            s.tensor("token_embd.weight", &[e, N_VOCAB]);
+            s.tensor("output.weight", &[e, N_VOCAB]);
+            s.tensor("enc.output_norm.weight", &[e]);
+            s.tensor("dec.output_norm.weight", &[e]);
+            for side in ["enc", "dec"] {
+                for i in 0..N_LAYER {
+                    let b = |t: &str| format!("{side}.blk.{i}.{t}");
+                    s.tensor(&b("attn_norm.weight"), &[e]);
+                    if i == 0 {
+                        s.tensor(&b("attn_rel_b.weight"), &[N_HEAD, 32]);
+                    }
+                    for t in ["attn_q", "attn_k", "attn_v", "attn_o"] {
+                        s.tensor(&b(&format!("{t}.weight")), &[e, e]);
+                    }
+                    if side == "dec" {
+                        s.tensor(&b("cross_attn_norm.weight"), &[e]);
+                        for t in ["cross_attn_q", "cross_attn_k", "cross_attn_v", "cross_attn_o"] {
+                            s.tensor(&b(&format!("{t}.weight")), &[e, e]);
+                        }
+                    }
+                    s.tensor(&b("ffn_norm.weight"), &[e]);
+                    s.tensor(&b("ffn_gate.weight"), &[e, N_FF]);
+                    s.tensor(&b("ffn_up.weight"), &[e, N_FF]);
+                    s.tensor(&b("ffn_down.weight"), &[N_FF, e]);
+                }
+            }
+            s
+        }
+    }
+
+    #[test]
+    fn valid_t5_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = Spec::t5().check(dir.path(), "t5").unwrap();
+        assert_eq!((facts.architecture.as_str(), facts.n_layer, facts.n_head_kv, facts.head_dim), ("t5", 2, 4, 8));
+        assert_eq!(
+            facts.seq2seq,
+            Some(Seq2SeqFacts { n_dec_layer: 2, n_rel_attn_bkts: 32, decoder_start_token: Some(0) })
+        );
+        assert!(!facts.tied_output);
+        // What llama.cpp accepts too: ReLU FFNs (no gate), tied output, per-layer and cross
+        // biases, no charsmap, UGM's default special ids, a bucket count at the edges.
+        let mut s = Spec::t5();
+        s.tensors.retain(|t| !t.0.ends_with("ffn_gate.weight") && t.0 != "output.weight");
+        s.tensor("enc.blk.1.attn_rel_b.weight", &[N_HEAD, 32]);
+        s.tensor("dec.blk.1.cross_attn_rel_b.weight", &[N_HEAD, 32]);
+        s.unset("tokenizer.ggml.precompiled_charsmap");
+        s.unset("tokenizer.ggml.unknown_token_id");
+        s.unset("tokenizer.ggml.eos_token_id");
+        s.unset("t5.decoder_block_count");
+        s.unset("t5.decoder_start_token_id");
+        let facts = s.check(dir.path(), "t5-variant").unwrap();
+        assert!(facts.tied_output);
+        for n in [4, 255] {
+            let mut s = Spec::t5();
+            s.set("t5.attention.relative_buckets_count", Value::U32(n));
+            s.tensor("enc.blk.0.attn_rel_b.weight", &[N_HEAD, n as u64]);
+            s.tensor("dec.blk.0.attn_rel_b.weight", &[N_HEAD, n as u64]);
+            s.check(dir.path(), "t5-buckets").unwrap();
+        }
+    }
+
+    #[test]
+    fn t5_hyperparameters_out_of_range_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let case = |key: &str, v: Value, needles: &[&str]| {
+            let mut s = Spec::t5();
+            s.set(key, v);
+            refused(s.check(dir.path(), "t5-hparam"), needles);
+        };
+        case("t5.block_count", Value::U32(0), &["t5.block_count = 0"]);
+        case("t5.block_count", Value::U32(513), &["t5.block_count = 513", "1..=512"]);
+        case("t5.decoder_block_count", Value::U32(3), &["t5.decoder_block_count = 3", "block_count = 2"]);
+        case("t5.decoder_block_count", Value::U32(1), &["t5.decoder_block_count = 1"]);
+        case("t5.decoder_block_count", Value::I32(2), &["t5.decoder_block_count", "not a u32"]);
+        case("t5.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN), &["layer_norm_rms_epsilon", "NaN"]);
+        case("t5.attention.layer_norm_rms_epsilon", Value::F32(0.0), &["layer_norm_rms_epsilon"]);
+        case("t5.attention.head_count_kv", Value::U32(2), &["head_count_kv = 2", "must equal"]);
+        case("t5.attention.value_length", Value::U32(4), &["value_length 4"]);
+        case("t5.attention.key_length", Value::U32(0), &["key_length 0"]);
+        case("t5.feed_forward_length", Value::U32(0), &["t5.feed_forward_length is 0"]);
+        case("t5.attention.head_count", Value::U32(0), &["head_count is 0"]);
+        case("t5.decoder_start_token_id", Value::U32(16), &["t5.decoder_start_token_id = 16", "outside"]);
+        case("t5.rope.scaling.type", Value::Str("bogus".into()), &["rope.scaling.type", "bogus"]);
+        for n in [0, 2, 3, 256, 4096] {
+            let mut s = Spec::t5();
+            s.set("t5.attention.relative_buckets_count", Value::U32(n));
+            s.tensor("enc.blk.0.attn_rel_b.weight", &[N_HEAD, n as u64]);
+            s.tensor("dec.blk.0.attn_rel_b.weight", &[N_HEAD, n as u64]);
+            refused(s.check(dir.path(), "t5-buckets"), &["relative_buckets_count", &format!("= {n} ")]);
+        }
+        let mut s = Spec::t5();
+        s.unset("t5.attention.relative_buckets_count");
+        refused(s.check(dir.path(), "t5-no-buckets"), &["relative_buckets_count is missing"]);
+    }
+
+    #[test]
+    fn t5_tensor_set_shapes_and_types_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        // The bias table disagreeing with relative_buckets_count.
+        let mut s = Spec::t5();
+        s.set("t5.attention.relative_buckets_count", Value::U32(16));
+        refused(s.check(dir.path(), "bkts"), &["attn_rel_b.weight", "[4, 32]", "[4, 16]"]);
+        for name in ["enc.blk.0.attn_rel_b.weight", "dec.blk.0.attn_rel_b.weight", "dec.blk.1.cross_attn_q.weight"] {
+            let mut s = Spec::t5();
+            s.tensors.retain(|t| t.0 != name);
+            refused(s.check(dir.path(), "missing"), &[name, "missing"]);
+        }
+        for name in ["enc.output_norm.weight", "enc.blk.1.ffn_up.weight", "dec.blk.0.attn_o.weight"] {
+            let mut s = Spec::t5();
+            s.tensors.retain(|t| t.0 != name);
+            refused(s.check(dir.path(), "missing"), &[name]);
+        }
+        let mut s = Spec::t5();
+        s.tensor("dec.blk.1.cross_attn_k.weight", &[N_EMBD, 16]);
+        refused(s.check(dir.path(), "shape"), &["dec.blk.1.cross_attn_k.weight", "[32, 16]", "[32, 32]"]);
+        let mut s = Spec::t5();
+        s.tensor("enc.blk.0.attn_rel_b.weight", &[32, N_HEAD]);
+        refused(s.check(dir.path(), "transposed"), &["enc.blk.0.attn_rel_b.weight", "shape"]);
+        // Tensors t5 does not create: a third layer, the decoder-only names, a KV cross norm.
+        for name in ["enc.blk.2.attn_norm.weight", "blk.0.attn_norm.weight", "dec.blk.0.cross_attn_norm_kv.weight"] {
+            let mut s = Spec::t5();
+            s.tensor(name, &[N_EMBD]);
+            refused(s.check(dir.path(), "extra"), &[name, "not one the t5 architecture uses"]);
+        }
+        let mut s = Spec::t5();
+        s.retype("enc.blk.0.attn_rel_b.weight", TensorType::I32);
+        refused(s.check(dir.path(), "i32-bias"), &["enc.blk.0.attn_rel_b.weight", "I32", "get_rows"]);
+        let mut s = Spec::t5();
+        s.retype("dec.blk.1.cross_attn_norm.weight", TensorType::I32);
+        refused(s.check(dir.path(), "i32-norm"), &["dec.blk.1.cross_attn_norm.weight", "must be F32"]);
+        let mut s = Spec::t5();
+        s.retype("enc.blk.1.ffn_gate.weight", TensorType::I32);
+        refused(s.check(dir.path(), "i32-matrix"), &["enc.blk.1.ffn_gate.weight", "I32"]);
+    }
+
+    #[test]
+    fn t5_vocabulary_defects_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let case = |what: &str, change: &dyn Fn(&mut Spec), needles: &[&str]| {
+            let mut s = Spec::t5();
+            change(&mut s);
+            refused(s.check(dir.path(), what), needles);
+        };
+        case(
+            "types",
+            &|s| s.set("tokenizer.ggml.token_type", Value::Array(Array::I32(vec![1; 15]))),
+            &["token_type", "15 entries"],
+        );
+        case(
+            "scores",
+            &|s| s.set("tokenizer.ggml.scores", Value::Array(Array::F32(vec![0.0; 17]))),
+            &["scores", "17 entries"],
+        );
+        case(
+            "eos",
+            &|s| s.set("tokenizer.ggml.eos_token_id", Value::U32(16)),
+            &["tokenizer.ggml.eos_token_id = 16", "outside"],
+        );
+        case(
+            "unk",
+            &|s| s.set("tokenizer.ggml.unknown_token_id", Value::U32(99)),
+            &["tokenizer.ggml.unknown_token_id = 99"],
+        );
+        case("pad", &|s| s.set("tokenizer.ggml.padding_token_id", Value::U32(1 << 31)), &["padding_token_id"]);
+        case(
+            "bos",
+            &|s| s.set("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+            &["add_bos_token is true", "bos_token_id"],
+        );
+        let tiny: Vec<String> = vec!["<pad>".into(), "</s>".into()];
+        case(
+            "no-unk",
+            &|s| {
+                s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(tiny.clone())));
+                s.unset("tokenizer.ggml.scores");
+                s.unset("tokenizer.ggml.token_type");
+                s.unset("tokenizer.ggml.unknown_token_id");
+                s.unset("t5.vocab_size");
+            },
+            &["unknown_token_id is missing", "default (2)"],
+        );
+        case(
+            "dup",
+            &|s| {
+                let mut t: Vec<String> = (0..N_VOCAB).map(|i| format!("t{i}")).collect();
+                t[7] = "t4".into();
+                s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(t)));
+            },
+            &["token 7", "\"t4\"", "twice"],
+        );
+        case(
+            "long",
+            &|s| {
+                let mut t: Vec<String> = (0..N_VOCAB).map(|i| format!("t{i}")).collect();
+                t[5] = "x".repeat(MAX_UGM_TOKEN_BYTES + 1);
+                s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(t)));
+            },
+            &["token 5", "4097 bytes"],
+        );
+        case(
+            "byte-typed",
+            &|s| {
+                let mut types = vec![1; N_VOCAB as usize];
+                types[4] = TOKEN_TYPE_BYTE;
+                s.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)));
+            },
+            &["token 4", "BYTE"],
+        );
+    }
+
+    #[test]
+    fn hostile_charsmaps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |what: &str, map: Value, needles: &[&str]| {
+            let mut s = Spec::t5();
+            s.set("tokenizer.ggml.precompiled_charsmap", map);
+            let r = s.check(dir.path(), what);
+            refused(r, &[&["tokenizer.ggml.precompiled_charsmap"], needles].concat());
+        };
+        let good = charsmap(&[], b"b\0");
+        let u8s = |b: Vec<u8>| Value::Array(Array::U8(b));
+        with("short", u8s(vec![1, 0]), &["2 bytes", "4-byte header"]);
+        with("empty", u8s(vec![]), &["0 bytes"]);
+        // Cut right after the trie: llama.cpp needs blob_size + 4 < size.
+        with("truncated", u8s(good[..good.len() - 2].to_vec()), &["trie is 2048 bytes", "only 2048 follow"]);
+        let mut past = good.clone();
+        past[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        with("blob-past-end", u8s(past), &["trie is 4294967295 bytes"]);
+        let mut odd = good.clone();
+        odd[..4].copy_from_slice(&2046u32.to_le_bytes());
+        with("blob-odd", u8s(odd), &["2046", "4-byte nodes"]);
+        // The root's base points past the array: the first byte of any text reads outside it.
+        with("root-out", u8s(charsmap(&[(0, 1024 << 10)], b"b\0")), &["trie index", "past its 512 nodes"]);
+        // A child (byte 'a') whose state reaches past the array for the next byte.
+        let child = 0x100 ^ 0x62;
+        with(
+            "child-out",
+            u8s(charsmap(&[(child, (0x3f0 << 10) | 0x62)], b"b\0")),
+            &["trie index", "past its 512 nodes"],
+        );
+        // A leaf whose value node lies outside the array.
+        with(
+            "value-node-out",
+            u8s(charsmap(&[(child, ((child as u32 ^ 700) << 10) | (1 << 8) | 0x62)], b"b\0")),
+            &["past its 512 nodes"],
+        );
+        with(
+            "offset-out",
+            u8s(charsmap(&[(0x100, 0x8000_0000 | 2)], b"b\0")),
+            &["replacement offset 2", "2 bytes of replacements"],
+        );
+        with("no-nul", u8s(charsmap(&[], b"bb")), &["offset 0", "no NUL"]);
+        with("late-offset", u8s(charsmap(&[(0x100, 0x8000_0000 | 2)], b"b\0cd")), &["offset 2", "no NUL"]);
+        with("typed", Value::Array(Array::U32(vec![0; 8])), &["not a u8 or i8 array"]);
+        with("huge", u8s(vec![0; MAX_CHARSMAP_BYTES + 1]), &["at most"]);
+        // Signed bytes are the same bytes to llama.cpp.
+        let mut s = Spec::t5();
+        let signed = Value::Array(Array::I8(good.iter().map(|&b| b as i8).collect()));
+        s.set("tokenizer.ggml.precompiled_charsmap", signed);
+        s.check(dir.path(), "i8").unwrap();
+        // A trie with a cycle (the leaf's value node doubles as the root's state) terminates.
+        assert_eq!(check_charsmap(&good), Ok(()));
     }
 
     #[test]

@@ -302,3 +302,54 @@ pub fn catalog_ids() -> Vec<String> {
         })
         .collect()
 }
+
+/// A parsed GGUF, editable: every key and tensor, written back by [`GgufEdit::write`] (hostile
+/// variants of converted models for the model-check tests).
+pub struct GgufEdit {
+    pub kv: Vec<(String, delrec_runtime::format::gguf::Value)>,
+    pub tensors: Vec<(String, Vec<u64>, delrec_runtime::format::gguf::TensorType, Vec<u8>)>,
+}
+
+impl GgufEdit {
+    pub fn read(path: &Path) -> Self {
+        let f = delrec_runtime::format::gguf::GgufFile::open(path).expect("a readable GGUF");
+        let kv = f.kv().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let tensors = f
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.ty, f.tensor_bytes(t).expect("sized tensor").to_vec()))
+            .collect();
+        GgufEdit { kv, tensors }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&delrec_runtime::format::gguf::Value> {
+        self.kv.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn set(&mut self, key: &str, v: delrec_runtime::format::gguf::Value) {
+        match self.kv.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.kv.push((key.into(), v)),
+        }
+    }
+
+    pub fn unset(&mut self, key: &str) {
+        self.kv.retain(|(k, _)| k != key);
+    }
+
+    pub fn tensor(&mut self, name: &str) -> &mut (String, Vec<u64>, delrec_runtime::format::gguf::TensorType, Vec<u8>) {
+        self.tensors.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    pub fn write(&self, path: &Path) {
+        use delrec_runtime::format::gguf::{GgufWriter, TensorData};
+        let mut w = GgufWriter::new();
+        for (k, v) in &self.kv {
+            w.set(k, v.clone());
+        }
+        for (name, dims, ty, data) in &self.tensors {
+            w.add_tensor(name, dims, *ty, TensorData::Owned(data.clone())).expect("a valid tensor");
+        }
+        w.write_atomic(path, &mut |_, _| {}).expect("the GGUF is written");
+    }
+}

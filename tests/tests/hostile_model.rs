@@ -5,12 +5,12 @@
 //! and opens it with the model's genuine pack, in this process: a missed class kills the test
 //! binary, which fails the run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use delrec_runtime::format::gguf::{Array, GgufFile, GgufWriter, TensorData, TensorType, Value};
+use delrec_runtime::format::gguf::{Array, GgufFile, TensorType, Value};
 use delrec_runtime::format::model_check::check_model;
 use delrec_runtime::{Engine, EngineConfig, Error, FileError, KvType, ModelVerification, RankRequest};
-use delrec_tests::{catalog_ids, model, pack};
+use delrec_tests::{catalog_ids, model, pack, GgufEdit as Model};
 
 fn cfg() -> EngineConfig {
     // The second line of defence is under test: no digest pin (it would refuse every rewrite first).
@@ -20,47 +20,6 @@ fn cfg() -> EngineConfig {
         threads: 2,
         verify_checksum: false,
         ..Default::default()
-    }
-}
-
-/// The parsed model, editable: every key and tensor, written back by [`Model::write`].
-struct Model {
-    kv: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, TensorType, Vec<u8>)>,
-}
-
-impl Model {
-    fn read(path: &Path) -> Self {
-        let f = GgufFile::open(path).unwrap();
-        let kv = f.kv().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let tensors = f
-            .tensors()
-            .iter()
-            .map(|t| (t.name.clone(), t.dims.clone(), t.ty, f.tensor_bytes(t).expect("sized tensor").to_vec()))
-            .collect();
-        Model { kv, tensors }
-    }
-
-    fn set(&mut self, key: &str, v: Value) {
-        match self.kv.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = v,
-            None => self.kv.push((key.into(), v)),
-        }
-    }
-
-    fn tensor(&mut self, name: &str) -> &mut (String, Vec<u64>, TensorType, Vec<u8>) {
-        self.tensors.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"))
-    }
-
-    fn write(&self, path: &Path) {
-        let mut w = GgufWriter::new();
-        for (k, v) in &self.kv {
-            w.set(k, v.clone());
-        }
-        for (name, dims, ty, data) in &self.tensors {
-            w.add_tensor(name, dims, *ty, TensorData::Owned(data.clone())).unwrap();
-        }
-        w.write_atomic(path, &mut |_, _| {}).unwrap();
     }
 }
 

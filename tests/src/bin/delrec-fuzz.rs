@@ -6,7 +6,7 @@
 //! delrec-fuzz --replay CASE_DIR_OR_JSON...
 //! ```
 //!
-//! The parent mutates valid seeds (the converted tiny llama and qwen2 models, their packs, a pack
+//! The parent mutates valid seeds (the converted tiny llama, qwen2 and t5 models, their packs, a pack
 //! with a SASRec and one with a TSLRec projection) class by class (see `fuzz/mutate.rs`), writes
 //! each mutant to a temp file and hands it to a worker child process (`delrec-fuzz worker`, see
 //! `fuzz/worker.rs`), which runs `Engine::open` and, if that succeeds, ranks, adds an item and
@@ -306,6 +306,7 @@ fn seeds(run_seed: u64) -> Result<Vec<Seed>, String> {
     let llama = delrec_tests::model("llama-tiny", "f32");
     let qwen = delrec_tests::model("qwen2-tiny", "f32");
     let llama_q8 = delrec_tests::model("llama-tiny", "q8_0");
+    let t5 = delrec_tests::model("t5-tiny", "f32");
     let p_llama = delrec_tests::pack(&llama, "llama-tiny", "prompt-llama");
     let p_seq = delrec_tests::seq_pack(&llama, "llama-tiny", "prompt-llama");
     let p_tsl = delrec_tests::tslrec_pack(&llama, "llama-tiny", "prompt-llama");
@@ -315,6 +316,9 @@ fn seeds(run_seed: u64) -> Result<Vec<Seed>, String> {
         ("qwen2-tiny.f32", Target::Model, qwen.clone(), p_qwen.clone()),
         // Quantized tensors (Q8_0 blocks); its pack is the f32 model's (same identity, digest differs).
         ("llama-tiny.q8_0", Target::Model, llama_q8, p_llama.clone()),
+        // An encoder-decoder: the worker checks, loads and runs it without a pack (the partner
+        // only keeps the harness's pairs uniform).
+        ("t5-tiny.f32", Target::Model, t5, p_llama.clone()),
         ("pack.llama", Target::Pack, p_llama, llama.clone()),
         ("pack.llama.seq", Target::Pack, p_seq, llama.clone()),
         ("pack.llama.tslrec", Target::Pack, p_tsl, llama),

@@ -8,13 +8,26 @@
 //! Anything that kills the process (a llama.cpp abort, a signal, a panic: panics are not
 //! caught, a panic through our library is a bug) is for the parent to see.
 //!
+//! An encoder-decoder model (`general.architecture = "t5"`) is not opened with a pack (the engine
+//! does not rank with one yet): it must pass `model_check`, then it is loaded by the `llm` layer,
+//! tokenizes a text (the UGM normalizer walks the charsmap) and runs one encoder pass and two
+//! decoder sequences, as the engine will.
+//!
 //! A case line is `MODEL<TAB>PACK<TAB>VERIFY` (`VERIFY` = 0 or 1). The lines `!abort`, `!panic`
 //! and `!hang` make the worker fail on purpose: the parent's self-test proves it sees each.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use delrec_runtime::{Engine, EngineConfig, Error, KvType, RankRequest, RecommendRequest};
+use delrec_runtime::format::gguf::{GgufFile, Value};
+use delrec_runtime::format::model_check::check_model;
+use delrec_runtime::llm::{encoder_decoder_logits, EncoderSegment, Model, ModelParams};
+use delrec_runtime::{Engine, EngineConfig, Error, FileError, KvType, RankRequest, RecommendRequest};
+
+/// Text for the tokenizer: ASCII, NFKC-foldable fullwidth and compatibility characters, accents,
+/// an emoji, controls and a special-token lookalike.
+const TEXT: &str = "The Fuzzed Film (2024) <|endoftext|> </s> é🦀 ＡＢＣ ﬁ ① \t\n\u{0}";
 
 /// Limits the worker's address space (a hostile file must not be able to take the machine).
 fn limit_memory() {
@@ -67,8 +80,34 @@ fn stage(s: &'static str) -> &'static str {
     s
 }
 
+/// An encoder-decoder model: checked, loaded, then tokenize, encode and decode.
+fn run_encdec(model: &Path) -> Result<(), (Error, &'static str)> {
+    let st = stage("t5-check");
+    let io = |source| (Error::BadFile(FileError::Io { path: model.into(), source }), st);
+    let file = std::fs::File::open(model).map_err(io)?;
+    check_model(&GgufFile::from_file(&file, model).map_err(|e| (e.into(), st))?).map_err(|e| (e.into(), st))?;
+    let st = stage("t5-load");
+    let m = Arc::new(Model::load_file(&file, model, ModelParams::default()).map_err(|e| (e.into(), st))?);
+    let st = stage("t5-tokenize");
+    let mut tokens = m.tokenize(TEXT, false).map_err(|e| (e.into(), st))?;
+    tokens.extend(m.tokenize(TEXT, true).map_err(|e| (e.into(), st))?);
+    let st = stage("t5-encode-decode");
+    let start = m.decoder_start_token().unwrap_or(0);
+    let decoders = [vec![start], vec![start, tokens.first().copied().unwrap_or(start)]];
+    encoder_decoder_logits(&m, None, &[EncoderSegment::Tokens(&tokens)], &decoders, 1).map_err(|e| (e.into(), st))?;
+    stage("done");
+    Ok(())
+}
+
+fn is_encoder_decoder(model: &Path) -> bool {
+    GgufFile::open(model).is_ok_and(|f| f.get("general.architecture").and_then(Value::as_str) == Some("t5"))
+}
+
 /// One case: `Ok(())` or the first error with the stage it came from.
 fn run_case(model: &Path, pack: &Path, verify: bool) -> Result<(), (Error, &'static str)> {
+    if is_encoder_decoder(model) {
+        return run_encdec(model);
+    }
     let st = stage("open");
     let e = Engine::open(model, pack, cfg(verify)).map_err(|e| (e, st))?;
     let p = e.pack();
