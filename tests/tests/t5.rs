@@ -66,7 +66,10 @@ fn title_likelihood_shared_plans_equal_one_prompt_per_candidate() {
         assert_eq!(naive.stats.encoder_passes, 12, "{tag}: the baseline encodes each full prompt");
         for it in &shared.items {
             let n = naive.items.iter().find(|x| x.id == it.id).unwrap();
-            assert!((it.logprob - n.logprob).abs() < 1e-4, "{tag} {}: {} vs {}", it.id, it.logprob, n.logprob);
+            // llama.cpp's CPU GELU reads an F16 table: a value at an F16 rounding boundary goes
+            // one way or the other with the batch's summation order, so two plans of the same
+            // sums differ by ~1e-4 here (SiLU models agree within 1e-5).
+            assert!((it.logprob - n.logprob).abs() < 5e-4, "{tag} {}: {} vs {}", it.id, it.logprob, n.logprob);
             assert_eq!(it.n_tokens, n.n_tokens);
         }
         // Best-first top 3 over the whole catalog equals the exhaustive order.
