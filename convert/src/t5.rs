@@ -112,8 +112,14 @@ impl T5Config {
             )));
         }
         let n_buckets = opt("relative_attention_num_buckets", 32)?;
-        if n_buckets < 4 {
-            return Err(bad(format!("relative_attention_num_buckets {n_buckets} is below 4")));
+        // model_check refuses the bucket counts llama.cpp's formula indexes out of its table with.
+        let range = delrec_format::model_check::T5_BUCKETS;
+        if u32::try_from(n_buckets).map_or(true, |n| !range.contains(&n)) {
+            return Err(bad(format!(
+                "relative_attention_num_buckets {n_buckets} is outside {}..={} (llama.cpp's bucket formula)",
+                range.start(),
+                range.end()
+            )));
         }
         let n_layer = req("num_layers")?;
         let n_dec_layer = opt("num_decoder_layers", n_layer)?;
@@ -432,6 +438,8 @@ mod tests {
             ("relative_attention_max_distance", J::from(256)),
             ("num_decoder_layers", J::from(3)),
             ("decoder_start_token_id", J::from(100)),
+            ("relative_attention_num_buckets", J::from(2)),
+            ("relative_attention_num_buckets", J::from(256)),
             ("dense_act_fn", J::from("gelu")),
         ] {
             let e = T5Config::from_json(p, &with(k, v.clone()));
