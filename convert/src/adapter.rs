@@ -75,9 +75,8 @@ impl AdapterOutType {
 }
 
 pub struct AdapterOptions {
-    /// The base model GGUF the adapter will run over (llama or qwen2; t5 is refused, see
-    /// [`build_adapter`]; any quantization: only its
-    /// metadata and tensor shapes are read).
+    /// The base model GGUF the adapter will run over (llama or qwen2, any quantization: only its
+    /// metadata and tensor shapes are read; t5 is refused, see [`build_adapter`]).
     pub base: PathBuf,
     /// The PEFT directory (adapter_config.json + adapter_model.safetensors), LORA or ADALORA.
     pub lora: PathBuf,
