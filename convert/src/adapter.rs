@@ -76,7 +76,7 @@ impl AdapterOutType {
 
 pub struct AdapterOptions {
     /// The base model GGUF the adapter will run over (llama or qwen2, any quantization: only its
-    /// metadata and tensor shapes are read).
+    /// metadata and tensor shapes are read; t5 is refused, see [`build_adapter`]).
     pub base: PathBuf,
     /// The PEFT directory (adapter_config.json + adapter_model.safetensors), LORA or ADALORA.
     pub lora: PathBuf,
@@ -116,6 +116,16 @@ pub fn build_adapter(opts: &AdapterOptions) -> Result<AdapterReport> {
         )));
     }
     let arch = base.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
+    if arch == "t5" {
+        // llama.cpp's t5 graphs do route every linear layer through build_lora_mm, but the
+        // runtime's adapter check and its encoder-decoder path do not take adapters yet.
+        return Err(ConvertError::UnsupportedConfig {
+            path: opts.base.clone(),
+            reason: "run-time adapters for t5 are not supported yet; merge the LoRA instead \
+                     (`model --hf T5_DIR --lora PEFT_DIR` or `merge-lora --base T5.gguf`)"
+                .into(),
+        });
+    }
     if arch != "llama" && arch != "qwen2" {
         return Err(ConvertError::UnknownArchitecture {
             found: format!("{arch:?} (general.architecture of {})", opts.base.display()),
@@ -160,7 +170,7 @@ pub fn build_adapter(opts: &AdapterOptions) -> Result<AdapterReport> {
         w.add_tensor(&format!("{tensor}.lora_a"), &dims_a, ty, TensorData::Owned(encode(&m.a, ty, &mut overflow)))?;
         w.add_tensor(&format!("{tensor}.lora_b"), &dims_b, ty, TensorData::Owned(encode(&b, ty, &mut overflow)))?;
         *ranks.entry(m.r).or_insert(0) += 1;
-        targets.insert(gguf_stem(&m.hf).unwrap_or("?").to_string());
+        targets.insert(gguf_stem(&m.hf).unwrap_or_else(|| "?".into()));
     }
     drop(base);
 

@@ -1,7 +1,10 @@
 //! PEFT LoRA and AdaLoRA adapters, reduced to one (A, B, rank, scale) per adapted weight whose
 //! delta is exactly what PEFT's forward adds: `scale · B·A`. They are merged into the weights at
 //! conversion time ([`crate::model`], [`crate::merge`]) or written as a llama.cpp run-time
-//! adapter ([`crate::adapter`]).
+//! adapter ([`crate::adapter`]). Adapted weights are named as in the HF checkpoint: llama/qwen2
+//! (`model.layers.N.self_attn.q_proj.weight`) or T5 (`encoder.block.N.layer.0.SelfAttention.q.weight`,
+//! the decoder's `layer.1.EncDecAttention.*` and `DenseReluDense.{wi_0,wi_1,wi,wo}` included); which
+//! of them a given base has is checked by whoever merges or writes the adapter.
 //!
 //! **LoRA** (`tuners/lora/layer.py`, `update_layer`): scale = alpha / r, or alpha / √r with
 //! rsLoRA. `rank_pattern` / `alpha_pattern` give a module its own r / alpha: PEFT
@@ -64,31 +67,83 @@ const REFUSED_SETTINGS: [(&str, &str); 7] = [
     ("use_bdlora", "block-diagonal LoRA (use_bdlora) is not supported"),
 ];
 
-/// Splits an HF block weight name `model.layers.N.GROUP.MODULE.weight` into (N, GROUP, MODULE)
-/// when MODULE is one a LoRA may target.
-fn split_hf(name: &str) -> Option<(usize, &'static str, &'static str, &'static str)> {
-    let tail = name.strip_prefix("model.layers.")?.strip_suffix(".weight")?;
-    let (layer, module_path) = tail.split_once('.')?;
-    let layer = layer.parse::<usize>().ok()?;
-    let (group, module) = module_path.split_once('.')?;
-    let &(g, m, stem) = MODULES.iter().find(|(g, m, _)| *g == group && *m == module)?;
-    Some((layer, g, m, stem))
+/// The linear layers of a T5 block a LoRA may target: (side, sub-layer, group) → llama.cpp's
+/// stem prefix. The stacks differ only in where the FFN sits (after the cross attention in the
+/// decoder); the weight itself is `{enc,dec}.blk.N.<prefix><stem>.weight` (`crate::t5`).
+const T5_GROUPS: [(&str, &str, &str, &str, &str); 5] = [
+    ("encoder", "enc", "0", "SelfAttention", "attn_"),
+    ("encoder", "enc", "1", "DenseReluDense", "ffn_"),
+    ("decoder", "dec", "0", "SelfAttention", "attn_"),
+    ("decoder", "dec", "1", "EncDecAttention", "cross_attn_"),
+    ("decoder", "dec", "2", "DenseReluDense", "ffn_"),
+];
+
+/// T5 module → stem: q/k/v/o of an attention, wi_0/wi_1 (gated GELU) or wi (ReLU) and wo of an FFN.
+const T5_MODULES: [(bool, &str, &str); 8] = [
+    (false, "q", "q"),
+    (false, "k", "k"),
+    (false, "v", "v"),
+    (false, "o", "o"),
+    (true, "wi_0", "gate"),
+    (true, "wi_1", "up"),
+    (true, "wi", "up"),
+    (true, "wo", "down"),
+];
+
+/// Where an adaptable HF weight goes in llama.cpp's GGUF.
+struct Site {
+    /// `blk.3.attn_q.weight`, `dec.blk.1.cross_attn_q.weight`.
+    gguf: String,
+    /// The module's own name (`q_proj`, `q`, `wi_0`): what PEFT's `target_modules` lists.
+    module: &'static str,
+    /// The tensor's stem without block prefix (`attn_q`, `cross_attn_v`, `ffn_down`).
+    stem: String,
+}
+
+/// A layer index written as Python writes it (no sign, no leading zero), so that one HF name
+/// maps to one GGUF name.
+fn layer_index(s: &str) -> Option<usize> {
+    s.parse::<usize>().ok().filter(|n| n.to_string() == s)
+}
+
+/// The site of an adaptable HF weight: llama/qwen2 `model.layers.N.GROUP.MODULE.weight`, or
+/// T5 `{encoder,decoder}.block.N.layer.L.GROUP.MODULE.weight`.
+fn split_hf(name: &str) -> Option<Site> {
+    let tail = name.strip_suffix(".weight")?;
+    if let Some(rest) = tail.strip_prefix("model.layers.") {
+        let (layer, module_path) = rest.split_once('.')?;
+        let layer = layer_index(layer)?;
+        let (group, module) = module_path.split_once('.')?;
+        let &(_, m, stem) = MODULES.iter().find(|(g, m, _)| *g == group && *m == module)?;
+        return Some(Site { gguf: format!("blk.{layer}.{stem}.weight"), module: m, stem: stem.into() });
+    }
+    let (side, rest) = tail.split_once(".block.")?;
+    let (layer, rest) = rest.split_once(".layer.")?;
+    let layer = layer_index(layer)?;
+    let (sub, rest) = rest.split_once('.')?;
+    let (group, module) = rest.split_once('.')?;
+    let &(_, gside, _, _, prefix) = T5_GROUPS.iter().find(|(s, _, l, g, _)| *s == side && *l == sub && *g == group)?;
+    let ffn = prefix == "ffn_";
+    let &(_, m, short) = T5_MODULES.iter().find(|(f, m, _)| *f == ffn && *m == module)?;
+    let stem = format!("{prefix}{short}");
+    Some(Site { gguf: format!("{gside}.blk.{layer}.{stem}.weight"), module: m, stem })
 }
 
 /// The llama.cpp GGUF name of an adaptable HF weight:
-/// `model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`.
+/// `model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`,
+/// `decoder.block.1.layer.1.EncDecAttention.v.weight` → `dec.blk.1.cross_attn_v.weight`.
 pub fn gguf_tensor_name(hf: &str) -> Option<String> {
-    split_hf(hf).map(|(layer, _, _, stem)| format!("blk.{layer}.{stem}.weight"))
+    split_hf(hf).map(|s| s.gguf)
 }
 
-/// The module of an adaptable HF weight (`q_proj`, `down_proj`, ...).
+/// The module of an adaptable HF weight (`q_proj`, `down_proj`, `q`, `wi_0`, ...).
 pub fn module_name(hf: &str) -> Option<&'static str> {
-    split_hf(hf).map(|(_, _, m, _)| m)
+    split_hf(hf).map(|s| s.module)
 }
 
-/// llama.cpp's stem of an adaptable HF weight (`attn_q`, `ffn_down`, ...).
-pub fn gguf_stem(hf: &str) -> Option<&'static str> {
-    split_hf(hf).map(|(_, _, _, s)| s)
+/// llama.cpp's stem of an adaptable HF weight (`attn_q`, `ffn_down`, `cross_attn_o`, ...).
+pub fn gguf_stem(hf: &str) -> Option<String> {
+    split_hf(hf).map(|s| s.stem)
 }
 
 /// The PEFT method an adapter was trained with.
@@ -317,6 +372,8 @@ fn embedding_or_head(name: &str) -> Option<&'static str> {
     }
     if rest.starts_with("model.embed_tokens.") {
         Some("the token embeddings (embed_tokens)")
+    } else if ["shared.", "encoder.embed_tokens.", "decoder.embed_tokens."].iter().any(|p| rest.starts_with(p)) {
+        Some("T5's shared token embeddings (shared)")
     } else if rest.starts_with("lm_head.") {
         Some("the output head (lm_head)")
     } else {
@@ -438,9 +495,9 @@ impl Lora {
             cfg.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("lora_alpha is missing".into()))?;
         let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
         if flag("fan_in_fan_out") {
-            return Err(
-                bad("fan_in_fan_out = true (Conv1D layers) does not apply to llama/qwen2 linear layers".into()),
-            );
+            return Err(bad(
+                "fan_in_fan_out = true (Conv1D layers) does not apply to llama/qwen2/T5 linear layers".into()
+            ));
         }
         if flag("use_dora") {
             return Err(bad("DoRA adapters (use_dora = true) are not supported".into()));
@@ -506,16 +563,22 @@ impl Lora {
                 name: name.clone(),
                 source_desc: desc.clone(),
                 arch: match peft_type {
-                    PeftType::Lora => "LoRA (base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight)",
+                    PeftType::Lora => {
+                        "LoRA (base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B}.weight, or T5's \
+                         base_model.model.{encoder,decoder}.block.N.layer.L.GROUP.MODULE.lora_{A,B}.weight)"
+                    }
                     PeftType::AdaLora => {
-                        "AdaLoRA (base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B,E})"
+                        "AdaLoRA (base_model.model.model.layers.N.{self_attn,mlp}.MODULE.lora_{A,B,E}, or T5's \
+                         base_model.model.{encoder,decoder}.block.N.layer.L.GROUP.MODULE.lora_{A,B,E})"
                     }
                 }
                 .into(),
             })?;
             if let Some(targets) = &targets {
+                // PEFT's list match: the module's name, or a dotted tail of its path.
                 let module = module_name(&base).unwrap_or("");
-                if !targets.iter().any(|t| t == module) {
+                let path = base.strip_suffix(".weight").unwrap_or(&base);
+                if !targets.iter().any(|t| t == module || path == t || path.ends_with(&format!(".{t}"))) {
                     return Err(bad(format!("{name} targets {module}, which is not in target_modules {targets:?}")));
                 }
             }
@@ -989,7 +1052,41 @@ mod tests {
         assert_eq!(gguf_tensor_name("model.layers.1.mlp.q_proj.weight"), None);
         assert_eq!(gguf_tensor_name("model.embed_tokens.weight"), None);
         assert_eq!(module_name("model.layers.1.self_attn.k_proj.weight"), Some("k_proj"));
-        assert_eq!(gguf_stem("model.layers.1.mlp.gate_proj.weight"), Some("ffn_gate"));
+        assert_eq!(gguf_stem("model.layers.1.mlp.gate_proj.weight").as_deref(), Some("ffn_gate"));
+        assert_eq!(gguf_tensor_name("model.layers.01.mlp.gate_proj.weight"), None, "one HF name per layer");
+    }
+
+    #[test]
+    fn maps_t5_names_to_llama_cpp_names() {
+        let g = |n: &str| gguf_tensor_name(n);
+        let cases = [
+            ("encoder.block.0.layer.0.SelfAttention.q.weight", "enc.blk.0.attn_q.weight"),
+            ("encoder.block.3.layer.0.SelfAttention.o.weight", "enc.blk.3.attn_o.weight"),
+            ("encoder.block.1.layer.1.DenseReluDense.wi_0.weight", "enc.blk.1.ffn_gate.weight"),
+            ("encoder.block.1.layer.1.DenseReluDense.wi_1.weight", "enc.blk.1.ffn_up.weight"),
+            ("encoder.block.1.layer.1.DenseReluDense.wi.weight", "enc.blk.1.ffn_up.weight"),
+            ("encoder.block.1.layer.1.DenseReluDense.wo.weight", "enc.blk.1.ffn_down.weight"),
+            ("decoder.block.2.layer.0.SelfAttention.v.weight", "dec.blk.2.attn_v.weight"),
+            ("decoder.block.2.layer.1.EncDecAttention.q.weight", "dec.blk.2.cross_attn_q.weight"),
+            ("decoder.block.2.layer.1.EncDecAttention.o.weight", "dec.blk.2.cross_attn_o.weight"),
+            ("decoder.block.0.layer.2.DenseReluDense.wo.weight", "dec.blk.0.ffn_down.weight"),
+        ];
+        for (hf, want) in cases {
+            assert_eq!(g(hf).as_deref(), Some(want), "{hf}");
+        }
+        for hf in [
+            "encoder.block.0.layer.1.EncDecAttention.q.weight",
+            "encoder.block.0.layer.1.SelfAttention.q.weight",
+            "decoder.block.0.layer.1.DenseReluDense.wo.weight",
+            "encoder.block.0.layer.0.SelfAttention.wi_0.weight",
+            "encoder.block.0.layer.1.DenseReluDense.q.weight",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            "encoder.block.x.layer.0.SelfAttention.q.weight",
+            "middle.block.0.layer.0.SelfAttention.q.weight",
+        ] {
+            assert_eq!(g(hf), None, "{hf}");
+        }
+        assert_eq!(module_name("decoder.block.0.layer.1.EncDecAttention.v.weight"), Some("v"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Every tensor of the base is dequantized ([`crate::dequant`]); the adapted weights get
 //! `scale · B·A` (each pair's scale as PEFT computes it: [`crate::lora`]) with B's rows permuted into
 //! llama.cpp's rope order for llama q/k, exactly as the HF → GGUF conversion permutes the weights
-//! ([`crate::model::permute_rows`]; qwen2 is stored unpermuted). Matrices are written at the
+//! ([`crate::model::permute_rows`]; qwen2 and t5 are stored unpermuted). A t5 base takes T5 module
+//! names (`encoder.block.N.layer.0.SelfAttention.q`, ...: [`crate::lora`]). Matrices are written at the
 //! output type (F16, BF16 or F32), vectors as F32; all metadata, the tokenizer included, is
 //! copied, so packs built for the base still match it (same tokenizer fingerprint).
 //!
@@ -64,7 +65,7 @@ impl MergeOutType {
 }
 
 pub struct MergeOptions {
-    /// The base model GGUF (llama or qwen2, any type [`dequant`] reads).
+    /// The base model GGUF (llama, qwen2 or t5, any type [`dequant`] reads).
     pub base: PathBuf,
     /// The PEFT LoRA directory (adapter_config.json + adapter_model.safetensors).
     pub lora: PathBuf,
@@ -215,7 +216,7 @@ pub(crate) fn plan(base: &GgufFile, lora: &Lora, arch: &str) -> Result<BTreeMap<
 pub fn merge_lora_gguf(opts: &MergeOptions) -> Result<MergeReport> {
     let base = GgufFile::open(&opts.base)?;
     let arch = base.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
-    if arch != "llama" && arch != "qwen2" {
+    if !["llama", "qwen2", "t5"].contains(&arch.as_str()) {
         return Err(ConvertError::UnknownArchitecture {
             found: format!("{arch:?} (general.architecture of {})", opts.base.display()),
         });
@@ -243,7 +244,13 @@ pub fn merge_lora_gguf(opts: &MergeOptions) -> Result<MergeReport> {
     let pb = progress::bar(base.tensors().len() as u64, "merging");
     for t in base.tensors() {
         let src = tensor_bytes(&base, t)?;
-        let dst = if t.dims.len() >= 2 { opts.outtype.tensor_type() } else { TensorType::F32 };
+        // t5's relative-position bias stays F32, as the converter writes it (llama.cpp adds it
+        // to F32 attention scores).
+        let dst = if t.dims.len() >= 2 && !t.name.ends_with("attn_rel_b.weight") {
+            opts.outtype.tensor_type()
+        } else {
+            TensorType::F32
+        };
         let merge = adapted.get(&t.name);
         let data = if merge.is_none() && t.ty == dst {
             TensorData::FileRange { path: opts.base.clone(), offset: t.offset, len: src.len() as u64 }

@@ -7,6 +7,11 @@
 //! by `output` (or, without it, the token embedding) unscaled. HF's tied T5 (v1.0) scales the
 //! decoder output by d_model^-0.5 before the tied head, so the converter writes that scale into an
 //! explicit `output` tensor. Anything else is a typed error before any file is written.
+//!
+//! `--lora` merges a PEFT LoRA or AdaLoRA ([`crate::lora`]: scales, pruned ranks, patterns) into
+//! the linear layers before they are written: encoder and decoder self-attention, the decoder's
+//! cross attention (`EncDecAttention`), and the FFN. DELRec's `target_modules=["q", "v"]` thus
+//! adapts all three attentions, as PEFT does.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,6 +21,7 @@ use serde_json::Value as J;
 
 use crate::error::{read_json, ConvertError, Result};
 use crate::llama::{self, ftype};
+use crate::lora::Lora;
 use crate::model::{
     encode, out_dir, publish, summarize, tensor_type, write_staged, ModelOptions, ModelReport, OutType, Spill,
 };
@@ -269,17 +275,34 @@ fn check_tensors(c: &T5Config, set: &StSet, entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-/// Converts a T5 checkpoint; see the module docs. Called by [`crate::model::convert_model`].
+/// Every weight a LoRA adapts must be one of this checkpoint's linear layers (an FFN's `wi` in
+/// a gated-GELU model, or a block past the last, is refused by name), with B·A of its shape.
+/// T5's q/k are stored as trained (no rope permutation), so B needs no reordering.
+fn check_lora(l: &Lora, entries: &[Entry]) -> Result<()> {
+    for (base, p) in &l.pairs {
+        let Some(e) = entries.iter().find(|e| &e.hf == base) else {
+            return Err(ConvertError::Lora {
+                path: l.path.clone(),
+                reason: format!("it adapts {base}, which the T5 model does not have"),
+            });
+        };
+        if e.shape.len() != 2 || p.a.shape[1] != e.shape[1] || p.b.shape[0] != e.shape[0] {
+            return Err(ConvertError::ShapeMismatch {
+                name: format!("LoRA for {base} (B·A)"),
+                expected: e.shape.clone(),
+                found: vec![p.b.shape[0], p.a.shape[1]],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Converts a T5 checkpoint, merging `opts.lora` (PEFT LoRA or AdaLoRA) into its linear layers
+/// when given; see the module docs. Called by [`crate::model::convert_model`].
 pub fn convert_t5(opts: &ModelOptions, cfg_path: &Path) -> Result<ModelReport> {
     let dir = &opts.hf_dir;
     let json = read_json(cfg_path)?;
     let cfg = T5Config::from_json(cfg_path, &json)?;
-    if let Some(l) = &opts.lora {
-        return Err(ConvertError::Lora {
-            path: l.clone(),
-            reason: "merging a LoRA into a T5 model is not implemented".into(),
-        });
-    }
     let tok_json = dir.join("tokenizer.json");
     if !tok_json.is_file() {
         return Err(ConvertError::MissingTokenizer { dir: dir.clone() });
@@ -288,6 +311,10 @@ pub fn convert_t5(opts: &ModelOptions, cfg_path: &Path) -> Result<ModelReport> {
     let set = StSet::open_dir(dir)?;
     let entries = layout(&cfg);
     check_tensors(&cfg, &set, &entries)?;
+    let lora = opts.lora.as_deref().map(Lora::load).transpose()?;
+    if let Some(l) = &lora {
+        check_lora(l, &entries)?;
+    }
 
     let arch = "t5";
     let out_dir = out_dir(&opts.out);
@@ -325,6 +352,7 @@ pub fn convert_t5(opts: &ModelOptions, cfg_path: &Path) -> Result<ModelReport> {
 
     let mut spill = Spill::new(&out_dir)?;
     let mut overflow = 0u64;
+    let mut lora_merged = 0usize;
     let pb = progress::bar(entries.len() as u64 + cfg.tied as u64, "converting");
     let dst_of = |src: Dtype, shape: &[usize]| {
         if shape.len() == 1 || opts.outtype == OutType::F32 {
@@ -341,10 +369,18 @@ pub fn convert_t5(opts: &ModelOptions, cfg_path: &Path) -> Result<ModelReport> {
     for e in &entries {
         let t = &set.tensors[&e.hf];
         let src_dt = t.float_dtype()?;
+        let merge = lora.as_ref().filter(|l| l.pairs.contains_key(&e.hf));
+        // Merged weights are F32 sums; the quantizer takes them at that precision.
+        let src_dt = if merge.is_some() { Dtype::F32 } else { src_dt };
         // llama.cpp's ggml_add of the position bias is F32; its rows are read per head.
         let dst = if e.gguf.ends_with("attn_rel_b.weight") { TensorType::F32 } else { dst_of(src_dt, &e.shape) };
         let dims: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
-        let data = if tensor_type(src_dt) == dst {
+        let data = if let Some(l) = merge {
+            let mut vals = t.to_f32()?;
+            l.merge_into(&e.hf, &mut vals, e.shape[0], e.shape[1])?;
+            lora_merged += 1;
+            spill.convert(&encode(&vals, TensorType::F32, &mut overflow), Dtype::F32, dst, &mut overflow)?
+        } else if tensor_type(src_dt) == dst {
             TensorData::FileRange { path: t.path().to_path_buf(), offset: t.offset, len: t.len }
         } else {
             spill.convert(t.bytes(), src_dt, dst, &mut overflow)?
@@ -397,7 +433,7 @@ pub fn convert_t5(opts: &ModelOptions, cfg_path: &Path) -> Result<ModelReport> {
         n_tensors,
         types,
         bytes,
-        lora_merged: 0,
+        lora_merged,
         f16_overflow: overflow,
         tokenizer_pre: "t5 (unigram)".into(),
     })
