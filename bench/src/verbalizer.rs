@@ -177,7 +177,10 @@ fn measure(
     let ev = Engine::open(model, verb, cfg.clone()).map_err(|e| format!("{name}: open {}: {e}", verb.display()))?;
     let et = Engine::open(model, title, cfg.clone()).map_err(|e| format!("{name}: open {}: {e}", title.display()))?;
     let small = match extra {
-        Some(b) => Some(Engine::open(model, title, EngineConfig { batch_size: b, ..cfg.clone() })?),
+        // An encoder-decoder model needs max_sequences ≤ batch_size.
+        Some(b) => {
+            Some(Engine::open(model, title, EngineConfig { batch_size: b, max_sequences: b.max(2), ..cfg.clone() })?)
+        }
         None => None,
     };
     let n = ev.pack().n_items();

@@ -95,3 +95,14 @@ fn an_encoder_input_past_one_ubatch_is_a_typed_error_and_the_engine_stays_usable
     let short = e.rank(&req(&ids[..1], None)).unwrap();
     assert_eq!(short.stats.encoder_passes, 1);
 }
+
+#[test]
+fn more_sequences_than_batch_rows_is_refused_at_open_not_an_abort() {
+    // llama.cpp caps an encoder model's outputs at n_batch and asserts on n_seq_max above it.
+    let m = model("t5-tiny", "f32");
+    let p = verbalizer_pack(&m, "t5-tiny", NO_SOFT, &[], Some(VerbalizerSpec::default()), "t5-seqs");
+    let e = Engine::open(&m, &p, EngineConfig { batch_size: 8, max_sequences: 32, ..cfg() }).err().unwrap();
+    assert!(matches!(&e, Error::BadRequest(_)), "{e:?}");
+    assert!(e.to_string().contains("max_sequences"), "{e}");
+    assert!(Engine::open(&m, &p, EngineConfig { batch_size: 8, max_sequences: 8, ..cfg() }).is_ok());
+}

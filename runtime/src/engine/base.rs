@@ -112,6 +112,18 @@ impl Base {
             }
             .into());
         }
+        // With an encoder llama.cpp sizes the output buffer by n_batch alone and asserts
+        // (aborts) at context creation when n_seq_max exceeds it.
+        if m.has_encoder() && cfg.max_sequences > cfg.batch_size.min(cfg.context_size) {
+            return Err(Error::invalid(
+                "max_sequences",
+                format!(
+                    "{} exceeds batch_size {}: an encoder-decoder model needs max_sequences ≤ batch_size",
+                    cfg.max_sequences,
+                    cfg.batch_size.min(cfg.context_size)
+                ),
+            ));
+        }
         let n_embd = identity.n_embd as usize;
         if m.n_embd() != n_embd || m.n_embd_inp() != n_embd || m.n_vocab() != identity.n_vocab as usize {
             return Err(FileError::Mismatch {

@@ -98,6 +98,15 @@ impl Context {
 
     fn create(model: Arc<Model>, p: &ContextParams, pooling: Option<Pooling>) -> Result<Self> {
         let backend = Backend::get();
+        // An encoder model's outputs are capped at n_batch whatever n_outputs_max says, and the
+        // constructor reserves n_seq_max of them: a GGML_ASSERT past that.
+        if model.has_encoder() && p.n_seq_max > p.n_batch.min(p.n_ctx) {
+            return Err(LlamaError::Refused(format!(
+                "an encoder-decoder context needs n_seq_max ({}) ≤ n_batch ({})",
+                p.n_seq_max,
+                p.n_batch.min(p.n_ctx)
+            )));
+        }
         if p.n_seq_max == 0 || p.n_seq_max > 256 || p.n_batch == 0 || p.n_ctx < p.n_batch.min(16) {
             return Err(LlamaError::Refused(format!("context parameters out of range: {p:?}")));
         }
