@@ -8,9 +8,10 @@
 //! - 20 candidates by the verbalizer and by title likelihood (shared prefix + title trie);
 //! - the exact whole-catalog top 10 by title likelihood (best-first trie search), for the first
 //!   `--exact-users` users: the work the one-pass verbalizer avoids;
-//! - on T5, title likelihood with many small decode calls (`--small-batch`) against one big
-//!   call: llama.cpp recomputes the cross-attention K/V from the encoder output in every decode
-//!   call, so the difference per extra call is that cost.
+//! - title likelihood with few sequences per context (`--few-seqs`: smaller candidate groups,
+//!   so more decode calls for the same rows) against the default: llama.cpp recomputes a T5's
+//!   cross-attention K/V from the encoder output in every decode call, so on T5 the extra time
+//!   per extra call holds that cost (on SmolLM2 the same case shows the generic per-call cost).
 //!
 //! Run with `OMP_WAIT_POLICY=passive` for numbers comparable to the main bench (set before the
 //! process starts: llama.cpp's OpenMP reads it once).
@@ -54,9 +55,9 @@ pub struct VerbalizerArgs {
     pub weight_type: String,
     #[arg(long)]
     pub threads: Option<usize>,
-    /// `batch_size` of the T5 many-calls case.
-    #[arg(long, default_value_t = 8)]
-    pub small_batch: u32,
+    /// `max_sequences` of the many-calls case (groups of this many − 1 candidates).
+    #[arg(long, default_value_t = 4)]
+    pub few_seqs: u32,
     /// Skip the T5 part.
     #[arg(long)]
     pub no_t5: bool,
@@ -177,10 +178,7 @@ fn measure(
     let ev = Engine::open(model, verb, cfg.clone()).map_err(|e| format!("{name}: open {}: {e}", verb.display()))?;
     let et = Engine::open(model, title, cfg.clone()).map_err(|e| format!("{name}: open {}: {e}", title.display()))?;
     let small = match extra {
-        // An encoder-decoder model needs max_sequences ≤ batch_size.
-        Some(b) => {
-            Some(Engine::open(model, title, EngineConfig { batch_size: b, max_sequences: b.max(2), ..cfg.clone() })?)
-        }
+        Some(n) => Some(Engine::open(model, title, EngineConfig { max_sequences: n.max(2), ..cfg.clone() })?),
         None => None,
     };
     let n = ev.pack().n_items();
@@ -211,10 +209,10 @@ fn measure(
     Ok(json!({
         "model": name, "n_items": n,
         "verbalizer_whole_catalog": v_all, "verbalizer_20": v_20, "title_20": t_20,
-        "title_20_small_batch": extra.map(|b| json!({"batch_size": b, "case": t_small})),
+        "title_20_few_seqs": extra.map(|n| json!({"max_sequences": n, "case": t_small})),
         "title_exact_top10": exact,
         "p50_ms": {"verbalizer_whole_catalog": v_all.p50(), "verbalizer_20": v_20.p50(), "title_20": t_20.p50(),
-                   "title_20_small_batch": extra.map(|_| t_small.p50()), "title_exact_top10": exact.p50()},
+                   "title_20_few_seqs": extra.map(|_| t_small.p50()), "title_exact_top10": exact.p50()},
     }))
 }
 
@@ -263,7 +261,7 @@ pub fn run(a: &VerbalizerArgs) -> BResult<()> {
         ScoringMode::Verbalizer,
         root.join(format!("smollm2.{VERSION}.verbalizer.pack.gguf")),
     )?;
-    let mut results = vec![measure(a, "SmolLM2-135M", &model, &verb, &f.pack, &cfg, None)?];
+    let mut results = vec![measure(a, "SmolLM2-135M", &model, &verb, &f.pack, &cfg, Some(a.few_seqs))?];
     if !a.no_t5 {
         let dir = root.join(format!("t5-small-shape-s{T5_SEED}"));
         let gguf = root.join(format!("t5-small-shape-s{T5_SEED}.{}.gguf", a.weight_type));
@@ -309,7 +307,7 @@ pub fn run(a: &VerbalizerArgs) -> BResult<()> {
             ScoringMode::Sum,
             root.join(format!("t5.{VERSION}.{}.title.pack.gguf", a.weight_type)),
         )?;
-        results.push(measure(a, "T5 (Flan-T5-small shape, random)", &gguf, &tv, &tt, &cfg, Some(a.small_batch))?);
+        results.push(measure(a, "T5 (Flan-T5-small shape, random)", &gguf, &tv, &tt, &cfg, Some(a.few_seqs))?);
     }
     let mut md = format!(
         "# Verbalizer (one pass) vs title likelihood\n\n`{}` · {} · {threads} threads · {} users × {} reps · weights {} · {:.0} s\n",
@@ -330,10 +328,38 @@ pub fn run(a: &VerbalizerArgs) -> BResult<()> {
         row(&mut md, "verbalizer, whole catalog (top 10)", &r["verbalizer_whole_catalog"], base);
         row(&mut md, "verbalizer, 20 candidates", &r["verbalizer_20"], base);
         row(&mut md, "title likelihood, 20 candidates", &r["title_20"], base);
-        if let Some(s) = r["title_20_small_batch"].as_object() {
-            row(&mut md, &format!("title likelihood, 20 candidates, batch_size {}", s["batch_size"]), &s["case"], base);
+        if let Some(s) = r["title_20_few_seqs"].as_object() {
+            row(
+                &mut md,
+                &format!("title likelihood, 20 candidates, max_sequences {}", s["max_sequences"]),
+                &s["case"],
+                base,
+            );
         }
         row(&mut md, "title likelihood, exact whole-catalog top 10", &r["title_exact_top10"], base);
+        if let Some(s) = r["title_20_few_seqs"].as_object() {
+            // The extra time per extra decode call (same rows, smaller groups).
+            let (c0, c1) = (&r["title_20"], &s["case"]);
+            let p = |c: &serde_json::Value| {
+                sys::p50_p95(
+                    &c["ms"]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>())
+                        .unwrap_or_default(),
+                )
+                .0
+            };
+            let calls = |c: &serde_json::Value| c["decode_calls"].as_f64().unwrap_or(0.0);
+            if calls(c1) > calls(c0) {
+                md.push_str(&format!(
+                    "\nPer extra decode call (max_sequences {} vs default): {:.1} ms ({} → {} calls).\n",
+                    s["max_sequences"],
+                    (p(c1) - p(c0)) / (calls(c1) - calls(c0)),
+                    calls(c0),
+                    calls(c1)
+                ));
+            }
+        }
     }
     std::fs::write(a.out.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
     std::fs::write(a.out.join("results.md"), &md)?;

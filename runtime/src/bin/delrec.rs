@@ -463,6 +463,14 @@ fn recommend_line(line: &str, base: &RecommendRequest) -> Result<(serde_json::Va
     Ok((v["user"].clone(), req))
 }
 
+/// A model loaded as the engine loads it: parsed and proven safe (`model_check`) before
+/// llama.cpp reads it, from the one descriptor both see.
+fn load_checked(path: &std::path::Path) -> Result<Model, Box<dyn std::error::Error>> {
+    let file = std::fs::File::open(path)?;
+    delrec_runtime::format::model_check::check_model(&GgufFile::from_file(&file, path)?)?;
+    Ok(Model::load_file(&file, path, ModelParams::default())?)
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -665,7 +673,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if tokens.is_empty() {
                 return Err("--tokens is empty".into());
             }
-            let m = Arc::new(Model::load(&model, ModelParams::default())?);
+            let m = Arc::new(load_checked(&model)?);
             if m.has_encoder() {
                 if adapter.is_some() {
                     return Err("--adapter is not supported for encoder-decoder models yet".into());
@@ -700,7 +708,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Cmd::Tokenize { model, strings, json } => {
             let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&strings)?)?;
-            let m = Model::load(&model, ModelParams::default())?;
+            let m = load_checked(&model)?;
             let ids = list.iter().map(|s| m.tokenize(s, false)).collect::<Result<Vec<_>, _>>()?;
             if json {
                 println!("{}", json!({ "ids": ids }));
