@@ -485,8 +485,22 @@ fn check_rope_heads(f: &GgufFile, arch: &str, h: &Hparams) -> Result<()> {
 }
 
 /// What `llama_model_t5::load_arch_hparams` and the t5 graphs need beyond [`check_hparams`].
+/// Largest `t5.context_length` accepted (T5 checkpoints say 512).
+const MAX_T5_CONTEXT: u32 = 32768;
+
 fn check_t5_hparams(f: &GgufFile, keys: &Keys, h: &Hparams) -> Result<Seq2SeqFacts> {
     let bad = |reason: String| bad_file(f, reason);
+    // Before any encode, llama.cpp reserves the decoder's graph with an encoder of
+    // context_length rows (`build_inp_cross_embd`, `build_attn_inp_cross`, an int32): past 2^31
+    // the cross mask's shape goes negative (GGML_ASSERT in soft_max), and long before that the
+    // reserve allocates context_length × width buffers. Found by delrec-fuzz.
+    if h.n_ctx_train > MAX_T5_CONTEXT {
+        return Err(bad(format!(
+            "t5.context_length = {} is above {MAX_T5_CONTEXT} (llama.cpp sizes the decoder's cross-attention \
+             buffers by it before the first encode)",
+            h.n_ctx_train
+        )));
+    }
     // Q is created n_embd_head_k × n_head_kv wide and reshaped to n_head heads: equal or it asserts.
     if h.n_head_kv != h.n_head {
         return Err(bad(format!(
@@ -1438,6 +1452,11 @@ mod tests {
             refused(s.check(dir.path(), "t5-hparam"), needles);
         };
         case("t5.block_count", Value::U32(0), &["t5.block_count = 0"]);
+        // delrec-fuzz: u32::MAX aborted llama.cpp in the decoder's reserve graph, 2^24 failed
+        // to allocate.
+        for n in [u32::MAX, 1 << 24, MAX_T5_CONTEXT + 1] {
+            case("t5.context_length", Value::U32(n), &["t5.context_length", "above"]);
+        }
         case("t5.block_count", Value::U32(513), &["t5.block_count = 513", "1..=512"]);
         case("t5.decoder_block_count", Value::U32(3), &["t5.decoder_block_count = 3", "block_count = 2"]);
         case("t5.decoder_block_count", Value::U32(1), &["t5.decoder_block_count = 1"]);
