@@ -77,6 +77,9 @@ pub enum BadRequestKind {
     NoSequentialModel,
     /// `add_item` with an id the catalog already has (`item_id`).
     DuplicateItem,
+    /// `EngineConfig.backend` names a GPU backend this build or device lacks (`field` is
+    /// `backend`); set `cpuFallback` to run on the CPU instead.
+    BackendUnavailable,
 }
 
 /// What was wrong with a file.
@@ -134,6 +137,9 @@ impl From<rt::Error> for DelrecError {
                 }
                 rt::RequestError::NoSequentialModel => bad_request(BadRequestKind::NoSequentialModel, None, None),
                 rt::RequestError::DuplicateItem { id } => bad_request(BadRequestKind::DuplicateItem, Some(id), None),
+                rt::RequestError::BackendUnavailable { .. } => {
+                    bad_request(BadRequestKind::BackendUnavailable, None, Some(&"backend".to_string()))
+                }
                 _ => bad_request(BadRequestKind::InvalidArgument, None, None),
             },
             rt::Error::BadFile(f) => {
@@ -253,7 +259,8 @@ impl From<rt::ScoringMode> for ScoringMode {
 /// Engine settings; start from `defaultEngineConfig()` and change what you need.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct EngineConfig {
-    /// Threads per decode; 0 = all available cores.
+    /// Threads per decode; 0 = the fast cores (a phone's big and prime cores, from sysfs),
+    /// every available core elsewhere.
     pub threads: u32,
     /// KV cells per context: the prompt prefix plus the title tokens of one candidate group.
     pub context_size: u32,
@@ -268,7 +275,12 @@ pub struct EngineConfig {
     /// Refuse to open (`Capacity`, resource `MEMORY`) when the engine could use more than this
     /// many bytes with every context busy; null: no limit.
     pub memory_limit_bytes: Option<u64>,
-    /// Layers offloaded to a GPU backend when the build has one.
+    /// Where the model runs: `AUTO` (the default) offloads to a GPU when the build has one and
+    /// a device is found, else the CPU. `devices()` lists what this build found.
+    pub backend: Backend,
+    /// A requested GPU backend that is missing: run on the CPU instead of `BackendUnavailable`.
+    pub cpu_fallback: bool,
+    /// Layers offloaded when a GPU runs the model: -1 (the default) = all, 0 = none.
     pub gpu_layers: i32,
     pub kv_type: KvType,
     /// llama.cpp flash attention (on by default: faster for trie rows on CPU). Off together with
@@ -292,6 +304,8 @@ impl From<rt::EngineConfig> for EngineConfig {
             max_contexts: saturate(c.max_contexts),
             context_wait_ms: u64::try_from(c.context_wait.as_millis()).unwrap_or(u64::MAX),
             memory_limit_bytes: c.memory_limit,
+            backend: c.backend.into(),
+            cpu_fallback: c.cpu_fallback,
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,
@@ -313,6 +327,8 @@ impl From<EngineConfig> for rt::EngineConfig {
             max_contexts: c.max_contexts as usize,
             context_wait: Duration::from_millis(c.context_wait_ms),
             memory_limit: c.memory_limit_bytes,
+            backend: c.backend.into(),
+            cpu_fallback: c.cpu_fallback,
             gpu_layers: c.gpu_layers,
             kv_type: c.kv_type.into(),
             flash_attention: c.flash_attention,
@@ -430,6 +446,8 @@ pub struct RankStats {
     pub encoder_passes: u64,
     /// Rows those passes encoded.
     pub encoder_rows: u64,
+    /// The backend that ran the model (`CPU` or a GPU backend; never `AUTO`).
+    pub backend: Backend,
 }
 
 impl From<rt::RankStats> for RankStats {
@@ -443,6 +461,7 @@ impl From<rt::RankStats> for RankStats {
             pruned: s.pruned as u64,
             encoder_passes: s.encoder_passes as u64,
             encoder_rows: s.encoder_rows as u64,
+            backend: s.backend.into(),
         }
     }
 }
@@ -583,6 +602,106 @@ pub struct CatalogItem {
     pub text: Option<String>,
 }
 
+/// Where a model runs (`EngineConfig.backend`, `RankStats.backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Backend {
+    Auto,
+    Cpu,
+    Vulkan,
+    OpenCl,
+    Metal,
+    Cuda,
+}
+
+impl From<rt::BackendKind> for Backend {
+    fn from(b: rt::BackendKind) -> Self {
+        match b {
+            rt::BackendKind::Cpu => Backend::Cpu,
+            rt::BackendKind::Vulkan => Backend::Vulkan,
+            rt::BackendKind::OpenCl => Backend::OpenCl,
+            rt::BackendKind::Metal => Backend::Metal,
+            rt::BackendKind::Cuda => Backend::Cuda,
+            _ => Backend::Auto,
+        }
+    }
+}
+
+impl From<Backend> for rt::BackendKind {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Auto => rt::BackendKind::Auto,
+            Backend::Cpu => rt::BackendKind::Cpu,
+            Backend::Vulkan => rt::BackendKind::Vulkan,
+            Backend::OpenCl => rt::BackendKind::OpenCl,
+            Backend::Metal => rt::BackendKind::Metal,
+            Backend::Cuda => rt::BackendKind::Cuda,
+        }
+    }
+}
+
+/// One compute device this build found (`devices()`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceInfo {
+    /// The backend as `EngineConfig.backend` names it; null for ones it cannot select (BLAS).
+    pub backend: Option<Backend>,
+    /// ggml's backend name (`CPU`, `Vulkan`, `OpenCL`, `MTL`, ...).
+    pub backend_name: String,
+    /// ggml's device name (`CPU`, `Vulkan0`, ...).
+    pub name: String,
+    /// What the driver calls it.
+    pub description: String,
+    /// Layers can be offloaded to it (a GPU).
+    pub offloads: bool,
+    pub memory_free_bytes: u64,
+    pub memory_total_bytes: u64,
+}
+
+impl From<rt::DeviceInfo> for DeviceInfo {
+    fn from(d: rt::DeviceInfo) -> Self {
+        Self {
+            backend: d.backend.map(Into::into),
+            offloads: d.offloads(),
+            backend_name: d.backend_name,
+            name: d.name,
+            description: d.description,
+            memory_free_bytes: d.memory_free,
+            memory_total_bytes: d.memory_total,
+        }
+    }
+}
+
+/// What an engine's model runs on (`Engine.backend()`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct BackendInfo {
+    /// What ran: `CPU` or a GPU backend, never `AUTO`.
+    pub kind: Backend,
+    pub requested: Backend,
+    /// The device layers were offloaded to, if any.
+    pub device: Option<DeviceInfo>,
+    /// Layers offloaded (0 on the CPU).
+    pub gpu_layers: i32,
+    /// The requested GPU backend was missing and `cpuFallback` allowed the CPU.
+    pub fell_back: bool,
+}
+
+impl From<rt::BackendInfo> for BackendInfo {
+    fn from(b: rt::BackendInfo) -> Self {
+        Self {
+            kind: b.kind.into(),
+            requested: b.requested.into(),
+            device: b.device.map(Into::into),
+            gpu_layers: b.gpu_layers,
+            fell_back: b.fell_back,
+        }
+    }
+}
+
+/// The CPU and GPU devices this build's backends found.
+#[uniffi::export]
+pub fn devices() -> Vec<DeviceInfo> {
+    guard(|| Ok(rt::devices().into_iter().map(Into::into).collect())).unwrap_or_default()
+}
+
 /// The runtime's default engine settings.
 #[uniffi::export]
 pub fn default_engine_config() -> EngineConfig {
@@ -696,6 +815,11 @@ impl Engine {
     /// re-ranks, the fused score orders. Blocks; call it off the UI thread.
     pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
         guard(|| Ok(self.inner.recommend(&request.into())?.into()))
+    }
+
+    /// What the model runs on (decided at open from `EngineConfig.backend`).
+    pub fn backend(&self) -> BackendInfo {
+        self.inner.backend().clone().into()
     }
 
     /// The pack's LoRA adapter, when it is served with one.

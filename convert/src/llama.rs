@@ -38,7 +38,7 @@ impl LoadedModel {
         if !path.is_file() {
             return Err(ConvertError::LlamaLoad { path: path.to_path_buf(), reason: "no such file".into() });
         }
-        let params = ModelParams { gpu_layers: 0, vocab_only, repack: false, check_tensors: false };
+        let params = ModelParams { vocab_only, repack: false, ..ModelParams::default() };
         let model = Model::load(path, params).map_err(|e| convert_err(path, e))?;
         Ok(LoadedModel { model: Arc::new(model), path: path.to_path_buf() })
     }

@@ -11,6 +11,7 @@
 //! - `call`: one request's cancel token, deadline and counters;
 //! - `session`: [`Session`], a user's history kept decoded.
 
+mod backend;
 mod base;
 mod call;
 mod catalog;
@@ -34,6 +35,7 @@ use delrec_format::Pack;
 
 use crate::error::Result;
 use crate::llm::{KvType, Model};
+pub use backend::{choose_backend, devices, BackendInfo, BackendKind, DeviceInfo};
 pub use base::Base;
 use base::LoadedAdapter;
 use call::Call;
@@ -47,7 +49,8 @@ pub use session::Session;
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Threads per decode; 0 = all available cores. Every setting has a range, checked at open
+    /// Threads per decode; 0 = the fast cores ([`crate::cpus::default_threads`]: big and prime
+    /// cores of a phone, every available core elsewhere). Every setting has a range, checked at open
     /// (threads ≤ 512, context_size 16..=131072, batch_size 1..=8192, max_sequences 2..=256,
     /// max_contexts 1..=64); out of range is `BadRequest` naming the field.
     pub threads: usize,
@@ -70,7 +73,15 @@ pub struct EngineConfig {
     /// (at most 1 hour; zero: fail at once). A request's own timeout and cancel token end the
     /// wait sooner.
     pub context_wait: Duration,
-    /// Layers offloaded to a GPU backend when the build has one.
+    /// Where the model runs: `Auto` (the default) offloads to the first GPU this build can use
+    /// (a discrete one before an integrated one) and runs on the CPU when there is none; a GPU
+    /// backend named here must be there (see `cpu_fallback`). [`devices`] lists what is.
+    pub backend: BackendKind,
+    /// A requested GPU backend that this build or device lacks: run on the CPU instead of
+    /// failing with `RequestError::BackendUnavailable`. Off by default; either way
+    /// [`Engine::backend`] and every [`RankStats::backend`] say what ran.
+    pub cpu_fallback: bool,
+    /// Layers offloaded when a GPU runs the model: -1 (the default) = all, 0 = none (the CPU).
     pub gpu_layers: i32,
     pub kv_type: KvType,
     /// llama.cpp flash attention. On by default: on CPU its kernel skips masked KV cells, so
@@ -102,7 +113,9 @@ impl Default for EngineConfig {
             max_contexts: 2,
             memory_limit: None,
             context_wait: Duration::from_secs(10),
-            gpu_layers: 0,
+            backend: BackendKind::Auto,
+            cpu_fallback: false,
+            gpu_layers: -1,
             kv_type: KvType::F16,
             flash_attention: true,
             verify_checksum: true,
@@ -227,6 +240,8 @@ pub struct RankStats {
     pub encoder_passes: usize,
     /// Rows those passes encoded.
     pub encoder_rows: usize,
+    /// The backend that ran the model (`Cpu` or a GPU backend; never `Auto`).
+    pub backend: BackendKind,
 }
 
 #[derive(Clone, Debug)]
@@ -402,6 +417,12 @@ impl Engine {
         let adapter = self.inner.adapter.as_ref().map(|a| (&a.adapter, a.scale));
         lease.ctx().set_adapter(adapter)?;
         Ok(lease)
+    }
+
+    /// What the model runs on: decided at open from `EngineConfig::backend` and the devices
+    /// found, the same for every pack over one base.
+    pub fn backend(&self) -> &BackendInfo {
+        self.inner.base.backend()
     }
 
     /// The pack's adapter, when it has one: what it adapts and where it was loaded from.

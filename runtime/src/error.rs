@@ -65,6 +65,13 @@ pub enum RequestError {
     /// `recommend` on a pack without a sequential model (build the pack with `--seq-model`).
     #[error("the pack has no sequential model; recommend needs one (rank works without)")]
     NoSequentialModel,
+    /// `EngineConfig::backend` names a GPU backend this build was compiled without
+    /// (`compiled: false`) or that found no device here; `available` lists the devices that
+    /// could offload. Set `cpu_fallback` to run on the CPU instead.
+    #[error("backend {requested} is unavailable ({}); devices that can offload: {}",
+        if *compiled { "compiled in, no device found" } else { "not compiled into this build" },
+        if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    BackendUnavailable { requested: String, compiled: bool, available: Vec<String> },
     /// A setting or argument out of range; `field` names it (`top_k`, `max_sequences`, ...).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },

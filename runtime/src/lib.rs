@@ -10,10 +10,13 @@
 //! - [`engine`]: [`Engine`], [`Session`], requests and results;
 //! - [`llm`]: the one layer over llama.cpp (also used by the converter and the CLIs);
 //! - [`error`]: the public errors, grouped by what an app can do;
+//! - [`cpus`]: the default thread count (the fast cores of a phone's mixed CPU);
+//! - [`devices`]: the CPU and GPU devices of this build ([`EngineConfig::backend`] picks one);
 //! - [`install_file`]: replacing a model or pack that an engine may have open (atomic rename).
 //!
 //! `ARCHITECTURE.md` at the repository root maps the modules and the path of one `rank` call.
 
+pub mod cpus;
 pub mod engine;
 pub mod error;
 mod files;
@@ -32,10 +35,10 @@ pub use delrec_format as format;
 pub use delrec_format::{Pack, ScoringMode};
 pub use engine::MemoryBudget;
 pub use engine::{
-    AdapterSummary, AddedInfo, Base, CancelToken, DigestSource, Engine, EngineConfig, ModelVerification, Plan,
-    PrefixRow, RankPlan, RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats, Recommendation,
-    Recommended, ScoredItem, Session, Strategy, TrieRow,
+    choose_backend, devices, AdapterSummary, AddedInfo, BackendInfo, BackendKind, Base, CancelToken, DeviceInfo,
+    DigestSource, Engine, EngineConfig, ModelVerification, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking,
+    RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use files::install_file;
-pub use llm::{KvType, Pooling};
+pub use llm::{DeviceKind, KvType, Pooling};

@@ -137,6 +137,23 @@ fun main() {
         check(c.kvType == KvType.F16 && c.flashAttention && c.verifyChecksum && c.digestCacheDir == null && c.threads == 0u) { "$c" }
     }
 
+    test("devices and the backend that ran") {
+        val all = devices()
+        check(all.any { it.backend == Backend.CPU && !it.offloads }) { "$all" }
+        check(defaultEngineConfig().backend == Backend.AUTO && defaultEngineConfig().gpuLayers == -1) { "${defaultEngineConfig()}" }
+        val cpu = Engine.open(model, pack, config().copy(backend = Backend.CPU))
+        val info = cpu.backend()
+        check(info.kind == Backend.CPU && info.requested == Backend.CPU && info.device == null && info.gpuLayers == 0 && !info.fellBack) { "$info" }
+        check(cpu.rank(RankRequest(history = history, topK = 3u)).stats.backend == Backend.CPU)
+        // A GPU backend this build lacks is an error, unless the CPU is allowed instead.
+        if (all.none { it.backend == Backend.METAL }) {
+            val e = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, config().copy(backend = Backend.METAL)) }
+            check(e.kind == BadRequestKind.BACKEND_UNAVAILABLE && e.field == "backend") { "$e" }
+            val fb = Engine.open(model, pack, config().copy(backend = Backend.METAL, cpuFallback = true)).backend()
+            check(fb.kind == Backend.CPU && fb.requested == Backend.METAL && fb.fellBack) { "$fb" }
+        }
+    }
+
     val engine = Engine.open(model, pack, config())
     // Plans compared with each other run on the exact path (F32 cache, classic attention): flash
     // attention accumulates in F16, so different batchings differ by ~1e-3.

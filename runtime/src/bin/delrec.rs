@@ -15,7 +15,8 @@ use delrec_runtime::llm::{
 };
 use delrec_runtime::KvType;
 use delrec_runtime::{
-    Base, Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest, Recommendation,
+    BackendInfo, BackendKind, Base, Engine, EngineConfig, Plan, Pooling, RankRequest, Ranking, RecommendRequest,
+    Recommendation,
 };
 use serde_json::json;
 
@@ -169,6 +170,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The backends compiled into this build and the devices they found (what `--backend`
+    /// can select).
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
     /// Tokenize strings (a JSON list in a file) with the model's own tokenizer.
     Tokenize {
         #[arg(long)]
@@ -182,9 +189,16 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct EngineArgs {
-    /// Threads (0 = all cores).
+    /// Threads (0 = the fast cores: big and prime cores on a phone, all cores elsewhere).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where the model runs: auto (a GPU when the build has one and a device is found, else
+    /// the CPU), cpu, vulkan, opencl, metal or cuda (`delrec devices` lists them).
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Run on the CPU when the requested GPU backend is missing (else that is an error).
+    #[arg(long)]
+    cpu_fallback: bool,
     #[arg(long, default_value_t = 2048)]
     ctx: u32,
     #[arg(long, default_value_t = 512)]
@@ -201,7 +215,8 @@ struct EngineArgs {
     /// Remember verified model digests in this directory across runs.
     #[arg(long)]
     digest_cache: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
+    /// Layers offloaded to the GPU (-1 = all; 0 = the CPU only).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     gpu_layers: i32,
     /// Use llama.cpp flash attention (the default).
     #[arg(long, overrides_with = "no_flash_attn")]
@@ -219,6 +234,8 @@ impl EngineArgs {
             batch_size: self.batch,
             max_sequences: self.max_seqs,
             max_contexts: 1,
+            backend: self.backend.parse().map_err(|e: delrec_runtime::Error| e.to_string())?,
+            cpu_fallback: self.cpu_fallback,
             gpu_layers: self.gpu_layers,
             kv_type: kv_type(&self.kv)?,
             flash_attention: self.flash_attn || !self.no_flash_attn,
@@ -631,7 +648,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "soft_prompts": soft_desc(engine.pack()),
                     "adapter": engine.adapter().map(|a| json!({"path": a.path, "scale": a.scale, "alpha": a.alpha,
                         "ranks": a.ranks, "targets": a.targets, "weights": a.weights, "bytes": a.tensor_bytes})),
-                    "stats": {"open_ms": open_ms, "rank_ms": rank_ms, "prefix_rows": s.prefix_rows, "decoded_rows": s.decoded_rows,
+                    "backend": backend_json(engine.backend()),
+                    "stats": {"open_ms": open_ms, "rank_ms": rank_ms, "backend": s.backend.to_string(), "prefix_rows": s.prefix_rows, "decoded_rows": s.decoded_rows,
                               "decode_calls": s.decode_calls, "candidates": s.candidates,
                               "encoder_passes": s.encoder_passes, "encoder_rows": s.encoder_rows, "tied": ranking.items.iter().filter(|i| i.ties > 0).count()},
                 });
@@ -667,6 +685,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "\n{} candidates ranked in {rank_ms:.1} ms ({} rows in {} decodes; prefix {} rows); engine opened in {open_ms:.1} ms",
                     s.candidates, s.decoded_rows, s.decode_calls, s.prefix_rows
                 );
+                println!("ran on: {}", backend_desc(engine.backend()));
             }
         }
         Cmd::Logits { model, adapter, tokens, encoder, decoder, json } => {
@@ -706,6 +725,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Embed { model, pack, pooling, texts, tokens, items, all_items, exact, eng, json } => {
             embed_cmd(EmbedArgs { model, pack, pooling, texts, tokens, items, all_items, exact, eng, json })?
         }
+        Cmd::Devices { json } => devices_cmd(json)?,
         Cmd::Tokenize { model, strings, json } => {
             let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&strings)?)?;
             let m = load_checked(&model)?;
@@ -719,6 +739,76 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    Ok(())
+}
+
+/// What `--backend` chose, in words.
+fn backend_desc(b: &BackendInfo) -> String {
+    match &b.device {
+        Some(d) => {
+            let layers = if b.gpu_layers < 0 { "all".to_string() } else { b.gpu_layers.to_string() };
+            format!("{} ({}: {}), {layers} layers offloaded", b.kind, d.name, d.description)
+        }
+        None if b.fell_back => format!("cpu (fallback: {} was requested and is unavailable)", b.requested),
+        None => "cpu".into(),
+    }
+}
+
+fn backend_json(b: &BackendInfo) -> serde_json::Value {
+    json!({"kind": b.kind.to_string(), "requested": b.requested.to_string(), "fell_back": b.fell_back,
+           "gpu_layers": b.gpu_layers, "device": b.device.as_ref().map(|d| json!({"name": d.name, "description": d.description}))})
+}
+
+/// `delrec devices`: every backend this runtime can select, compiled in or not, and every
+/// device ggml registered.
+fn devices_cmd(json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let devices = delrec_runtime::devices();
+    let backends: Vec<serde_json::Value> = BackendKind::ALL
+        .iter()
+        .map(|&k| {
+            let found: Vec<&str> = devices.iter().filter(|d| d.backend == Some(k)).map(|d| d.name.as_str()).collect();
+            json!({"backend": k.to_string(), "compiled": k.compiled(), "devices": found})
+        })
+        .collect();
+    let devs: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|d| {
+            json!({"backend": d.backend_name, "name": d.name, "description": d.description,
+                   "kind": format!("{:?}", d.kind), "offloads": d.offloads(),
+                   "memory_free": d.memory_free, "memory_total": d.memory_total})
+        })
+        .collect();
+    let auto = EngineConfig::default();
+    let chosen = delrec_runtime::choose_backend(&auto)?;
+    if json {
+        println!("{}", json!({"backends": backends, "devices": devs, "auto": backend_json(&chosen)}));
+        return Ok(());
+    }
+    println!("{:<8} {:<9} devices", "backend", "compiled");
+    for b in &backends {
+        let found = b["devices"].as_array().map_or(0, |a| a.len());
+        let names: Vec<&str> = b["devices"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        println!(
+            "{:<8} {:<9} {}",
+            b["backend"].as_str().unwrap_or("?"),
+            if b["compiled"].as_bool() == Some(true) { "yes" } else { "no" },
+            if found == 0 { "-".to_string() } else { names.join(", ") }
+        );
+    }
+    println!();
+    for d in &devices {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "{:<10} {:<7} {:<14} {} ({:.0} / {:.0} MiB free)",
+            d.name,
+            d.backend_name,
+            format!("{:?}", d.kind),
+            d.description,
+            mib(d.memory_free),
+            mib(d.memory_total)
+        );
+    }
+    println!("\n--backend auto runs on: {}", backend_desc(&chosen));
     Ok(())
 }
 

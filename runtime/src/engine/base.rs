@@ -14,7 +14,7 @@ use delrec_format::{BaseIdentity, Pack};
 
 use super::digest::{self, Stamp};
 use super::pool::Pool;
-use super::{memory, rank, DigestSource, Engine, EngineConfig, Inner, ModelVerification};
+use super::{backend, memory, rank, BackendInfo, DigestSource, Engine, EngineConfig, Inner, ModelVerification};
 use crate::error::{Error, FileError, Resource, Result};
 use crate::llm::{Adapter, Context, ContextParams, Model, ModelParams, TokenEmbeddings};
 
@@ -58,6 +58,7 @@ pub(super) struct BaseInner {
     adapters: Mutex<HashMap<String, Weak<Adapter>>>,
     /// Encoder-decoder models: the token embeddings, for mixed encoder inputs.
     pub token_embd: Option<Arc<TokenEmbeddings>>,
+    pub backend: BackendInfo,
 }
 
 impl Base {
@@ -102,8 +103,11 @@ impl Base {
             check_pinned(pack, sum)?;
         }
         drop(gguf);
-        let params = ModelParams { gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
+        let (device, report) = backend::choose(&cfg)?;
+        let params =
+            ModelParams { device, gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
         let m = Model::load_file(&file, model, params)?;
+        let backend = report(Some(m.n_layer() as u32));
         drop(file);
         if m.has_encoder() != token_embd.is_some() || (m.has_encoder() && m.decoder_start_token().is_none()) {
             return Err(FileError::ModelLoad {
@@ -133,8 +137,7 @@ impl Base {
             }
             .into());
         }
-        let threads =
-            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+        let threads = if cfg.threads == 0 { crate::cpus::default_threads() } else { cfg.threads };
         let params = ContextParams {
             n_ctx: cfg.context_size,
             n_batch: cfg.batch_size.min(cfg.context_size),
@@ -173,6 +176,7 @@ impl Base {
                 n_seq_max,
                 adapters: Mutex::default(),
                 token_embd,
+                backend,
             }),
         })
     }
@@ -274,6 +278,11 @@ impl Base {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// What the model runs on (see [`EngineConfig::backend`]).
+    pub fn backend(&self) -> &BackendInfo {
+        &self.inner.backend
     }
 
     /// The model file this base was opened from.

@@ -133,8 +133,7 @@ impl Engine {
         }
         let total: usize = seqs.iter().map(|s| s.len()).sum();
         let (n_batch, n_seq_max) = sizes(total, seqs.len(), limit, cfg.max_sequences as usize);
-        let threads =
-            if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+        let threads = if cfg.threads == 0 { crate::cpus::default_threads() } else { cfg.threads };
         let params = ContextParams {
             // context_size ≥ 16 (validated at open) and ≥ limit ≥ n_batch; n_ctx ≥ n_batch.
             n_ctx: (n_batch as u32).max(16).min(cfg.context_size),

@@ -171,8 +171,7 @@ pub(crate) fn budget(
     };
     let kv = n_ctx * m.n_layer() as u64 * (k_width + v_width) as u64 * elem;
     let logits = n_batch.max(n_seq_max) * n_vocab * 4;
-    let threads =
-        if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+    let threads = if cfg.threads == 0 { crate::cpus::default_threads() } else { cfg.threads };
     let compute = compute_per_context(&ComputeShape {
         n_ctx,
         n_batch,

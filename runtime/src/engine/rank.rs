@@ -90,7 +90,9 @@ impl Engine {
         if let Some(k) = req.top_k {
             items.truncate(k);
         }
-        Ok(Ranking { items, stats: std::mem::take(&mut call.stats) })
+        let mut stats = std::mem::take(&mut call.stats);
+        stats.backend = self.inner.base.backend().kind;
+        Ok(Ranking { items, stats })
     }
 }
 

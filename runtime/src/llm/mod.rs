@@ -1,6 +1,7 @@
 //! The one layer over `llama-cpp-sys-2`, used by the engine, the converter and the CLIs.
 //!
-//! One concern per file: [`adapter`] (LoRA applied at run time), [`backend`] (process-wide init and the single log router), [`model`],
+//! One concern per file: [`adapter`] (LoRA applied at run time), [`backend`] (process-wide init and the single log router),
+//! [`device`] (the CPU and GPU devices of this build), [`model`],
 //! [`context`] (KV cache operations, decode, logits, pooled embeddings), [`batch`] (token or
 //! embedding rows), [`embed`] (many sequences' pooled embeddings per decode), [`encdec`] (encoder inputs of
 //! encoder-decoder models), [`quantize`].
@@ -15,6 +16,7 @@ pub mod adapter;
 pub mod backend;
 pub mod batch;
 pub mod context;
+pub mod device;
 pub mod embed;
 pub mod encdec;
 mod error;
@@ -25,6 +27,7 @@ pub use adapter::Adapter;
 pub use backend::Backend;
 pub use batch::Batch;
 pub use context::{sequence_logits, Context, ContextParams, KvType};
+pub use device::{Device, DeviceKind};
 pub use embed::{embed_sequences, Pooling};
 pub use encdec::{encoder_decoder_logits, EncoderSegment, TokenEmbeddings};
 pub use error::LlamaError;

@@ -8,7 +8,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use llama_cpp_sys_2 as sys;
 
 use super::error::{LlamaError, Result};
-use super::Backend;
+use super::{Backend, Device};
 
 /// One load at a time: a failure's reason is read from the shared log.
 static LOADING: Mutex<()> = Mutex::new(());
@@ -16,7 +16,10 @@ static LOADING: Mutex<()> = Mutex::new(());
 /// How to load a model.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelParams {
-    /// Layers offloaded to a GPU backend, if the build has one (0 = CPU only, -1 = all).
+    /// The one device layers are offloaded to; `None`: the CPU only (llama.cpp would otherwise
+    /// pick every GPU it finds, and what ran would be a guess).
+    pub device: Option<Device>,
+    /// Layers offloaded to `device` (-1 = all; ignored without a device).
     pub gpu_layers: i32,
     /// Load the vocabulary only (tokenization), no weights.
     pub vocab_only: bool,
@@ -30,10 +33,14 @@ pub struct ModelParams {
 }
 
 impl ModelParams {
-    fn raw(self) -> sys::llama_model_params {
+    /// llama.cpp's parameters; `devices` is the NULL-terminated device list they point to,
+    /// which must outlive the load call.
+    fn raw(self, devices: &mut [sys::ggml_backend_dev_t; 2]) -> sys::llama_model_params {
         // SAFETY: llama.cpp's defaults are plain data.
         let mut p = unsafe { sys::llama_model_default_params() };
-        p.n_gpu_layers = self.gpu_layers;
+        *devices = [self.device.map_or(std::ptr::null_mut(), |d| d.as_ptr()), std::ptr::null_mut()];
+        p.devices = devices.as_mut_ptr();
+        p.n_gpu_layers = if self.device.is_some() { self.gpu_layers } else { 0 };
         p.vocab_only = self.vocab_only;
         p.use_extra_bufts = self.repack;
         p.check_tensors = self.check_tensors;
@@ -43,7 +50,7 @@ impl ModelParams {
 
 impl Default for ModelParams {
     fn default() -> Self {
-        Self { gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false }
+        Self { device: None, gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false }
     }
 }
 
@@ -74,8 +81,9 @@ impl Model {
         let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LlamaError::Path(path.into()))?;
         let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
         backend.clear_log();
-        // SAFETY: the path is a valid C string.
-        let ptr = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params.raw()) };
+        let mut devices = [std::ptr::null_mut(); 2];
+        // SAFETY: the path is a valid C string; `devices` outlives the call.
+        let ptr = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params.raw(&mut devices)) };
         let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
         Ok(Self::from_ptr(ptr))
     }
@@ -118,10 +126,12 @@ impl Model {
             let backend = Backend::get();
             let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
             backend.clear_log();
-            // SAFETY: a valid stream at the file's start. llama.cpp does not own a stream it is
-            // given, and its weight mappings outlive the descriptor.
-            let ptr =
-                with_stream(file, path, |fp| unsafe { sys::llama_model_load_from_file_ptr(fp.cast(), params.raw()) })?;
+            let mut devices = [std::ptr::null_mut(); 2];
+            // SAFETY: a valid stream at the file's start; `devices` outlives the call. llama.cpp
+            // does not own a stream it is given, and its weight mappings outlive the descriptor.
+            let ptr = with_stream(file, path, |fp| unsafe {
+                sys::llama_model_load_from_file_ptr(fp.cast(), params.raw(&mut devices))
+            })?;
             let ptr =
                 NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
             Ok(Self::from_ptr(ptr))
