@@ -15,8 +15,12 @@
 #   compare  `delrec rank --json` and `delrec logits --json` on the fixture, all layers on
 #            lavapipe vs the CPU path of the same binary: prints and records max |delta|
 #            (target/reports/vulkan-compare.json); FAILS beyond the parity tolerances.
-#   test     the parity tests (tests/parity) with every delrec call run with all layers
-#            offloaded (DELREC_EXTRA_ENGINE_ARGS="--gpu-layers 999", read by parity_util).
+#   test     the parity tests (default test_logits_parity.py and test_rank_parity.py; others
+#            with DELREC_VK_PYTEST_ARGS) with every model-running delrec call offloaded
+#            (DELREC_GPU_LAYERS=999 etc., read by tests/parity/parity_util.py).
+#
+# Times measured on 2 shared cores (docs/platforms.md): setup 8 s, cold build 30 min (the ggml
+# shaders and ggml-vulkan included), devices < 2 min, compare about 10 min, test about 5 min.
 #
 # Device selection: ggml-vulkan skips CPU-type devices unless asked for them, so
 # GGML_VK_VISIBLE_DEVICES names lavapipe's index (found with vulkaninfo). Bounds: every step runs
@@ -126,7 +130,7 @@ select_lavapipe() {
 }
 
 fixtures() {
-  python3 tests/fixtures/make_fixtures.py "$DELREC_FIXTURES" >/dev/null
+  python3 tests/fixtures/make_fixtures.py "$DELREC_FIXTURES" >/dev/null || die "make_fixtures.py failed"
 }
 
 # A converted model + pack of the fixture (for devices/compare), made with the Vulkan build's
@@ -190,7 +194,8 @@ step_compare() {
   select_lavapipe
   fixtures
   timeout "$TEST_TIMEOUT" python3 scripts/vulkan_compare.py "$BIN" "$LOGITS_BIN" "$DELREC_FIXTURES" \
-    "$FIX_WORK" "$DELREC_REPORT_DIR/vulkan-compare.json" || die "Vulkan vs CPU comparison failed"
+    "$FIX_WORK" "$DELREC_REPORT_DIR/vulkan-compare.json" \
+    || { echo "vulkan.sh: FAIL: Vulkan vs CPU comparison (see above)" >&2; return 1; }
   end compare
 }
 
@@ -203,17 +208,24 @@ step_test() {
   # llama.cpp log does not show all layers and the model buffers on the llvmpipe device.
   DELREC_BIN_DIR=$BIN DELREC_GPU_LAYERS=$GPU_LAYERS DELREC_LOGITS_BIN=$LOGITS_BIN \
     DELREC_REQUIRE_OFFLOAD=llvmpipe DELREC_REPORT_DIR=$DELREC_REPORT_DIR/vulkan \
-    timeout "$TEST_TIMEOUT" python3 -m pytest -q -p no:cacheprovider ${DELREC_VK_PYTEST_ARGS:-tests/parity} \
-    || die "parity tests on lavapipe failed (or ran past ${TEST_TIMEOUT}s)"
+    timeout "$TEST_TIMEOUT" python3 -m pytest -q -rfE -p no:cacheprovider \
+    ${DELREC_VK_PYTEST_ARGS:-tests/parity/test_logits_parity.py tests/parity/test_rank_parity.py} \
+    || { echo "vulkan.sh: FAIL: parity tests on lavapipe (or ran past ${TEST_TIMEOUT}s)" >&2; return 1; }
   end test
 }
 
 # ------------------------------------------------------------------------------------------
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(setup build devices compare test)
+# setup/build/devices stop the script on failure; compare and test both run, then the script
+# exits non-zero if either failed.
+failed=()
 for s in "${steps[@]}"; do
   case $s in
-    setup|build|devices|compare|test) "step_$s" ;;
+    setup|build|devices) "step_$s" ;;
+    compare|test) "step_$s" || failed+=("$s") ;;
     *) die "unknown step '$s' (setup, build, devices, compare, test)" ;;
   esac
 done
+[ ${#failed[@]} -eq 0 ] || die "failed steps: ${failed[*]}"
+echo "== vulkan.sh: all steps passed"
