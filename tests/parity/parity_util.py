@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,19 @@ REPORT_DIR = env_path("DELREC_REPORT_DIR", REPO / "target" / "reports")
 
 CLI_TIMEOUT_S = int(os.environ.get("DELREC_CLI_TIMEOUT", "600"))
 
+# GPU offload (scripts/vulkan.sh). Unset, nothing changes.
+#   DELREC_GPU_LAYERS=N         appends `--gpu-layers N` to every `delrec` command run through
+#                               run_cli that runs a model (rank, rank-batch, recommend, embed, logits)
+#   DELREC_LOGITS_BIN=PATH      runs `logits` calls with PATH instead of `delrec` (same arguments;
+#                               `delrec logits` has no --gpu-layers flag yet)
+#   DELREC_REQUIRE_OFFLOAD=STR  those commands run with DELREC_LLAMA_LOG=1 and FAIL unless
+#                               llama.cpp logged every layer offloaded to a device whose
+#                               description contains STR (so a silent CPU fallback cannot pass)
+GPU_LAYERS = os.environ.get("DELREC_GPU_LAYERS") or None
+LOGITS_BIN = os.environ.get("DELREC_LOGITS_BIN") or None
+REQUIRE_OFFLOAD = os.environ.get("DELREC_REQUIRE_OFFLOAD") or None
+OFFLOAD_COMMANDS = ("rank", "rank-batch", "recommend", "embed", "logits")
+
 # Default template of the contract (real newlines, no escapes).
 DEFAULT_TEMPLATE = "{soft:default}Recently watched:{history}.\nNext:{candidate}\n"
 # Engine defaults assumed when `delrec rank --json` does not report its settings.
@@ -47,10 +61,44 @@ def _tail(b: bytes, n: int = 4000) -> str:
     return s if len(s) <= n else "...\n" + s[-n:]
 
 
+def _offload(argv: list[str]) -> tuple[list[str], bool]:
+    """argv with the GPU offload settings applied, and whether it is an offloaded model run."""
+    if GPU_LAYERS is None or len(argv) < 2 or Path(argv[0]).name != "delrec" or argv[1] not in OFFLOAD_COMMANDS:
+        return argv, False
+    if argv[1] == "logits" and LOGITS_BIN:
+        argv = [LOGITS_BIN, *argv[1:]]
+    return [*argv, "--gpu-layers", GPU_LAYERS], True
+
+
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_DEVICE = re.compile(r"using device (\S+) \((.*)\) - \d+ MiB free")
+_BUFFER = re.compile(r"(\S+) model buffer size = +([0-9.]+) MiB")
+
+
+def check_offload(stderr: str, device: str, what: str) -> None:
+    """FAILS unless llama.cpp's log says: every layer offloaded, the model placed on a device
+    whose description contains `device`, and a non-empty model buffer on that device."""
+    layers = _OFFLOADED.findall(stderr)
+    devices = {name: desc for name, desc in _DEVICE.findall(stderr)}
+    buffers = {name: float(mib) for name, mib in _BUFFER.findall(stderr)}
+    log = _tail(stderr.encode(), 2500)
+    if not layers or any(a != b or int(a) == 0 for a, b in layers):
+        pytest.fail(f"{what}: llama.cpp did not offload all layers ({layers or 'no offload line'})\n{log}",
+                    pytrace=False)
+    used = [n for n, d in devices.items() if device in d]
+    if not used or len(used) != len(devices):
+        pytest.fail(f"{what}: the model is not (only) on a {device!r} device: {devices}\n{log}", pytrace=False)
+    if not any(b.startswith(n) and mib > 0 for n in used for b, mib in buffers.items()):
+        pytest.fail(f"{what}: no model buffer on {used} (buffers: {buffers})\n{log}", pytrace=False)
+
+
 def run_cli(argv: list, what: str = "") -> subprocess.CompletedProcess:
-    argv = [str(a) for a in argv]
+    argv, offloaded = _offload([str(a) for a in argv])
+    env = None
+    if offloaded and REQUIRE_OFFLOAD:
+        env = {**os.environ, "DELREC_LLAMA_LOG": "1"}
     try:
-        p = subprocess.run(argv, capture_output=True, timeout=CLI_TIMEOUT_S)
+        p = subprocess.run(argv, capture_output=True, timeout=CLI_TIMEOUT_S, env=env)
     except FileNotFoundError as e:
         pytest.fail(f"cannot execute {argv[0]}: {e}", pytrace=False)
     except subprocess.TimeoutExpired:
@@ -61,6 +109,8 @@ def run_cli(argv: list, what: str = "") -> subprocess.CompletedProcess:
             f"--- stderr ---\n{_tail(p.stderr)}\n--- stdout ---\n{_tail(p.stdout, 1500)}",
             pytrace=False,
         )
+    if env is not None:
+        check_offload(p.stderr.decode("utf-8", errors="replace"), REQUIRE_OFFLOAD, what or argv[1])
     return p
 
 
