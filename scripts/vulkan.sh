@@ -106,10 +106,6 @@ step_build() {
     -p delrec-runtime --bin delrec -p delrec-convert --bin delrec-convert \
     --features delrec-runtime/vulkan \
     || die "the Vulkan build failed or ran past ${BUILD_TIMEOUT}s"
-  # `delrec logits` with --gpu-layers (the CLI's `logits` cannot offload yet).
-  VULKAN_SDK=$SDK timeout "$BUILD_TIMEOUT" nice cargo build --release --locked \
-    -p delrec-runtime --features vulkan --example logits_offload \
-    || die "building the logits_offload example failed"
   end build
 }
 
@@ -146,7 +142,8 @@ fixture_model() {
   echo "$gguf"
 }
 
-LOGITS_BIN=$BIN/examples/logits_offload
+# `delrec logits` offloads like the other commands (--backend auto, --gpu-layers).
+LOGITS_BIN=$BIN/delrec
 need_bins() {
   local b
   for b in "$BIN/delrec" "$BIN/delrec-convert" "$LOGITS_BIN"; do

@@ -268,6 +268,9 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Sequences per context (2..=256).
     pub max_sequences: u32,
+    /// Most rows of one decode whose logits are read: the logits and output-projection scratch
+    /// scale with it; more candidate rows go in further decodes.
+    pub max_outputs: u32,
     /// Contexts kept for concurrent calls (each open `Session` holds one).
     pub max_contexts: u32,
     /// How long a call or a new session waits for a free context before `Busy` (ms, ≤ 1 hour).
@@ -301,6 +304,7 @@ impl From<rt::EngineConfig> for EngineConfig {
             context_size: c.context_size,
             batch_size: c.batch_size,
             max_sequences: c.max_sequences,
+            max_outputs: c.max_outputs,
             max_contexts: saturate(c.max_contexts),
             context_wait_ms: u64::try_from(c.context_wait.as_millis()).unwrap_or(u64::MAX),
             memory_limit_bytes: c.memory_limit,
@@ -324,6 +328,7 @@ impl From<EngineConfig> for rt::EngineConfig {
             context_size: c.context_size,
             batch_size: c.batch_size,
             max_sequences: c.max_sequences,
+            max_outputs: c.max_outputs,
             max_contexts: c.max_contexts as usize,
             context_wait: Duration::from_millis(c.context_wait_ms),
             memory_limit: c.memory_limit_bytes,

@@ -57,8 +57,13 @@ pub struct EngineConfig {
     /// KV cells per context: the prompt prefix plus the trie nodes of one candidate group (or the
     /// live paths of a top-k search).
     pub context_size: u32,
-    /// Rows per llama.cpp decode. Logits memory is `batch_size × n_vocab × 4` bytes per context.
+    /// Rows per llama.cpp decode (a prompt prefix goes in chunks of this many).
     pub batch_size: u32,
+    /// Most rows of one decode whose logits are read (1..=8192; raised to `max_sequences`,
+    /// capped by `batch_size`): llama.cpp's logits buffer and the compute buffer's output
+    /// projection each hold this many rows of `n_vocab` floats, most of a context's scratch for
+    /// a small model with a large vocabulary; candidate rows beyond it go in further decodes.
+    pub max_outputs: u32,
     /// Sequences per context (2..=256): one holds the prefix; when every candidate is scored the
     /// others hold one candidate each (a group), in a top-k search one trie path each (the rows
     /// of one search round).
@@ -109,6 +114,7 @@ impl Default for EngineConfig {
             // bench/README.md); memory depends on context_size, not on this.
             context_size: 2048,
             batch_size: 512,
+            max_outputs: 64,
             max_sequences: 32,
             max_contexts: 2,
             memory_limit: None,

@@ -99,8 +99,13 @@ fn a_gpu_ranks_like_the_cpu() {
     assert_eq!(a.len(), b.len());
     let worst = a.iter().map(|(id, s)| (s - b[id]).abs()).fold(0.0, f64::max);
     eprintln!("{kind} vs cpu, whole catalog of {}: max |Δ logprob| = {worst:.2e}", a.len());
-    // F32 weights and cache on both: only the order of float sums differs.
-    assert!(worst < 1e-3, "{kind} vs cpu: max |Δ| = {worst}");
+    // F32 weights and cache on both, but GPU backends multiply in F16 where the device has it
+    // (ggml-vulkan on lavapipe: 1.4e-2 on this fixture, docs/platforms.md); the CPU path is
+    // within 1e-5 of the numpy reference. Same order except where scores are that close.
+    assert!(worst < 5e-2, "{kind} vs cpu: max |Δ| = {worst}");
+    for (x, y) in cpu.items.iter().zip(&g.items) {
+        assert!(x.id == y.id || (a[&x.id] - a[&y.id]).abs() < 2.0 * worst, "{} vs {}", x.id, y.id);
+    }
 }
 
 #[test]

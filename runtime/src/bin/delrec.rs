@@ -100,6 +100,8 @@ enum Cmd {
         /// A further decoder sequence (comma-separated ids); repeatable.
         #[arg(long)]
         decoder: Vec<String>,
+        #[command(flatten)]
+        dev: DeviceArgs,
         #[arg(long)]
         json: bool,
     },
@@ -187,11 +189,9 @@ enum Cmd {
     },
 }
 
+/// Where a model runs.
 #[derive(clap::Args)]
-struct EngineArgs {
-    /// Threads (0 = the fast cores: big and prime cores on a phone, all cores elsewhere).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+struct DeviceArgs {
     /// Where the model runs: auto (a GPU when the build has one and a device is found, else
     /// the CPU), cpu, vulkan, opencl, metal or cuda (`delrec devices` lists them).
     #[arg(long, default_value = "auto")]
@@ -199,12 +199,54 @@ struct EngineArgs {
     /// Run on the CPU when the requested GPU backend is missing (else that is an error).
     #[arg(long)]
     cpu_fallback: bool,
+    /// Layers offloaded to the GPU (-1 = all; 0 = the CPU only).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    gpu_layers: i32,
+}
+
+impl DeviceArgs {
+    fn apply(&self, cfg: EngineConfig) -> Result<EngineConfig, String> {
+        Ok(EngineConfig {
+            backend: self.backend.parse().map_err(|e: delrec_runtime::Error| e.to_string())?,
+            cpu_fallback: self.cpu_fallback,
+            gpu_layers: self.gpu_layers,
+            ..cfg
+        })
+    }
+
+    /// The llama.cpp load parameters for the device this selects (what `Engine::open` would).
+    fn model_params(&self) -> Result<(ModelParams, BackendInfo), Box<dyn std::error::Error>> {
+        let cfg = self.apply(EngineConfig::default())?;
+        let info = delrec_runtime::choose_backend(&cfg)?;
+        let device = match &info.device {
+            Some(d) => Some(
+                delrec_runtime::llm::Device::all(delrec_runtime::llm::Backend::get())
+                    .into_iter()
+                    .find(|x| x.name() == d.name)
+                    .ok_or("the selected device disappeared")?,
+            ),
+            None => None,
+        };
+        Ok((ModelParams { device, gpu_layers: cfg.gpu_layers, ..ModelParams::default() }, info))
+    }
+}
+
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Threads (0 = the fast cores: big and prime cores on a phone, all cores elsewhere).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[command(flatten)]
+    dev: DeviceArgs,
     #[arg(long, default_value_t = 2048)]
     ctx: u32,
     #[arg(long, default_value_t = 512)]
     batch: u32,
     #[arg(long, default_value_t = 32)]
     max_seqs: u32,
+    /// Most logit rows per decode (the logits and output-projection scratch scale with it).
+    #[arg(long, default_value_t = EngineConfig::default().max_outputs)]
+    max_outputs: u32,
     /// KV cache type: f16 or f32.
     #[arg(long, default_value = "f16")]
     kv: String,
@@ -215,9 +257,6 @@ struct EngineArgs {
     /// Remember verified model digests in this directory across runs.
     #[arg(long)]
     digest_cache: Option<PathBuf>,
-    /// Layers offloaded to the GPU (-1 = all; 0 = the CPU only).
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    gpu_layers: i32,
     /// Use llama.cpp flash attention (the default).
     #[arg(long, overrides_with = "no_flash_attn")]
     flash_attn: bool,
@@ -228,15 +267,13 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn config(&self) -> Result<EngineConfig, String> {
-        Ok(EngineConfig {
+        self.dev.apply(EngineConfig {
             threads: self.threads,
             context_size: self.ctx,
             batch_size: self.batch,
             max_sequences: self.max_seqs,
+            max_outputs: self.max_outputs,
             max_contexts: 1,
-            backend: self.backend.parse().map_err(|e: delrec_runtime::Error| e.to_string())?,
-            cpu_fallback: self.cpu_fallback,
-            gpu_layers: self.gpu_layers,
             kv_type: kv_type(&self.kv)?,
             flash_attention: self.flash_attn || !self.no_flash_attn,
             verify_checksum: !self.no_verify,
@@ -482,10 +519,11 @@ fn recommend_line(line: &str, base: &RecommendRequest) -> Result<(serde_json::Va
 
 /// A model loaded as the engine loads it: parsed and proven safe (`model_check`) before
 /// llama.cpp reads it, from the one descriptor both see.
-fn load_checked(path: &std::path::Path) -> Result<Model, Box<dyn std::error::Error>> {
+/// A model checked the way `Engine::open` checks it, loaded on the CPU or as `params` say.
+fn load_checked(path: &std::path::Path, params: ModelParams) -> Result<Model, Box<dyn std::error::Error>> {
     let file = std::fs::File::open(path)?;
     delrec_runtime::format::model_check::check_model(&GgufFile::from_file(&file, path)?)?;
-    Ok(Model::load_file(&file, path, ModelParams::default())?)
+    Ok(Model::load_file(&file, path, params)?)
 }
 
 fn main() -> ExitCode {
@@ -688,11 +726,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("ran on: {}", backend_desc(engine.backend()));
             }
         }
-        Cmd::Logits { model, adapter, tokens, encoder, decoder, json } => {
+        Cmd::Logits { model, adapter, tokens, encoder, decoder, dev, json } => {
             if tokens.is_empty() {
                 return Err("--tokens is empty".into());
             }
-            let m = Arc::new(load_checked(&model)?);
+            let (params, ran_on) = dev.model_params()?;
+            if !json {
+                eprintln!("ran on: {}", backend_desc(&ran_on));
+            }
+            let m = Arc::new(load_checked(&model, params)?);
             if m.has_encoder() {
                 if adapter.is_some() {
                     return Err("--adapter is not supported for encoder-decoder models yet".into());
@@ -728,7 +770,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::Devices { json } => devices_cmd(json)?,
         Cmd::Tokenize { model, strings, json } => {
             let list: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&strings)?)?;
-            let m = load_checked(&model)?;
+            let m = load_checked(&model, ModelParams::default())?;
             let ids = list.iter().map(|s| m.tokenize(s, false)).collect::<Result<Vec<_>, _>>()?;
             if json {
                 println!("{}", json!({ "ids": ids }));

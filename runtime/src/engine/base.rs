@@ -142,6 +142,7 @@ impl Base {
             n_ctx: cfg.context_size,
             n_batch: cfg.batch_size.min(cfg.context_size),
             n_seq_max: cfg.max_sequences,
+            n_outputs: cfg.max_outputs,
             threads: threads as i32,
             kv_type: cfg.kv_type,
             flash_attention: cfg.flash_attention,

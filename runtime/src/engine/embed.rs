@@ -139,6 +139,7 @@ impl Engine {
             n_ctx: (n_batch as u32).max(16).min(cfg.context_size),
             n_batch: n_batch as u32,     // ≤ limit, a u32
             n_seq_max: n_seq_max as u32, // ≤ max_sequences ≤ 256
+            n_outputs: n_batch as u32,   // every row (an embeddings context)
             threads: threads as i32,     // ≤ 512 (validated at open)
             kv_type: cfg.kv_type,
             flash_attention: cfg.flash_attention,

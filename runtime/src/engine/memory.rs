@@ -28,8 +28,9 @@ pub struct MemoryBudget {
     /// [`KvType::F16`], 4 for F32) per context, times `max_contexts`. `n_ctx` is the context size
     /// llama.cpp really made (it rounds up to a multiple of 256).
     pub kv: u64,
-    /// Logits buffers: `max(batch, max_sequences) × n_vocab × 4` bytes per context (llama.cpp
-    /// grows it to the most output rows of one decode, at most that), times `max_contexts`.
+    /// Logits buffers: `max(max_outputs, max_sequences) × n_vocab × 4` bytes per context (capped
+    /// by the batch; llama.cpp grows it to the most output rows of one decode, at most that),
+    /// times `max_contexts`.
     pub logits: u64,
     /// Scratch of the forward pass, per context times `max_contexts`: llama.cpp's compute buffer,
     /// reserved for its worst-case graph (`min(n_ctx, batch)` tokens against the whole KV cache;
@@ -76,6 +77,8 @@ pub(crate) struct ComputeShape {
     pub n_ctx: u64,
     /// Rows per decode (`n_ubatch` = `n_batch`).
     pub n_batch: u64,
+    /// Output rows per decode (`n_outputs_max`; ≤ `n_batch`).
+    pub n_outputs: u64,
     pub n_embd: u64,
     pub n_head: u64,
     /// Widths of a K and a V cell of one layer (elements).
@@ -91,8 +94,8 @@ pub(crate) struct ComputeShape {
 
 /// Estimated scratch of one context of a llama/qwen2-style decoder on the CPU, in bytes.
 ///
-/// llama.cpp reserves its compute buffer for a graph of `T = min(n_ctx, n_batch)` tokens (all of
-/// them outputs) against `K = n_ctx` KV cells; ggml's allocator reuses a tensor's memory once its
+/// llama.cpp reserves its compute buffer for a graph of `T = min(n_ctx, n_batch)` tokens, `O =
+/// min(T, n_outputs)` of them outputs, against `K = n_ctx` KV cells; ggml's allocator reuses a tensor's memory once its
 /// last consumer ran, so the buffer is about the inputs that live through the graph plus the
 /// largest stage. All activations are F32:
 ///
@@ -101,7 +104,8 @@ pub(crate) struct ComputeShape {
 /// - attention: the scores `K × T × n_head` (not materialized under flash attention), Q, K, V
 ///   (twice: before and after RoPE) and the attention output;
 /// - feed-forward: gate, up and their product, `T × n_ff` each;
-/// - output: the final norm and the logits, `T × (n_embd + n_vocab)`.
+/// - output: the output rows picked (`O × n_embd`), their final norm and logits, `O × (n_embd +
+///   n_vocab)`.
 ///
 /// On top: the CPU backend's work buffer (a matrix product's input converted to the weights'
 /// dot type, at most `T × max(n_embd, n_ff) × 4`; with classic attention on an F16 cache the
@@ -119,7 +123,8 @@ pub(crate) fn compute_per_context(s: &ComputeShape) -> u64 {
     // projection.
     let attention = scores + 2 * t * (s.n_embd + s.k_width + s.v_width) * F32 + 2 * t * s.n_embd * F32;
     let ffn = 3 * t * s.n_ff * F32;
-    let output = t * (s.n_vocab + s.n_embd) * F32;
+    let o = s.n_outputs.min(t);
+    let output = o * (s.n_vocab + 2 * s.n_embd) * F32;
     // Small tensors (norms, RoPE factors) and the allocator's alignment.
     let slack = 256 << 10;
     let graph = inputs + residual + attention.max(ffn).max(output) + slack;
@@ -170,11 +175,18 @@ pub(crate) fn budget(
         KvType::F32 => 4,
     };
     let kv = n_ctx * m.n_layer() as u64 * (k_width + v_width) as u64 * elem;
-    let logits = n_batch.max(n_seq_max) * n_vocab * 4;
+    // As the context makes it (an encoder-decoder model outputs up to the batch).
+    let n_outputs = if m.has_encoder() {
+        n_batch.max(n_seq_max)
+    } else {
+        u64::from(cfg.max_outputs).max(n_seq_max).min(n_batch.max(n_seq_max))
+    };
+    let logits = n_outputs * n_vocab * 4;
     let threads = if cfg.threads == 0 { crate::cpus::default_threads() } else { cfg.threads };
     let compute = compute_per_context(&ComputeShape {
         n_ctx,
         n_batch,
+        n_outputs,
         n_embd: m.n_embd() as u64,
         n_head: m.n_head() as u64,
         k_width: k_width as u64,
@@ -213,6 +225,7 @@ mod tests {
         ComputeShape {
             n_ctx: 2048,
             n_batch: 512,
+            n_outputs: 512,
             n_embd: 576,
             n_head: 9,
             k_width: 192,
@@ -238,8 +251,10 @@ mod tests {
         let flash = compute_per_context(&small);
         assert!(classic > flash + 2048 * 512 * 9 * 4, "{classic} vs {flash}");
         assert!(compute_per_context(&ComputeShape { flash_attention: false, ..shape() }) > base);
-        // The logits stage: n_batch × n_vocab × 4 at least.
+        // The logits stage: n_outputs × n_vocab × 4 at least, and what fewer outputs save.
         assert!(base > 512 * 49152 * 4, "{base}");
+        let few = compute_per_context(&ComputeShape { n_outputs: 64, ..shape() });
+        assert!(few > 64 * 49152 * 4 && base - few >= 448 * 49152 * 4, "{few} vs {base}");
         // A batch larger than the context is the context.
         let c = ComputeShape { n_ctx: 256, ..shape() };
         assert_eq!(compute_per_context(&ComputeShape { n_batch: 4096, ..c }), compute_per_context(&c));

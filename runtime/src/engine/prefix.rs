@@ -69,7 +69,8 @@ pub(crate) fn ensure_encoded(job: &mut Job) -> Result<()> {
 }
 
 /// Decodes `rows` at positions `start..` into sequence 0, in batches of one kind (tokens or
-/// embeddings) of at most `n_batch` rows; `want(i)` marks rows whose logits go to `on_logits`.
+/// embeddings) of at most `n_batch` rows and `n_outputs` outputs; `want(i)` marks rows whose
+/// logits go to `on_logits`.
 pub(crate) fn decode_rows(
     job: &mut Job,
     rows: &[PrefixRow],
@@ -77,7 +78,7 @@ pub(crate) fn decode_rows(
     want: &dyn Fn(usize) -> bool,
     on_logits: &mut dyn FnMut(usize, &[f32]),
 ) -> Result<()> {
-    let n_batch = job.ctx.n_batch();
+    let (n_batch, n_outputs) = (job.ctx.n_batch(), job.ctx.n_outputs());
     let width = job.width;
     let mut i = 0;
     while i < rows.len() {
@@ -85,7 +86,13 @@ pub(crate) fn decode_rows(
         let is_soft = matches!(rows[i], PrefixRow::Soft { .. });
         let mut b = if is_soft { Batch::embeddings(width) } else { Batch::tokens() };
         let first = i;
-        while i < rows.len() && b.len() < n_batch && matches!(rows[i], PrefixRow::Soft { .. }) == is_soft {
+        let mut outputs = 0;
+        while i < rows.len()
+            && b.len() < n_batch
+            && outputs + usize::from(want(i)) <= n_outputs
+            && matches!(rows[i], PrefixRow::Soft { .. }) == is_soft
+        {
+            outputs += usize::from(want(i));
             let pos = i32::try_from(start + i).map_err(|_| Error::internal("position overflow"))?;
             match rows[i] {
                 PrefixRow::Token(t) => b.add_token(t, pos, &[0], want(i)),

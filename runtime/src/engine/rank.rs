@@ -139,10 +139,11 @@ fn count_ties(items: &mut [ScoredItem]) {
 /// Setting ranges, checked at open. The upper bounds stop settings that would take the process
 /// down or allocate gigabytes before llama.cpp could refuse them (libgomp exits the process on
 /// thousands of threads; KV and logits buffers grow with context and batch).
-pub(crate) const LIMITS: [(&str, usize, usize); 5] = [
+pub(crate) const LIMITS: [(&str, usize, usize); 6] = [
     ("threads", 0, 512),
     ("context_size", 16, 1 << 17),
     ("batch_size", 1, 1 << 13),
+    ("max_outputs", 1, 1 << 13),
     ("max_sequences", 2, 256),
     ("max_contexts", 1, 64),
 ];
@@ -150,8 +151,14 @@ pub(crate) const LIMITS: [(&str, usize, usize); 5] = [
 const MAX_CONTEXT_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub(crate) fn validate(cfg: &EngineConfig) -> Result<()> {
-    let values =
-        [cfg.threads, cfg.context_size as usize, cfg.batch_size as usize, cfg.max_sequences as usize, cfg.max_contexts];
+    let values = [
+        cfg.threads,
+        cfg.context_size as usize,
+        cfg.batch_size as usize,
+        cfg.max_outputs as usize,
+        cfg.max_sequences as usize,
+        cfg.max_contexts,
+    ];
     for ((field, lo, hi), v) in LIMITS.into_iter().zip(values) {
         if !(lo..=hi).contains(&v) {
             return Err(Error::invalid(field, format!("{v} is outside {lo}..={hi}")));

@@ -23,6 +23,12 @@ pub struct ContextParams {
     pub n_ctx: u32,
     pub n_batch: u32,
     pub n_seq_max: u32,
+    /// Most rows of one decode whose logits are read (llama.cpp's `n_outputs_max`, at least
+    /// `n_seq_max`, at most `n_batch`): the logits buffer and the compute buffer's output
+    /// projection each hold that many rows of `n_vocab` floats, by far the largest scratch of a
+    /// small model with a large vocabulary. Embeddings and encoder-decoder contexts output up to
+    /// `n_batch` rows whatever this says.
+    pub n_outputs: u32,
     pub threads: i32,
     pub kv_type: KvType,
     /// llama.cpp's flash attention. Its CPU kernel skips masked cells but accumulates in F16 with
@@ -35,7 +41,15 @@ impl ContextParams {
     /// a reference.
     pub fn exact(n_ctx: u32, threads: i32) -> Self {
         let n_ctx = n_ctx.max(16);
-        Self { n_ctx, n_batch: n_ctx, n_seq_max: 1, threads, kv_type: KvType::F32, flash_attention: false }
+        Self {
+            n_ctx,
+            n_batch: n_ctx,
+            n_seq_max: 1,
+            n_outputs: n_ctx,
+            threads,
+            kv_type: KvType::F32,
+            flash_attention: false,
+        }
     }
 }
 
@@ -63,6 +77,8 @@ pub struct Context {
     n_ctx: u32,
     n_batch: u32,
     n_seq_max: u32,
+    /// Most output rows one decode may have (`n_outputs_max` as llama.cpp got it): more aborts.
+    n_outputs: u32,
     /// `Some` for an embeddings context ([`Context::with_embeddings`]): every row is an output
     /// and llama.cpp pools the final hidden states per sequence.
     pooling: Option<Pooling>,
@@ -125,6 +141,13 @@ impl Context {
             KvType::F16 => sys::GGML_TYPE_F16,
             KvType::F32 => sys::GGML_TYPE_F32,
         };
+        // Every row of an embeddings decode is an output; llama.cpp ignores the cap for encoder
+        // models (n_batch outputs).
+        let n_outputs = if pooling.is_some() || model.has_encoder() {
+            p.n_batch.max(p.n_seq_max)
+        } else {
+            p.n_outputs.clamp(p.n_seq_max, p.n_batch.max(p.n_seq_max))
+        };
         let mut abort = Box::<AbortState>::default();
         backend.clear_log();
         // SAFETY: default params are plain data; the model is alive (we hold an Arc).
@@ -135,8 +158,9 @@ impl Context {
             c.n_ubatch = p.n_batch;
             c.n_seq_max = p.n_seq_max;
             // llama.cpp sizes its output buffer for max(outputs, n_seq_max) rows and asserts (aborts)
-            // when that exceeds n_outputs_max, which defaults to n_batch.
-            c.n_outputs_max = p.n_batch.max(p.n_seq_max);
+            // when that exceeds n_outputs_max; it reserves the compute graph for
+            // min(n_ubatch, n_outputs_max) output rows.
+            c.n_outputs_max = n_outputs;
             c.n_threads = p.threads;
             c.n_threads_batch = p.threads;
             c.type_k = kv;
@@ -169,6 +193,9 @@ impl Context {
             )
         };
         let n_embd_out = n_embd_out.max(0) as usize;
+        // What llama.cpp's cap really is: its own n_batch where it ignores ours.
+        let n_outputs =
+            if pooling.is_some() || model.has_encoder() { n_batch } else { n_outputs.min(n_batch.max(n_seq_max)) };
         // Built here so that a refusal below frees the llama.cpp context (Drop).
         let ctx = Self {
             ptr,
@@ -177,6 +204,7 @@ impl Context {
             n_ctx,
             n_batch,
             n_seq_max,
+            n_outputs,
             pooling,
             n_embd_out,
             adapter: None,
@@ -207,6 +235,11 @@ impl Context {
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx as usize
+    }
+
+    /// Most rows of one decode whose logits can be read (see [`ContextParams::n_outputs`]).
+    pub fn n_outputs(&self) -> usize {
+        self.n_outputs as usize
     }
 
     pub fn n_batch(&self) -> usize {
@@ -409,6 +442,14 @@ impl Context {
                 "embedding rows of width {} for a model of width {}",
                 b.width,
                 self.model.n_embd_inp()
+            )));
+        }
+        // llama.cpp asserts (aborts) on more output rows than its output buffer was made for.
+        let outputs = b.out.iter().filter(|&&o| o != 0).count();
+        if outputs > self.n_outputs as usize {
+            return Err(LlamaError::Refused(format!(
+                "batch with {outputs} output rows exceeds the context's {} (n_outputs)",
+                self.n_outputs
             )));
         }
         if self.pooling.is_some() && b.out.contains(&0) {

@@ -41,7 +41,7 @@ fn run(job: &mut Job, trie: &mut Trie, search: &mut Search, top: &mut TopK, pref
     let max_cells = job.ctx.n_ctx() - prefix_len;
     while !search.is_done() {
         job.call.check()?;
-        let round = search.plan(trie, top.threshold(), job.ctx.n_batch(), max_cells);
+        let round = search.plan(trie, top.threshold(), job.ctx.n_batch().min(job.ctx.n_outputs()), max_cells);
         for op in &round.ops {
             match *op {
                 SeqOp::Share { src, dst, len } => job.ctx.seq_share(src, dst, (prefix_len + len) as i32)?,

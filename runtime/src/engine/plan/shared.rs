@@ -61,11 +61,11 @@ pub(crate) fn score(job: &mut Job) -> Result<Scores> {
     Ok(out)
 }
 
-/// Every node with children, in depth-first order, `n_batch` at a time; each decoded node gives
-/// its children their log-probs.
+/// Every node with children, in depth-first order, as many per decode as the context can output
+/// (`n_batch`, `n_outputs`); each decoded node gives its children their log-probs.
 fn decode_trie(job: &mut Job, trie: &mut Trie, prefix_len: usize) -> Result<()> {
     let all: Vec<usize> = (0..trie.nodes.len()).filter(|&i| !trie.nodes[i].children.is_empty()).collect();
-    for chunk in all.chunks(job.ctx.n_batch()) {
+    for chunk in all.chunks(job.ctx.n_batch().min(job.ctx.n_outputs()).max(1)) {
         job.call.check()?;
         let mut b = Batch::tokens();
         for &id in chunk {
