@@ -313,7 +313,8 @@ impl Raw {
             n_ctx: spec.context_size,
             n_batch: spec.batch_size.min(spec.context_size),
             n_seq_max: 1,
-            n_outputs: engine.config().max_outputs,
+            // llama.cpp's own prefill of the same rows, every read row in one decode.
+            n_outputs: spec.batch_size.min(spec.context_size),
             threads: threads as i32,
             // Same attention as the engine's, so the baseline runs the same kernels.
             kv_type: engine.config().kv_type,
