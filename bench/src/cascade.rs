@@ -338,7 +338,7 @@ pub fn run(a: &CascadeArgs) -> BResult<()> {
             cpus: sys::n_cpus(),
             os: std::env::consts::OS.into(),
             git_rev: crate::git_rev(),
-            build: sys::simd_level().into(),
+            build: sys::build(),
             started_unix,
             wall_s: t0.elapsed().as_secs_f64(),
             loadavg_start,

@@ -407,6 +407,7 @@ fn run(a: &RunArgs) -> BResult<()> {
             .progress_chars("=> "),
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(500));
+    eprintln!("build: {}", sys::build());
     eprintln!(
         "delrec-bench {} mode: models {:?}, types {:?}, threads {:?}, H {:?}, K {:?}{}; {} reps",
         st.mode,
@@ -596,7 +597,7 @@ fn run(a: &RunArgs) -> BResult<()> {
             cpus: sys::n_cpus(),
             os: std::env::consts::OS.into(),
             git_rev: git_rev(),
-            build: sys::simd_level().into(),
+            build: sys::build(),
             started_unix,
             wall_s: t0.elapsed().as_secs_f64(),
             loadavg_start,

@@ -128,8 +128,20 @@ pub fn p50_p95(v: &[f64]) -> (f64, f64) {
     (med, q(0.95))
 }
 
-/// What the build targets: llama.cpp-sys compiles ggml with the same `-C target-cpu` /
-/// target features as this crate, so this names the kernels in use.
+/// What the build targets and which CPU kernels ggml uses: compiled in (llama-cpp-sys-2 builds
+/// ggml with this crate's `-C target-cpu` / target features) or, in a `cpu-variants` build
+/// (scripts/build-variants.sh), the variant loaded at run time for this CPU.
+pub fn build() -> String {
+    let kernels = delrec_runtime::llm::Backend::get().cpu_kernels();
+    if delrec_runtime::llm::backend::DYNAMIC_CPU_BACKENDS {
+        format!("{} Rust code; ggml CPU kernels chosen at run time: {}", simd_level(), kernels.summary())
+    } else {
+        format!("{}; ggml CPU kernels {}", simd_level(), kernels.summary())
+    }
+}
+
+/// What the Rust code targets (`-C target-cpu` / target features); without `cpu-variants` also
+/// ggml's kernels.
 pub fn simd_level() -> &'static str {
     if cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
         "x86-64 AVX-512 + VNNI"
@@ -157,6 +169,13 @@ mod tests {
         assert_eq!(p50_p95(&[3.0, 1.0, 2.0]), (2.0, 3.0));
         assert_eq!(p50_p95(&[1.0, 2.0, 3.0, 4.0]).0, 2.5);
         assert_eq!(p50_p95(&[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn names_the_kernels() {
+        let b = build();
+        assert!(b.contains("ggml CPU kernels"), "{b}");
+        assert!(!b.contains("no CPU backend"), "{b}");
     }
 
     #[test]
