@@ -155,7 +155,9 @@ fn session_incremental_equals_fresh_rank() {
 #[test]
 fn concurrent_ranks_equal_serial_results() {
     let (m, p) = tiny();
-    let cfg = EngineConfig { max_contexts: 4, threads: 1, ..f32_cfg() };
+    // 8 threads share 4 contexts: under emulation (qemu-aarch64, 10-50x slower) a thread can wait
+    // longer than the 10 s default for one; this test is about the results, not the wait.
+    let cfg = EngineConfig { max_contexts: 4, threads: 1, context_wait: Duration::from_secs(600), ..f32_cfg() };
     let e = Arc::new(Engine::open(&m, &p, cfg).unwrap());
     let ids = catalog_ids();
     let requests: Vec<RankRequest> = (0..8)
