@@ -701,9 +701,11 @@ fn check_vocab(f: &GgufFile, keys: &Keys) -> Result<(u32, String)> {
         .ok()
         .filter(|&n| n <= i32::MAX as u32)
         .ok_or_else(|| bad(format!("{} tokens is more than llama.cpp's token ids hold", tokens.len())))?;
-    // llama.cpp renames empty tokens to "[EMPTY_i]" and then asserts every string is unique.
+    // llama.cpp reads each token as a C string (cut at its first NUL), renames empty ones to
+    // "[EMPTY_i]", and then asserts every string is unique.
     let mut seen = HashSet::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
+        let t = t.split('\0').next().unwrap_or_default();
         let text: Cow<str> = if t.is_empty() { Cow::Owned(format!("[EMPTY_{i}]")) } else { Cow::Borrowed(t) };
         if !seen.insert(text.clone()) {
             return Err(bad(format!("tokenizer.ggml.tokens: token {i} {text:?} appears twice in the vocabulary")));
@@ -1237,6 +1239,18 @@ mod tests {
         let mut s = Spec::new("llama");
         s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(tokens)));
         refused(s.check(dir.path(), "empty"), &["[EMPTY_2]", "twice"]);
+        // llama.cpp cuts a token at its first NUL (found by delrec-fuzz on T5: a zeroed length
+        // word inside a token string), so "t3\0\0" is "t3" there; "\0x" is empty.
+        for (i, text, expect) in [(9, "t3\0\0", "\"t3\""), (4, "\0x", "[EMPTY_4]")] {
+            let mut tokens: Vec<String> = (0..N_VOCAB).map(|i| format!("t{i}")).collect();
+            tokens[i] = text.into();
+            if i == 4 {
+                tokens[6] = "[EMPTY_4]".into();
+            }
+            let mut s = Spec::new("llama");
+            s.set("tokenizer.ggml.tokens", Value::Array(Array::Str(tokens)));
+            refused(s.check(dir.path(), "nul"), &[expect, "twice"]);
+        }
 
         let mut s = Spec::new("llama");
         s.set("tokenizer.ggml.eos_token_id", Value::U32(N_VOCAB as u32));
