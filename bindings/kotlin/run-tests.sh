@@ -2,14 +2,18 @@
 # Kotlin-on-the-JVM test of the UniFFI bindings, end to end:
 #   1. builds the CLIs (reference + converter) and the delrec-ffi cdylib with its uniffi-bindgen,
 #   2. generates the Kotlin and Swift bindings from the built library (and checks the Swift files),
-#   3. fetches a Kotlin compiler (npm `kotlin-compiler`) and JNA (Maven Central) into target/,
+#   3. fetches a Kotlin compiler (npm `kotlin-compiler`), JNA and kotlinx-coroutines (Maven
+#      Central) into target/,
 #   4. converts the llama-tiny fixture and builds its pack (plus a qwen2-tiny pack for mismatch,
 #      and a pack with the fixture SASRec for the cascade),
-#   5. compiles bindings/kotlin/tests/DelrecTest.kt with the generated sources and runs it.
+#   5. compiles bindings/kotlin/tests/DelrecTest.kt with the generated sources and the
+#      coroutine API (bindings/kotlin/src) and runs it; then compiles and runs the Java test
+#      (bindings/kotlin/tests/JavaTest.java) against the same classes.
 # Ends with the test program's "N passed, M failed"; exits non-zero on any failure.
 #
 # Needs: cargo, python3 (numpy, tokenizers: the fixture generator), a JDK >= 17, npm, mvn.
-# Overrides: DELREC_FIXTURES (fixture dir), KOTLINC (a kotlinc to use), JNA_JAR (a jna.jar).
+# Overrides: DELREC_FIXTURES (fixture dir), KOTLINC (a kotlinc to use), JNA_JAR (a jna.jar),
+# COROUTINES_JAR (a kotlinx-coroutines-core-jvm jar).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -18,7 +22,9 @@ CACHE=$ROOT/target/ffi-cache
 OUT=$ROOT/target/ffi-test
 FX=${DELREC_FIXTURES:-$ROOT/target/fixtures}
 KOTLIN_VERSION=2.4.20
-JNA_VERSION=5.14.0
+# 5.19: its Android native libraries are aligned for 16 KB pages (newer devices need that).
+JNA_VERSION=5.19.1
+COROUTINES_VERSION=1.11.0
 mkdir -p "$CACHE" "$OUT"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -44,7 +50,7 @@ for sym in 'open class Engine' 'open class Session' 'open class CancelToken' 'en
 done
 echo "generated: $(cd "$GEN" && find . -type f | sort | tr '\n' ' ')"
 
-step "toolchain: kotlinc $KOTLIN_VERSION (npm), JNA $JNA_VERSION (Maven Central)"
+step "toolchain: kotlinc $KOTLIN_VERSION (npm), JNA $JNA_VERSION, kotlinx-coroutines $COROUTINES_VERSION (Maven Central)"
 if [ -z "${KOTLINC:-}" ]; then
     KOTLINC=$CACHE/npm/node_modules/kotlin-compiler/bin/kotlinc
     if ! "$KOTLINC" -version >/dev/null 2>&1 \
@@ -58,6 +64,14 @@ if [ -z "${JNA_JAR:-}" ]; then
         mvn -q -B dependency:copy -Dartifact="net.java.dev.jna:jna:$JNA_VERSION" -DoutputDirectory="$CACHE/jna"
     fi
 fi
+if [ -z "${COROUTINES_JAR:-}" ]; then
+    COROUTINES_JAR=$CACHE/coroutines/kotlinx-coroutines-core-jvm-$COROUTINES_VERSION.jar
+    if [ ! -s "$COROUTINES_JAR" ]; then
+        mvn -q -B dependency:copy -Dartifact="org.jetbrains.kotlinx:kotlinx-coroutines-core-jvm:$COROUTINES_VERSION" \
+            -DoutputDirectory="$CACHE/coroutines"
+    fi
+fi
+CP=$JNA_JAR:$COROUTINES_JAR
 "$KOTLINC" -version 2>&1 | tail -1
 java -version 2>&1 | head -1
 
@@ -78,11 +92,18 @@ done
     --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
     --adapter "$OUT/llama.lora.gguf" --out "$OUT/llama.lora.pack.gguf"
 
-step "compile the Kotlin test"
-"$KOTLINC" -nowarn -include-runtime -cp "$JNA_JAR" -d "$OUT/delrec-test.jar" "$KT" bindings/kotlin/tests/DelrecTest.kt
+step "compile the Kotlin test (generated bindings + coroutine API + test)"
+"$KOTLINC" -nowarn -include-runtime -cp "$CP" -d "$OUT/delrec-test.jar" "$KT" bindings/kotlin/src/dev/delrec/*.kt \
+    bindings/kotlin/tests/DelrecTest.kt
 
 step "run the Kotlin test on the JVM"
 DELREC_MODEL=$OUT/llama.gguf DELREC_PACK=$OUT/llama.pack.gguf DELREC_OTHER_PACK=$OUT/qwen2.pack.gguf \
     DELREC_SEQ_PACK=$OUT/llama.seq.pack.gguf DELREC_ADAPTER_PACK=$OUT/llama.lora.pack.gguf \
     DELREC_CLI=$REL/delrec DELREC_CATALOG=$FX/catalog.csv \
-    java -Djna.library.path="$REL" -cp "$OUT/delrec-test.jar:$JNA_JAR" DelrecTestKt
+    java -Djna.library.path="$REL" -cp "$OUT/delrec-test.jar:$CP" DelrecTestKt
+
+step "compile and run the Java test"
+rm -rf "$OUT/java" && mkdir -p "$OUT/java"
+javac -nowarn -cp "$OUT/delrec-test.jar:$CP" -d "$OUT/java" bindings/kotlin/tests/JavaTest.java
+DELREC_MODEL=$OUT/llama.gguf DELREC_PACK=$OUT/llama.pack.gguf DELREC_CLI=$REL/delrec \
+    java -Djna.library.path="$REL" -cp "$OUT/java:$OUT/delrec-test.jar:$CP" JavaTest

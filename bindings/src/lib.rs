@@ -1,6 +1,8 @@
 //! delrec-ffi: the UniFFI layer over `delrec-runtime` for Kotlin (Android, JVM) and Swift (iOS).
 //!
-//! This crate only adapts: records mirror the runtime's types with FFI-friendly integers, the
+//! This crate only adapts: records mirror the runtime's types with signed integers (Kotlin's
+//! `UInt`/`ULong` mangle method names for Java callers, so the FFI has `Int`/`Long`, checked
+//! non-negative where the runtime needs it), the
 //! runtime's `Error` becomes [`DelrecError`], and every exported call runs inside
 //! `catch_unwind` so that nothing unwinds into the foreign runtime. All ranking logic lives in
 //! `delrec-runtime`.
@@ -108,6 +110,29 @@ pub enum Resource {
 
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn count_usize(n: usize) -> i64 {
+    count(n as u64)
+}
+
+fn small(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn small_usize(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A setting or argument given as a signed FFI integer that must fit `T` (non-negative).
+fn unsigned<T: TryFrom<i64>>(field: &str, v: impl Into<i64>) -> Result<T> {
+    let v = v.into();
+    T::try_from(v).map_err(|_| DelrecError::BadRequest {
+        kind: BadRequestKind::InvalidArgument,
+        item_id: None,
+        field: Some(field.into()),
+        reason: format!("bad request: {field} = {v} is out of range (it must be a non-negative count)"),
+    })
 }
 
 /// The one mapping from the runtime's errors to the FFI's.
@@ -256,62 +281,80 @@ impl From<rt::ScoringMode> for ScoringMode {
     }
 }
 
-/// Engine settings; start from `defaultEngineConfig()` and change what you need.
+/// Engine settings: `EngineConfig()` is the runtime's defaults (so is `defaultEngineConfig()`);
+/// name what you change.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct EngineConfig {
     /// Threads per decode; 0 = the fast cores (a phone's big and prime cores, from sysfs),
     /// every available core elsewhere.
-    pub threads: u32,
+    #[uniffi(default = 0)]
+    pub threads: i32,
     /// KV cells per context: the prompt prefix plus the title tokens of one candidate group.
-    pub context_size: u32,
+    #[uniffi(default = 2048)]
+    pub context_size: i32,
     /// Rows per llama.cpp decode.
-    pub batch_size: u32,
+    #[uniffi(default = 512)]
+    pub batch_size: i32,
     /// Sequences per context (2..=256).
-    pub max_sequences: u32,
+    #[uniffi(default = 32)]
+    pub max_sequences: i32,
     /// Most rows of one decode whose logits are read: the logits and output-projection scratch
     /// scale with it; more candidate rows go in further decodes.
-    pub max_outputs: u32,
+    #[uniffi(default = 64)]
+    pub max_outputs: i32,
     /// Contexts kept for concurrent calls (each open `Session` holds one).
-    pub max_contexts: u32,
+    #[uniffi(default = 2)]
+    pub max_contexts: i32,
     /// How long a call or a new session waits for a free context before `Busy` (ms, ≤ 1 hour).
-    pub context_wait_ms: u64,
+    #[uniffi(default = 10000)]
+    pub context_wait_ms: i64,
     /// Refuse to open (`Capacity`, resource `MEMORY`) when the engine could use more than this
     /// many bytes with every context busy; null: no limit.
-    pub memory_limit_bytes: Option<u64>,
-    /// Where the model runs: `AUTO` (the default) offloads to a GPU when the build has one and
-    /// a device is found, else the CPU. `devices()` lists what this build found.
-    pub backend: Backend,
+    #[uniffi(default)]
+    pub memory_limit_bytes: Option<i64>,
+    /// Where the model runs; null = `AUTO`: a GPU when the build has one and a device is found,
+    /// else the CPU. `devices()` lists what this build found. (`Engine.config()` reports the
+    /// value, never null.)
+    #[uniffi(default)]
+    pub backend: Option<Backend>,
     /// A requested GPU backend that is missing: run on the CPU instead of `BackendUnavailable`.
+    #[uniffi(default = false)]
     pub cpu_fallback: bool,
     /// Layers offloaded when a GPU runs the model: -1 (the default) = all, 0 = none.
+    #[uniffi(default = -1)]
     pub gpu_layers: i32,
-    pub kv_type: KvType,
+    /// KV cache element type; null = `F16`.
+    #[uniffi(default)]
+    pub kv_type: Option<KvType>,
     /// llama.cpp flash attention (on by default: faster for trie rows on CPU). Off together with
     /// an F32 KV cache is the exact path, for comparing plans.
+    #[uniffi(default = true)]
     pub flash_attention: bool,
     /// On by default: the model file's sha256 must be one the pack pins (computed once per
     /// version of the file). Off only for files the app verified itself.
+    #[uniffi(default = true)]
     pub verify_checksum: bool,
     /// A private directory (e.g. the app's cache dir) where verified digests are remembered
     /// across launches, so a cold start hashes the model only after it changed.
+    #[uniffi(default)]
     pub digest_cache_dir: Option<String>,
 }
 
 impl From<rt::EngineConfig> for EngineConfig {
     fn from(c: rt::EngineConfig) -> Self {
         Self {
-            threads: saturate(c.threads),
-            context_size: c.context_size,
-            batch_size: c.batch_size,
-            max_sequences: c.max_sequences,
-            max_outputs: c.max_outputs,
-            max_contexts: saturate(c.max_contexts),
-            context_wait_ms: u64::try_from(c.context_wait.as_millis()).unwrap_or(u64::MAX),
-            memory_limit_bytes: c.memory_limit,
-            backend: c.backend.into(),
+            threads: small_usize(c.threads),
+            context_size: small(c.context_size),
+            batch_size: small(c.batch_size),
+            max_sequences: small(c.max_sequences),
+            max_outputs: small(c.max_outputs),
+            max_contexts: small_usize(c.max_contexts),
+            context_wait_ms: i64::try_from(c.context_wait.as_millis()).unwrap_or(i64::MAX),
+            memory_limit_bytes: c.memory_limit.map(count),
+            backend: Some(c.backend.into()),
             cpu_fallback: c.cpu_fallback,
             gpu_layers: c.gpu_layers,
-            kv_type: c.kv_type.into(),
+            kv_type: Some(c.kv_type.into()),
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
             digest_cache_dir: c.digest_cache.map(|p| p.to_string_lossy().into_owned()),
@@ -319,33 +362,32 @@ impl From<rt::EngineConfig> for EngineConfig {
     }
 }
 
-impl From<EngineConfig> for rt::EngineConfig {
+impl TryFrom<EngineConfig> for rt::EngineConfig {
+    type Error = DelrecError;
+
     // As for requests: a setting added to the runtime keeps its default until mirrored.
     #[allow(clippy::needless_update)]
-    fn from(c: EngineConfig) -> Self {
-        Self {
-            threads: c.threads as usize,
-            context_size: c.context_size,
-            batch_size: c.batch_size,
-            max_sequences: c.max_sequences,
-            max_outputs: c.max_outputs,
-            max_contexts: c.max_contexts as usize,
-            context_wait: Duration::from_millis(c.context_wait_ms),
-            memory_limit: c.memory_limit_bytes,
-            backend: c.backend.into(),
+    fn try_from(c: EngineConfig) -> Result<Self> {
+        let d = rt::EngineConfig::default();
+        Ok(Self {
+            threads: unsigned("threads", c.threads)?,
+            context_size: unsigned("context_size", c.context_size)?,
+            batch_size: unsigned("batch_size", c.batch_size)?,
+            max_sequences: unsigned("max_sequences", c.max_sequences)?,
+            max_outputs: unsigned("max_outputs", c.max_outputs)?,
+            max_contexts: unsigned("max_contexts", c.max_contexts)?,
+            context_wait: Duration::from_millis(unsigned("context_wait_ms", c.context_wait_ms)?),
+            memory_limit: c.memory_limit_bytes.map(|b| unsigned("memory_limit_bytes", b)).transpose()?,
+            backend: c.backend.map_or(d.backend, Into::into),
             cpu_fallback: c.cpu_fallback,
             gpu_layers: c.gpu_layers,
-            kv_type: c.kv_type.into(),
+            kv_type: c.kv_type.map_or(d.kv_type, Into::into),
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
             digest_cache: c.digest_cache_dir.map(Into::into),
-            ..Default::default()
-        }
+            ..d
+        })
     }
-}
-
-fn saturate(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What to rank. Only `history` has no default; a `Session` ignores `history` and `soft_prompt`.
@@ -359,7 +401,7 @@ pub struct RankRequest {
     pub candidates: Option<Vec<String>>,
     /// Keep the best `k`; null keeps all.
     #[uniffi(default)]
-    pub top_k: Option<u32>,
+    pub top_k: Option<i32>,
     /// Use this soft prompt in every soft slot of the template.
     #[uniffi(default)]
     pub soft_prompt: Option<String>,
@@ -378,26 +420,113 @@ pub struct RankRequest {
     pub cancel: Option<Arc<CancelToken>>,
     /// Fails with `DeadlineExceeded` after this many milliseconds.
     #[uniffi(default)]
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<i64>,
+    /// Told after every decode how many rows are done of those planned (a progress bar for a
+    /// long whole-catalog rank), on the ranking thread: return quickly.
+    #[uniffi(default)]
+    pub progress: Option<Arc<dyn ProgressListener>>,
 }
 
-impl From<RankRequest> for rt::RankRequest {
+impl std::fmt::Debug for dyn ProgressListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressListener")
+    }
+}
+
+fn timeout(ms: Option<i64>) -> Result<Option<Duration>> {
+    ms.map(|ms| unsigned("timeout_ms", ms).map(Duration::from_millis)).transpose()
+}
+
+impl TryFrom<RankRequest> for rt::RankRequest {
+    type Error = DelrecError;
+
     // `..Default::default()`: a request option added to the runtime keeps its default here
     // until it is mirrored, instead of breaking the build.
     #[allow(clippy::needless_update)]
-    fn from(r: RankRequest) -> Self {
-        Self {
+    fn try_from(r: RankRequest) -> Result<Self> {
+        Ok(Self {
             history: r.history,
             candidates: r.candidates,
-            top_k: r.top_k.map(|k| k as usize),
+            top_k: r.top_k.map(|k| unsigned("top_k", k)).transpose()?,
             soft_prompt: r.soft_prompt,
             exclude_history: r.exclude_history,
             exhaustive: r.exhaustive,
             plan: r.plan.map(Into::into).unwrap_or_default(),
             cancel: r.cancel.map(|c| c.0.clone()),
-            timeout: r.timeout_ms.map(Duration::from_millis),
+            timeout: timeout(r.timeout_ms)?,
+            progress: r.progress.map(|l| {
+                rt::OnProgress::new(move |p| {
+                    let _ = l.on_progress(RankProgress {
+                        decoded_rows: count_usize(p.decoded_rows),
+                        planned_rows: count_usize(p.planned_rows),
+                        decode_calls: count_usize(p.decode_calls),
+                    });
+                })
+            }),
             ..Default::default()
-        }
+        })
+    }
+}
+
+/// How far a rank has come: rows sent to llama.cpp and the most it will need (an upper bound
+/// that may grow; a top-k search usually stops well short of it).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RankProgress {
+    pub decoded_rows: i64,
+    pub planned_rows: i64,
+    pub decode_calls: i64,
+}
+
+/// What an app's callback (a listener, a log sink) threw; the call it reported on goes on.
+/// Callbacks declare it so that an exception thrown in one is a value here, not a panic.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum CallbackError {
+    #[error("{reason}")]
+    Failed { reason: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for CallbackError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        CallbackError::Failed { reason: e.reason }
+    }
+}
+
+/// Receives a rank's progress (`RankRequest.progress`), on the ranking thread. What it throws
+/// is ignored.
+#[uniffi::export(with_foreign)]
+pub trait ProgressListener: Send + Sync {
+    fn on_progress(&self, progress: RankProgress) -> Result<(), CallbackError>;
+}
+
+/// Receives an open's progress (`Engine.openWithProgress`): `fraction` 0..1 of `stage`. What it
+/// throws is ignored.
+#[uniffi::export(with_foreign)]
+pub trait LoadListener: Send + Sync {
+    fn on_load_progress(&self, stage: LoadStage, fraction: f32) -> Result<(), CallbackError>;
+}
+
+/// Which part of an open is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum LoadStage {
+    /// Hashing the model file against the pack's pinned digest (skipped when this version of
+    /// the file was verified before).
+    Verify,
+    /// llama.cpp loading the weights.
+    Load,
+}
+
+fn open_options(progress: Option<Arc<dyn LoadListener>>, cancel: Option<Arc<CancelToken>>) -> rt::OpenOptions {
+    rt::OpenOptions {
+        progress: progress.map(|l| {
+            Arc::new(move |p: rt::LoadProgress| {
+                let stage = match p.stage {
+                    rt::LoadStage::Verify => LoadStage::Verify,
+                    rt::LoadStage::Load => LoadStage::Load,
+                };
+                let _ = l.on_load_progress(stage, p.fraction);
+            }) as Arc<dyn Fn(rt::LoadProgress) + Send + Sync>
+        }),
+        cancel: cancel.map(|c| c.0.clone()),
     }
 }
 
@@ -407,17 +536,17 @@ pub struct ScoredItem {
     pub id: String,
     pub title: String,
     /// Catalog index of the item.
-    pub index: u32,
+    pub index: i32,
     /// The ranking score under the pack's scoring mode.
     pub score: f64,
     /// Σ ln p over the scored tokens.
     pub logprob: f64,
     /// Number of scored tokens (title + terminator).
-    pub n_tokens: u32,
+    pub n_tokens: i32,
     /// `logprob / n_tokens`.
     pub mean_logprob: f64,
     /// How many other ranked items have exactly this score.
-    pub ties: u32,
+    pub ties: i32,
 }
 
 impl From<rt::ScoredItem> for ScoredItem {
@@ -425,12 +554,12 @@ impl From<rt::ScoredItem> for ScoredItem {
         Self {
             id: s.id,
             title: s.title,
-            index: s.index,
+            index: small(s.index),
             score: s.score,
             logprob: s.logprob,
-            n_tokens: s.n_tokens,
+            n_tokens: small(s.n_tokens),
             mean_logprob: s.mean_logprob,
-            ties: s.ties,
+            ties: small(s.ties),
         }
     }
 }
@@ -438,19 +567,19 @@ impl From<rt::ScoredItem> for ScoredItem {
 /// Counters of one ranking call.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct RankStats {
-    pub prefix_rows: u64,
+    pub prefix_rows: i64,
     /// Prefix rows found already decoded (sessions).
-    pub prefix_reused: u64,
+    pub prefix_reused: i64,
     /// Rows sent to llama.cpp in total.
-    pub decoded_rows: u64,
-    pub decode_calls: u64,
-    pub candidates: u64,
+    pub decoded_rows: i64,
+    pub decode_calls: i64,
+    pub candidates: i64,
     /// Candidates left unscored because they provably could not reach the top k.
-    pub pruned: u64,
+    pub pruned: i64,
     /// Encoder passes (encoder-decoder models: one per request).
-    pub encoder_passes: u64,
+    pub encoder_passes: i64,
     /// Rows those passes encoded.
-    pub encoder_rows: u64,
+    pub encoder_rows: i64,
     /// The backend that ran the model (`CPU` or a GPU backend; never `AUTO`).
     pub backend: Backend,
 }
@@ -458,14 +587,14 @@ pub struct RankStats {
 impl From<rt::RankStats> for RankStats {
     fn from(s: rt::RankStats) -> Self {
         Self {
-            prefix_rows: s.prefix_rows as u64,
-            prefix_reused: s.prefix_reused as u64,
-            decoded_rows: s.decoded_rows as u64,
-            decode_calls: s.decode_calls as u64,
-            candidates: s.candidates as u64,
-            pruned: s.pruned as u64,
-            encoder_passes: s.encoder_passes as u64,
-            encoder_rows: s.encoder_rows as u64,
+            prefix_rows: count_usize(s.prefix_rows),
+            prefix_reused: count_usize(s.prefix_reused),
+            decoded_rows: count_usize(s.decoded_rows),
+            decode_calls: count_usize(s.decode_calls),
+            candidates: count_usize(s.candidates),
+            pruned: count_usize(s.pruned),
+            encoder_passes: count_usize(s.encoder_passes),
+            encoder_rows: count_usize(s.encoder_rows),
             backend: s.backend.into(),
         }
     }
@@ -493,10 +622,10 @@ pub struct RecommendRequest {
     pub history: Vec<String>,
     /// Results wanted.
     #[uniffi(default = 10)]
-    pub n: u32,
+    pub n: i32,
     /// Items the sequential model hands the LLM; null = the pack's default (at least `n`).
     #[uniffi(default)]
-    pub retrieve: Option<u32>,
+    pub retrieve: Option<i32>,
     /// The LLM's weight in the fused score, 0..1; null = the pack's.
     #[uniffi(default)]
     pub llm_weight: Option<f32>,
@@ -511,24 +640,26 @@ pub struct RecommendRequest {
     #[uniffi(default)]
     pub cancel: Option<Arc<CancelToken>>,
     #[uniffi(default)]
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<i64>,
 }
 
-impl From<RecommendRequest> for rt::RecommendRequest {
+impl TryFrom<RecommendRequest> for rt::RecommendRequest {
+    type Error = DelrecError;
+
     #[allow(clippy::needless_update)]
-    fn from(r: RecommendRequest) -> Self {
-        Self {
+    fn try_from(r: RecommendRequest) -> Result<Self> {
+        Ok(Self {
             history: r.history,
-            n: r.n as usize,
-            retrieve: r.retrieve.map(|k| k as usize),
+            n: unsigned("n", r.n)?,
+            retrieve: r.retrieve.map(|k| unsigned("retrieve", k)).transpose()?,
             llm_weight: r.llm_weight,
             llm_off: r.llm_off,
             include_history: r.include_history,
             soft_prompt: r.soft_prompt,
             cancel: r.cancel.map(|c| c.0.clone()),
-            timeout: r.timeout_ms.map(Duration::from_millis),
+            timeout: timeout(r.timeout_ms)?,
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -537,7 +668,7 @@ impl From<RecommendRequest> for rt::RecommendRequest {
 pub struct Recommended {
     pub id: String,
     pub title: String,
-    pub index: u32,
+    pub index: i32,
     /// The sequential model's score.
     pub seq_score: f64,
     /// The LLM's score; null with `llm_off`.
@@ -549,9 +680,9 @@ pub struct Recommended {
 /// Counters of one `recommend` call.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct RecommendStats {
-    pub retrieved: u64,
-    pub retrieval_micros: u64,
-    pub rerank_micros: u64,
+    pub retrieved: i64,
+    pub retrieval_micros: i64,
+    pub rerank_micros: i64,
     /// The LLM re-rank's counters; null with `llm_off`.
     pub rank: Option<RankStats>,
 }
@@ -571,16 +702,16 @@ impl From<rt::Recommendation> for Recommendation {
                 .map(|i| Recommended {
                     id: i.id,
                     title: i.title,
-                    index: i.index,
+                    index: small(i.index),
                     seq_score: i.seq_score,
                     llm_score: i.llm_score,
                     score: i.score,
                 })
                 .collect(),
             stats: RecommendStats {
-                retrieved: r.stats.retrieved as u64,
-                retrieval_micros: r.stats.retrieval_micros,
-                rerank_micros: r.stats.rerank_micros,
+                retrieved: count_usize(r.stats.retrieved),
+                retrieval_micros: count(r.stats.retrieval_micros),
+                rerank_micros: count(r.stats.rerank_micros),
                 rank: r.stats.rank.map(Into::into),
             },
         }
@@ -591,8 +722,8 @@ impl From<rt::Recommendation> for Recommendation {
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct AddedItem {
     /// Its catalog index (after the pack's items).
-    pub index: u32,
-    pub n_tokens: u32,
+    pub index: i32,
+    pub n_tokens: i32,
     /// Whether `recommend` can retrieve it (the pack's sequential model embeds new items).
     pub retrievable: bool,
 }
@@ -602,7 +733,7 @@ pub struct AddedItem {
 pub struct CatalogItem {
     pub id: String,
     pub title: String,
-    pub index: u32,
+    pub index: i32,
     /// Optional longer text stored with the item.
     pub text: Option<String>,
 }
@@ -657,8 +788,8 @@ pub struct DeviceInfo {
     pub description: String,
     /// Layers can be offloaded to it (a GPU).
     pub offloads: bool,
-    pub memory_free_bytes: u64,
-    pub memory_total_bytes: u64,
+    pub memory_free_bytes: i64,
+    pub memory_total_bytes: i64,
 }
 
 impl From<rt::DeviceInfo> for DeviceInfo {
@@ -669,8 +800,8 @@ impl From<rt::DeviceInfo> for DeviceInfo {
             backend_name: d.backend_name,
             name: d.name,
             description: d.description,
-            memory_free_bytes: d.memory_free,
-            memory_total_bytes: d.memory_total,
+            memory_free_bytes: count(d.memory_free),
+            memory_total_bytes: count(d.memory_total),
         }
     }
 }
@@ -707,10 +838,57 @@ pub fn devices() -> Vec<DeviceInfo> {
     guard(|| Ok(rt::devices().into_iter().map(Into::into).collect())).unwrap_or_default()
 }
 
+/// How much a log line matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl From<LogLevel> for rt::log::LogLevel {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Debug => rt::log::LogLevel::Debug,
+            LogLevel::Info => rt::log::LogLevel::Info,
+            LogLevel::Warn => rt::log::LogLevel::Warn,
+            LogLevel::Error => rt::log::LogLevel::Error,
+        }
+    }
+}
+
+/// Receives log lines (llama.cpp's load and decode messages among them): route them to
+/// logcat, `os_log` or the app's logger. Called on the thread that logged; a sink that throws
+/// loses that line, nothing else.
+#[uniffi::export(with_foreign)]
+pub trait LogSink: Send + Sync {
+    fn log(&self, level: LogLevel, message: String) -> Result<(), CallbackError>;
+}
+
+/// Sends every following log line at `min_level` or above to `sink` (null: none, the default;
+/// nothing is ever printed to stderr).
+#[uniffi::export]
+pub fn set_log_sink(sink: Option<Arc<dyn LogSink>>, min_level: LogLevel) {
+    let sink = sink.map(|s| {
+        Arc::new(move |level: rt::log::LogLevel, line: &str| {
+            let level = match level {
+                rt::log::LogLevel::Debug => LogLevel::Debug,
+                rt::log::LogLevel::Info => LogLevel::Info,
+                rt::log::LogLevel::Warn => LogLevel::Warn,
+                rt::log::LogLevel::Error => LogLevel::Error,
+            };
+            let _ = s.log(level, line.to_string());
+        }) as rt::log::LogSink
+    });
+    rt::log::set_log_sink(sink, min_level.into());
+}
+
 /// The runtime's default engine settings.
 #[uniffi::export]
 pub fn default_engine_config() -> EngineConfig {
-    rt::EngineConfig::default().into()
+    // The two enums are null here, as in `EngineConfig()` (UniFFI has no enum defaults).
+    EngineConfig { backend: None, kv_type: None, ..rt::EngineConfig::default().into() }
 }
 
 /// Installs a new model or pack (e.g. a finished download) at `destination` by an atomic
@@ -760,7 +938,21 @@ impl Base {
     /// every pack opened over it must pin this file's sha256.
     #[uniffi::constructor]
     pub fn open(model_path: String, config: EngineConfig) -> Result<Arc<Self>> {
-        guard(|| Ok(Arc::new(Self { inner: rt::Base::open(&model_path, config.into())? })))
+        guard(|| Ok(Arc::new(Self { inner: rt::Base::open(&model_path, config.try_into()?)? })))
+    }
+
+    /// `open` reporting progress to `progress` and stopped by `cancel` (then `Cancelled`).
+    #[uniffi::constructor]
+    pub fn open_with_progress(
+        model_path: String,
+        config: EngineConfig,
+        progress: Option<Arc<dyn LoadListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Arc<Self>> {
+        guard(|| {
+            let opts = open_options(progress, cancel);
+            Ok(Arc::new(Self { inner: rt::Base::open_with(&model_path, config.try_into()?, &opts)? }))
+        })
     }
 
     /// Opens a pack over this model, with the pack's adapter from beside it when it names one.
@@ -774,8 +966,8 @@ impl Base {
     }
 
     /// Adapter files loaded over the model and in use by an open pack.
-    pub fn adapters_loaded(&self) -> u32 {
-        self.inner.adapters_loaded() as u32
+    pub fn adapters_loaded(&self) -> i32 {
+        small_usize(self.inner.adapters_loaded())
     }
 }
 
@@ -786,11 +978,11 @@ pub struct AdapterInfo {
     pub scale: f32,
     pub alpha: f32,
     /// The largest rank of its weights.
-    pub max_rank: u32,
+    pub max_rank: i32,
     /// Module stems adapted (`attn_q`, `ffn_down`, ...).
     pub targets: Vec<String>,
-    pub weights: u32,
-    pub tensor_bytes: u64,
+    pub weights: i32,
+    pub tensor_bytes: i64,
 }
 
 /// A model and its recommender pack, ready to rank. Thread-safe: share one per process.
@@ -805,7 +997,24 @@ impl Engine {
     #[uniffi::constructor]
     pub fn open(model_path: String, pack_path: String, config: EngineConfig) -> Result<Arc<Self>> {
         guard(|| {
-            let inner = rt::Engine::open(&model_path, &pack_path, config.into())?;
+            let inner = rt::Engine::open(&model_path, &pack_path, config.try_into()?)?;
+            Ok(Arc::new(Self { inner }))
+        })
+    }
+
+    /// `open` reporting progress to `progress` (the digest check, then llama.cpp's load) and
+    /// stopped by `cancel` (then `Cancelled`). Blocks; call it off the UI thread.
+    #[uniffi::constructor]
+    pub fn open_with_progress(
+        model_path: String,
+        pack_path: String,
+        config: EngineConfig,
+        progress: Option<Arc<dyn LoadListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Arc<Self>> {
+        guard(|| {
+            let opts = open_options(progress, cancel);
+            let inner = rt::Engine::open_with(&model_path, &pack_path, config.try_into()?, &opts)?;
             Ok(Arc::new(Self { inner }))
         })
     }
@@ -813,13 +1022,13 @@ impl Engine {
     /// Ranks candidates (or the whole catalog) for `request.history`. Blocks; call it off the UI
     /// thread.
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {
-        guard(|| Ok(self.inner.rank(&request.into())?.into()))
+        guard(|| Ok(self.inner.rank(&request.try_into()?)?.into()))
     }
 
     /// The cascade: the pack's sequential model retrieves from the whole catalog, the LLM
     /// re-ranks, the fused score orders. Blocks; call it off the UI thread.
     pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
-        guard(|| Ok(self.inner.recommend(&request.into())?.into()))
+        guard(|| Ok(self.inner.recommend(&request.try_into()?)?.into()))
     }
 
     /// What the model runs on (decided at open from `EngineConfig.backend`).
@@ -833,10 +1042,10 @@ impl Engine {
             path: a.path.display().to_string(),
             scale: a.scale,
             alpha: a.alpha,
-            max_rank: a.ranks.iter().map(|&(r, _)| r).max().unwrap_or(0),
+            max_rank: small(a.ranks.iter().map(|&(r, _)| r).max().unwrap_or(0)),
             targets: a.targets,
-            weights: a.weights as u32,
-            tensor_bytes: a.tensor_bytes,
+            weights: small_usize(a.weights),
+            tensor_bytes: count(a.tensor_bytes),
         })
     }
 
@@ -855,8 +1064,8 @@ impl Engine {
     }
 
     /// Number of items in the catalog: the pack's plus those added with `add_item`.
-    pub fn catalog_size(&self) -> u64 {
-        self.inner.n_items() as u64
+    pub fn catalog_size(&self) -> i64 {
+        count_usize(self.inner.n_items())
     }
 
     /// Adds an item the pack does not have (kept while the engine lives): ranked like any
@@ -865,7 +1074,7 @@ impl Engine {
     pub fn add_item(&self, id: String, title: String) -> Result<AddedItem> {
         guard(|| {
             let a = self.inner.add_item(&id, &title)?;
-            Ok(AddedItem { index: a.index, n_tokens: a.n_tokens as u32, retrievable: a.retrievable })
+            Ok(AddedItem { index: small(a.index), n_tokens: small_usize(a.n_tokens), retrievable: a.retrievable })
         })
     }
 
@@ -883,10 +1092,10 @@ impl Engine {
     }
 
     /// The catalog entry at `index` (0..catalog_size).
-    pub fn item_at(&self, index: u32) -> Result<CatalogItem> {
+    pub fn item_at(&self, index: i32) -> Result<CatalogItem> {
         guard(|| {
             let n = self.inner.n_items();
-            if index as usize >= n {
+            if index < 0 || index as usize >= n {
                 return Err(DelrecError::BadRequest {
                     kind: BadRequestKind::InvalidArgument,
                     item_id: None,
@@ -894,7 +1103,7 @@ impl Engine {
                     reason: format!("catalog index {index} out of range (the catalog has {n} items)"),
                 });
             }
-            self.catalog_item(index)
+            self.catalog_item(index as u32)
         })
     }
 
@@ -920,7 +1129,7 @@ impl Engine {
             .inner
             .item(index)
             .ok_or_else(|| DelrecError::Internal { reason: format!("catalog index {index} out of range") })?;
-        Ok(CatalogItem { id, title, index, text: self.inner.pack().item_text(index).map(str::to_string) })
+        Ok(CatalogItem { id, title, index: small(index), text: self.inner.pack().item_text(index).map(str::to_string) })
     }
 }
 
@@ -961,14 +1170,14 @@ impl Session {
 
     /// Ranks with the session's history; `request.history` and `request.soft_prompt` are ignored.
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {
-        let request = request.into();
+        let request = guard(|| request.try_into())?;
         self.with(|s| s.rank(&request)).map(Into::into)
     }
 
     /// The cascade with the session's history; `request.history` and `request.soft_prompt` are
     /// ignored.
     pub fn recommend(&self, request: RecommendRequest) -> Result<Recommendation> {
-        let request = request.into();
+        let request = guard(|| request.try_into())?;
         self.with(|s| s.recommend(&request)).map(Into::into)
     }
 }
@@ -988,8 +1197,39 @@ mod tests {
     #[test]
     fn config_round_trips() {
         let c = default_engine_config();
-        let back: rt::EngineConfig = c.clone().into();
-        assert_eq!(EngineConfig::from(back), c);
+        let back = rt::EngineConfig::try_from(c).unwrap();
+        let resolved = EngineConfig::from(back);
+        assert_eq!(resolved, EngineConfig::from(rt::EngineConfig::default()));
+        assert_eq!(EngineConfig::from(rt::EngineConfig::try_from(resolved.clone()).unwrap()), resolved);
+    }
+
+    #[test]
+    fn negative_counts_are_invalid_arguments() {
+        let c = EngineConfig { max_contexts: -1, ..default_engine_config() };
+        let e = rt::EngineConfig::try_from(c).unwrap_err();
+        assert!(
+            matches!(&e, DelrecError::BadRequest { kind: BadRequestKind::InvalidArgument, field: Some(f), .. } if f == "max_contexts"),
+            "{e:?}"
+        );
+        let r = RankRequest {
+            history: vec!["m1".into()],
+            candidates: None,
+            top_k: Some(-3),
+            soft_prompt: None,
+            exclude_history: false,
+            exhaustive: false,
+            plan: None,
+            cancel: None,
+            timeout_ms: None,
+            progress: None,
+        };
+        assert!(
+            matches!(rt::RankRequest::try_from(r.clone()), Err(DelrecError::BadRequest { field: Some(f), .. }) if f == "top_k")
+        );
+        let r = RankRequest { top_k: None, timeout_ms: Some(-1), ..r };
+        assert!(
+            matches!(rt::RankRequest::try_from(r), Err(DelrecError::BadRequest { field: Some(f), .. }) if f == "timeout_ms")
+        );
     }
 
     #[test]

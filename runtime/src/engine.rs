@@ -21,6 +21,7 @@ mod memory;
 mod plan;
 mod pool;
 mod prefix;
+mod progress;
 mod prompt;
 mod rank;
 mod recommend;
@@ -44,6 +45,7 @@ pub use digest::DigestSource;
 pub use memory::MemoryBudget;
 use pool::{Lease, Pool};
 use prefix::PrefixState;
+pub use progress::{LoadProgress, LoadStage, OnProgress, OpenOptions, RankProgress};
 pub use session::Session;
 
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
@@ -206,6 +208,9 @@ pub struct RankRequest {
     pub plan: Plan,
     pub cancel: Option<CancelToken>,
     pub timeout: Option<Duration>,
+    /// Called after every decode with the rows done and planned (a progress bar for a long
+    /// whole-catalog rank).
+    pub progress: Option<OnProgress>,
 }
 
 /// A ranked candidate.
@@ -410,8 +415,18 @@ impl Engine {
     /// Opens a model and one pack over it (with the pack's adapter, from beside the pack, when
     /// it names one). For several packs over one model, open a [`Base`] once and its packs.
     pub fn open(model: impl AsRef<Path>, pack: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
+        Self::open_with(model, pack, cfg, &OpenOptions::default())
+    }
+
+    /// [`Engine::open`] with progress reports and a cancel token ([`OpenOptions`]).
+    pub fn open_with(
+        model: impl AsRef<Path>,
+        pack: impl AsRef<Path>,
+        cfg: EngineConfig,
+        opts: &OpenOptions,
+    ) -> Result<Self> {
         let pack = Pack::open(pack.as_ref())?;
-        let base = Base::open_for(model.as_ref(), cfg, Some(&pack))?;
+        let base = Base::open_for(model.as_ref(), cfg, Some(&pack), opts)?;
         let adapter = base::adapter_beside(&pack);
         base.engine(pack, adapter.as_deref())
     }

@@ -10,6 +10,7 @@
 //! - [`engine`]: [`Engine`], [`Session`], requests and results;
 //! - [`llm`]: the one layer over llama.cpp (also used by the converter and the CLIs);
 //! - [`error`]: the public errors, grouped by what an app can do;
+//! - [`log`]: where llama.cpp's log goes (a sink the app sets; nowhere by default);
 //! - [`cpus`]: the default thread count (the fast cores of a phone's mixed CPU);
 //! - [`devices`]: the CPU and GPU devices of this build ([`EngineConfig::backend`] picks one);
 //! - [`install_file`]: replacing a model or pack that an engine may have open (atomic rename).
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod error;
 mod files;
 pub mod llm;
+pub mod log;
 mod scorer;
 mod search;
 mod seq;
@@ -36,8 +38,9 @@ pub use delrec_format::{Pack, ScoringMode};
 pub use engine::MemoryBudget;
 pub use engine::{
     choose_backend, devices, AdapterSummary, AddedInfo, BackendInfo, BackendKind, Base, CancelToken, DeviceInfo,
-    DigestSource, Engine, EngineConfig, ModelVerification, Plan, PrefixRow, RankPlan, RankRequest, RankStats, Ranking,
-    RecommendRequest, RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
+    DigestSource, Engine, EngineConfig, LoadProgress, LoadStage, ModelVerification, OnProgress, OpenOptions, Plan,
+    PrefixRow, RankPlan, RankProgress, RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats,
+    Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use files::install_file;

@@ -12,6 +12,8 @@ import java.util.concurrent.Executors
 import java.util.concurrent.TimeUnit
 import kotlin.math.abs
 import kotlin.system.exitProcess
+import kotlinx.coroutines.cancelAndJoin
+import kotlinx.coroutines.launch
 
 var passed = 0
 var failed = 0
@@ -125,26 +127,34 @@ fun assertMatches(r: Ranking, reference: List<Pair<String, Double>>, tol: Double
     }
 }
 
-fun config(): EngineConfig = defaultEngineConfig().copy(threads = 2u)
+fun config(): EngineConfig = defaultEngineConfig().copy(threads = 2)
 
 fun main() {
     val ids = catalog.map { it.first }
     val history = listOf("m001", "m002")
 
-    test("defaultEngineConfig mirrors the runtime defaults") {
+    test("EngineConfig() is defaultEngineConfig(), the runtime defaults") {
         val c = defaultEngineConfig()
-        check(c.contextSize == 2048u && c.batchSize == 512u && c.maxSequences == 32u) { "$c" }
-        check(c.kvType == KvType.F16 && c.flashAttention && c.verifyChecksum && c.digestCacheDir == null && c.threads == 0u) { "$c" }
+        check(EngineConfig() == c) { "EngineConfig() = ${EngineConfig()}, defaultEngineConfig() = $c" }
+        check(c.contextSize == 2048 && c.batchSize == 512 && c.maxSequences == 32) { "$c" }
+        check(c.kvType == null && c.flashAttention && c.verifyChecksum && c.digestCacheDir == null && c.threads == 0) { "$c" }
+        // An engine reports the values it resolved the nulls to.
+        Engine.open(model, pack, EngineConfig(threads = 2)).use { e ->
+            check(e.config() == c.copy(threads = 2, backend = Backend.AUTO, kvType = KvType.F16)) { "${e.config()}" }
+        }
+        // Signed FFI integers: a negative count is refused with the setting named.
+        val neg = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, EngineConfig(maxContexts = -1)) }
+        check(neg.kind == BadRequestKind.INVALID_ARGUMENT && neg.field == "max_contexts") { "$neg" }
     }
 
     test("devices and the backend that ran") {
         val all = devices()
         check(all.any { it.backend == Backend.CPU && !it.offloads }) { "$all" }
-        check(defaultEngineConfig().backend == Backend.AUTO && defaultEngineConfig().gpuLayers == -1) { "${defaultEngineConfig()}" }
+        check(defaultEngineConfig().backend == null && defaultEngineConfig().gpuLayers == -1) { "${defaultEngineConfig()}" }
         val cpu = Engine.open(model, pack, config().copy(backend = Backend.CPU))
         val info = cpu.backend()
         check(info.kind == Backend.CPU && info.requested == Backend.CPU && info.device == null && info.gpuLayers == 0 && !info.fellBack) { "$info" }
-        check(cpu.rank(RankRequest(history = history, topK = 3u)).stats.backend == Backend.CPU)
+        check(cpu.rank(RankRequest(history = history, topK = 3)).stats.backend == Backend.CPU)
         // A GPU backend this build lacks is an error, unless the CPU is allowed instead.
         if (all.none { it.backend == Backend.METAL }) {
             val e = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, config().copy(backend = Backend.METAL)) }
@@ -160,21 +170,21 @@ fun main() {
     val exact = Engine.open(model, pack, config().copy(kvType = KvType.F32, flashAttention = false))
 
     test("catalog lookups") {
-        check(engine.catalogSize() == ids.size.toULong()) { "catalogSize ${engine.catalogSize()}, csv has ${ids.size}" }
+        check(engine.catalogSize() == ids.size.toLong()) { "catalogSize ${engine.catalogSize()}, csv has ${ids.size}" }
         for ((id, title) in catalog) {
             check(engine.itemTitle(id) == title) { "itemTitle($id) = ${engine.itemTitle(id)}, csv: $title" }
         }
         val (id0, title0) = catalog[0]
         val item = engine.item(id0)
-        check(item.id == id0 && item.index == 0u && item.title == title0) { "$item" }
-        check(engine.itemAt(0u) == item) { "itemAt(0) = ${engine.itemAt(0u)}" }
-        val e = expectThrows<DelrecException.BadRequest> { engine.itemAt(ids.size.toUInt()) }
+        check(item.id == id0 && item.index == 0 && item.title == title0) { "$item" }
+        check(engine.itemAt(0) == item) { "itemAt(0) = ${engine.itemAt(0)}" }
+        val e = expectThrows<DelrecException.BadRequest> { engine.itemAt(ids.size.toInt()) }
         check(e.kind == BadRequestKind.INVALID_ARGUMENT && e.field == "index") { "$e" }
         check(e.reason.contains("out of range")) { e.reason }
         val u = expectThrows<DelrecException.BadRequest> { engine.itemTitle("no-such-item") }
         check(u.kind == BadRequestKind.UNKNOWN_ITEM && u.itemId == "no-such-item") { "$u" }
         check(engine.softPrompts() == listOf("default")) { "${engine.softPrompts()}" }
-        check(engine.config() == config()) { "${engine.config()}" }
+        check(engine.config() == config().copy(backend = Backend.AUTO, kvType = KvType.F16)) { "${engine.config()}" }
     }
 
     test("whole catalog: sorted and equal to the Rust CLI") {
@@ -182,7 +192,7 @@ fun main() {
         check(r.items.size == ids.size) { "${r.items.size} items" }
         assertSorted(r)
         assertMatches(r, cliRank(history))
-        check(r.stats.candidates == ids.size.toULong() && r.stats.decodeCalls > 0u) { "${r.stats}" }
+        check(r.stats.candidates == ids.size.toLong() && r.stats.decodeCalls > 0) { "${r.stats}" }
         val mode = engine.scoringMode()
         for (it in r.items) {
             check(abs(it.meanLogprob - it.logprob / it.nTokens.toDouble()) < 1e-9) { "$it" }
@@ -193,15 +203,15 @@ fun main() {
 
     test("candidates + topK equal the Rust CLI") {
         val cands = listOf("m010", "m003", "m020", "m007", "m030")
-        val r = engine.rank(RankRequest(history = listOf("m005", "m001", "m009"), candidates = cands, topK = 3u))
+        val r = engine.rank(RankRequest(history = listOf("m005", "m001", "m009"), candidates = cands, topK = 3))
         check(r.items.size == 3) { "${r.items.size} items" }
         assertSorted(r)
         assertMatches(r, cliRank(listOf("m005", "m001", "m009"), cands, 3))
     }
 
     test("exhaustive top-k equals pruned top-k") {
-        val pruned = exact.rank(RankRequest(history = history, topK = 5u))
-        val full = exact.rank(RankRequest(history = history, topK = 5u, exhaustive = true))
+        val pruned = exact.rank(RankRequest(history = history, topK = 5))
+        val full = exact.rank(RankRequest(history = history, topK = 5, exhaustive = true))
         check(pruned.items.size == 5) { "${pruned.items.size} items" }
         assertMatches(pruned, full.items.map { it.id to it.score })
     }
@@ -221,11 +231,11 @@ fun main() {
         engine.session(null).use { s ->
             for (h in history) s.push(h)
             check(s.history() == history) { "${s.history()}" }
-            val first = s.rank(RankRequest(topK = 10u))
-            assertMatches(first, engine.rank(RankRequest(history = history, topK = 10u)).items.map { it.id to it.score })
+            val first = s.rank(RankRequest(topK = 10))
+            assertMatches(first, engine.rank(RankRequest(history = history, topK = 10)).items.map { it.id to it.score })
             s.push("m003")
             val second = s.rank(RankRequest())
-            check(second.stats.prefixReused > 0u) { "nothing reused: ${second.stats}" }
+            check(second.stats.prefixReused > 0) { "nothing reused: ${second.stats}" }
             assertMatches(second, cliRank(history + "m003"))
             s.setHistory(listOf("m004"))
             check(s.history() == listOf("m004")) { "${s.history()}" }
@@ -280,7 +290,7 @@ fun main() {
             engine.rank(RankRequest(history = history, candidates = listOf("m003", "m004", "m003")))
         }
         check(d.kind == BadRequestKind.DUPLICATE_CANDIDATE && d.itemId == "m003") { "$d" }
-        val k = expectThrows<DelrecException.BadRequest> { engine.rank(RankRequest(history = history, topK = 0u)) }
+        val k = expectThrows<DelrecException.BadRequest> { engine.rank(RankRequest(history = history, topK = 0)) }
         check(k.kind == BadRequestKind.INVALID_ARGUMENT && k.field == "top_k") { "$k" }
     }
 
@@ -313,13 +323,13 @@ fun main() {
     }
 
     test("bad config -> BadRequest INVALID_ARGUMENT naming the setting") {
-        val e = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, config().copy(maxSequences = 1u)) }
+        val e = expectThrows<DelrecException.BadRequest> { Engine.open(model, pack, config().copy(maxSequences = 1)) }
         check(e.kind == BadRequestKind.INVALID_ARGUMENT && e.field == "max_sequences") { "$e" }
     }
 
     test("tiny context -> Capacity with needed > available") {
         // llama.cpp rounds small contexts up (to 256 cells); a 40-item history needs more.
-        Engine.open(model, pack, config().copy(contextSize = 16u)).use { small ->
+        Engine.open(model, pack, config().copy(contextSize = 16)).use { small ->
             val e = expectThrows<DelrecException.Capacity> { small.rank(RankRequest(history = ids.take(40))) }
             check(e.resource == Resource.CONTEXT_CELLS) { "$e" }
             check(e.needed > e.available && e.available >= 16) { "needed ${e.needed}, available ${e.available}" }
@@ -328,7 +338,7 @@ fun main() {
     }
 
     test("a memory limit below the engine's budget -> Capacity MEMORY at open") {
-        val e = expectThrows<DelrecException.Capacity> { Engine.open(model, pack, config().copy(memoryLimitBytes = 1uL shl 20)) }
+        val e = expectThrows<DelrecException.Capacity> { Engine.open(model, pack, config().copy(memoryLimitBytes = 1L shl 20)) }
         check(e.resource == Resource.MEMORY && e.needed > e.available && e.available == 1L shl 20) { "$e" }
     }
 
@@ -342,7 +352,7 @@ fun main() {
         val e = expectThrows<DelrecException.Cancelled> { engine.rank(RankRequest(history = history, cancel = token)) }
         check(e.reason == "cancelled") { e.reason }
         // The engine is still usable afterwards.
-        check(engine.rank(RankRequest(history = history, topK = 1u)).items.size == 1) { "engine broken after cancel" }
+        check(engine.rank(RankRequest(history = history, topK = 1)).items.size == 1) { "engine broken after cancel" }
     }
 
     test("cancel from another thread stops a running rank") {
@@ -373,7 +383,7 @@ fun main() {
 
     test("timeoutMs 0 -> DeadlineExceeded") {
         val e = expectThrows<DelrecException.DeadlineExceeded> {
-            engine.rank(RankRequest(history = history, timeoutMs = 0uL))
+            engine.rank(RankRequest(history = history, timeoutMs = 0L))
         }
         check(e.reason.contains("deadline")) { e.reason }
     }
@@ -398,27 +408,27 @@ fun main() {
         }
         // The process is alive and the library still works.
         Engine.open(model, pack, config()).use { ok ->
-            check(ok.rank(RankRequest(history = history, topK = 3u)).items.size == 3) { "engine broken after hostile model" }
+            check(ok.rank(RankRequest(history = history, topK = 3)).items.size == 3) { "engine broken after hostile model" }
         }
     }
 
     test("recommend (the cascade) equals the Rust CLI and carries both scores") {
         Engine.open(model, seqPack, config()).use { e ->
             check(e.hasSequentialModel() && !engine.hasSequentialModel()) { "hasSequentialModel" }
-            val r = e.recommend(RecommendRequest(history = history, n = 5u, retrieve = 8u))
+            val r = e.recommend(RecommendRequest(history = history, n = 5, retrieve = 8))
             val ref = cliRecommend(history, 5, 8)
             check(r.items.map { it.id } == ref.map { it.first }) { "order ${r.items.map { it.id }} vs CLI ${ref.map { it.first }}" }
             for ((it, want) in r.items.zip(ref)) {
                 check(abs(it.score - want.second) < 1e-4 && it.llmScore != null) { "${it.id}: ${it.score} vs ${want.second}" }
             }
-            check(r.stats.retrieved == 8uL && r.stats.rank?.candidates == 8uL) { "${r.stats}" }
+            check(r.stats.retrieved == 8L && r.stats.rank?.candidates == 8L) { "${r.stats}" }
             check(r.items.none { it.id in history }) { "history items recommended" }
-            val off = e.recommend(RecommendRequest(history = history, n = 10u, llmOff = true))
+            val off = e.recommend(RecommendRequest(history = history, n = 10, llmOff = true))
             check(off.items.all { it.llmScore == null && it.score == it.seqScore }) { "llmOff carries LLM scores" }
             for (i in 1 until off.items.size) check(off.items[i - 1].seqScore >= off.items[i].seqScore) { "llmOff not sorted" }
             e.session(null).use { s ->
                 s.setHistory(history)
-                val viaSession = s.recommend(RecommendRequest(n = 5u, retrieve = 8u))
+                val viaSession = s.recommend(RecommendRequest(n = 5, retrieve = 8))
                 check(viaSession.items.map { it.id } == r.items.map { it.id }) { "session differs" }
             }
         }
@@ -426,7 +436,7 @@ fun main() {
 
     test("recommend: bad n, a pack without a sequential model -> BadRequest of each kind") {
         Engine.open(model, seqPack, config()).use { e ->
-            val bad = expectThrows<DelrecException.BadRequest> { e.recommend(RecommendRequest(history = history, n = 0u)) }
+            val bad = expectThrows<DelrecException.BadRequest> { e.recommend(RecommendRequest(history = history, n = 0)) }
             check(bad.kind == BadRequestKind.INVALID_ARGUMENT && bad.field == "n") { "$bad" }
             val w = expectThrows<DelrecException.BadRequest> { e.recommend(RecommendRequest(history = history, llmWeight = 2.0f)) }
             check(w.field == "llm_weight") { "$w" }
@@ -439,7 +449,7 @@ fun main() {
         Engine.open(model, pack, config()).use { e ->
             val before = e.catalogSize()
             val a = e.addItem("new-1", "Neon Harbor (2031)")
-            check(a.index.toULong() == before && !a.retrievable && e.catalogSize() == before + 1uL) { "$a" }
+            check(a.index.toLong() == before && !a.retrievable && e.catalogSize() == before + 1L) { "$a" }
             check(e.item("new-1").title == "Neon Harbor (2031)") { "lookup" }
             val r = e.rank(RankRequest(history = history, candidates = listOf("new-1", "m003")))
             check(r.items.any { it.id == "new-1" }) { "added item not ranked" }
@@ -455,20 +465,20 @@ fun main() {
         expectThrows<IllegalStateException> { e2.catalogSize() }
         s.use {
             it.push("m001")
-            check(it.rank(RankRequest(topK = 3u)).items.size == 3) { "session of a closed engine failed" }
+            check(it.rank(RankRequest(topK = 3)).items.size == 3) { "session of a closed engine failed" }
         }
     }
 
     test("every context held by a session -> Busy after contextWaitMs, not a wedge; a closed session frees it") {
-        Engine.open(model, pack, config().copy(maxContexts = 1u, contextWaitMs = 100uL)).use { e ->
+        Engine.open(model, pack, config().copy(maxContexts = 1, contextWaitMs = 100L)).use { e ->
             val s = e.session(null)
             val t0 = System.nanoTime()
-            val busy = expectThrows<DelrecException.Busy> { e.rank(RankRequest(history = history, topK = 3u)) }
+            val busy = expectThrows<DelrecException.Busy> { e.rank(RankRequest(history = history, topK = 3)) }
             val ms = (System.nanoTime() - t0) / 1e6
             check(busy.contexts == 1L && busy.waitedMs >= 100L && ms < 5000) { "$busy after $ms ms" }
             expectThrows<DelrecException.Busy> { e.session(null) }
             s.close()
-            check(e.rank(RankRequest(history = history, topK = 3u)).items.size == 3) { "context not returned" }
+            check(e.rank(RankRequest(history = history, topK = 3)).items.size == 3) { "context not returned" }
         }
     }
 
@@ -479,12 +489,12 @@ fun main() {
             installFile(model, dest.path)
             check(dest.readBytes().contentEquals(File(model).readBytes())) { "not installed" }
             Engine.open(dest.path, pack, config()).use { e ->
-                val before = e.rank(RankRequest(history = history, topK = 3u)).items.map { it.id }
+                val before = e.rank(RankRequest(history = history, topK = 3)).items.map { it.id }
                 val bad = File(dir, "download.gguf").apply { writeText("not a model") }
                 val err = expectThrows<DelrecException.BadFile> { installFile(bad.path, dest.path) }
                 check(err.kind == BadFileKind.INVALID) { "$err" }
                 installFile(model, dest.path)
-                check(e.rank(RankRequest(history = history, topK = 3u)).items.map { it.id } == before) { "engine changed" }
+                check(e.rank(RankRequest(history = history, topK = 3)).items.map { it.id } == before) { "engine changed" }
             }
             check(dir.listFiles()!!.size == 2) { "left behind: ${dir.listFiles()!!.map { it.name }}" }
         } finally {
@@ -498,8 +508,8 @@ fun main() {
             val adapted = base.openPack(adapterPack)
             check(plain.adapter() == null) { "${plain.adapter()}" }
             val a = adapted.adapter() ?: throw AssertionError("the adapter pack has no adapter")
-            check(a.weights > 0u && a.maxRank > 0u && a.scale == 1.0f && "attn_q" in a.targets) { "$a" }
-            check(base.adaptersLoaded() == 1u) { "${base.adaptersLoaded()} adapters loaded" }
+            check(a.weights > 0 && a.maxRank > 0 && a.scale == 1.0f && "attn_q" in a.targets) { "$a" }
+            check(base.adaptersLoaded() == 1) { "${base.adaptersLoaded()} adapters loaded" }
             val cands = ids.take(10)
             val rp = plain.rank(RankRequest(history = history, candidates = cands))
             val ra = adapted.rank(RankRequest(history = history, candidates = cands))
@@ -521,6 +531,130 @@ fun main() {
             } finally {
                 dir.deleteRecursively()
             }
+        }
+    }
+
+    // --- progress, logs, coroutines ---
+
+    test("rank progress: one report per decode, ending at the counters") {
+        val seen = java.util.Collections.synchronizedList(mutableListOf<RankProgress>())
+        val listener = object : ProgressListener {
+            override fun onProgress(progress: RankProgress) { seen += progress }
+        }
+        val r = engine.rank(RankRequest(history = history, progress = listener))
+        check(seen.size.toLong() == r.stats.decodeCalls) { "${seen.size} reports, ${r.stats.decodeCalls} decodes" }
+        check(seen.zipWithNext().all { (a, b) -> b.decodedRows > a.decodedRows && b.plannedRows >= a.plannedRows }) { "$seen" }
+        check(seen.last().decodedRows == r.stats.decodedRows && seen.all { it.decodedRows <= it.plannedRows }) { "$seen" }
+        // A listener that throws costs its reports, not the rank.
+        val thrower = object : ProgressListener {
+            override fun onProgress(progress: RankProgress) { throw IllegalStateException("the app's listener threw") }
+        }
+        assertMatches(engine.rank(RankRequest(history = history, progress = thrower)), r.items.map { it.id to it.score }, 0.0)
+    }
+
+    test("open progress and cancel: digest then load, to 1.0; a cancelled open -> Cancelled") {
+        val stages = java.util.Collections.synchronizedList(mutableListOf<Pair<LoadStage, Float>>())
+        val listener = object : LoadListener {
+            override fun onLoadProgress(stage: LoadStage, fraction: Float) { stages += stage to fraction }
+        }
+        Engine.openWithProgress(model, pack, config(), listener, null).use { e ->
+            check(e.rank(RankRequest(history = history, topK = 3)).items.size == 3)
+        }
+        val load = stages.filter { it.first == LoadStage.LOAD }.map { it.second }
+        check(load.isNotEmpty() && load.last() == 1.0f && load.zipWithNext().all { (a, b) -> b >= a }) { "$stages" }
+        val token = CancelToken()
+        val stopper = object : LoadListener {
+            override fun onLoadProgress(stage: LoadStage, fraction: Float) { if (stage == LoadStage.LOAD) token.cancel() }
+        }
+        expectThrows<DelrecException.Cancelled> { Engine.openWithProgress(model, pack, config(), stopper, token) }
+    }
+
+    test("a log sink gets llama.cpp's lines; a normal cancel logs no error; a throwing sink is survived") {
+        val lines = java.util.Collections.synchronizedList(mutableListOf<Pair<LogLevel, String>>())
+        setLogSink(object : LogSink {
+            override fun log(level: LogLevel, message: String) { lines += level to message }
+        }, LogLevel.DEBUG)
+        try {
+            Engine.open(model, pack, config()).use { e ->
+                check(lines.any { it.second.contains("llama_model_load") || it.second.contains("print_info") }) { "${lines.take(5)}" }
+                val before = lines.size
+                val token = CancelToken()
+                val cancelAtFirst = object : ProgressListener {
+                    override fun onProgress(progress: RankProgress) = token.cancel()
+                }
+                expectThrows<DelrecException.Cancelled> {
+                    e.rank(RankRequest(history = ids.take(40), plan = Plan.NAIVE, cancel = token, progress = cancelAtFirst))
+                }
+                val after = synchronized(lines) { lines.drop(before) }
+                check(after.none { it.first == LogLevel.ERROR || it.first == LogLevel.WARN }) { "a cancel logged: $after" }
+            }
+            setLogSink(object : LogSink {
+                override fun log(level: LogLevel, message: String) { throw RuntimeException("the app's logger threw") }
+            }, LogLevel.DEBUG)
+            Engine.open(model, pack, config()).use { e ->
+                check(e.rank(RankRequest(history = history, topK = 3)).items.size == 3) { "engine broken by a throwing sink" }
+            }
+        } finally {
+            setLogSink(null, LogLevel.DEBUG)
+        }
+    }
+
+    test("suspend rank equals the blocking rank; rankFlow reports progress then the result") {
+        kotlinx.coroutines.runBlocking {
+            val blocking = engine.rank(RankRequest(history = history))
+            val async = engine.rankAsync(RankRequest(history = history))
+            assertMatches(async, blocking.items.map { it.id to it.score }, 0.0)
+            val events = mutableListOf<RankEvent>()
+            engine.rankFlow(RankRequest(history = history)).collect { events += it }
+            val done = events.last() as RankEvent.Done
+            assertMatches(done.ranking, blocking.items.map { it.id to it.score }, 0.0)
+            val progress = events.dropLast(1).map { (it as RankEvent.Progress).progress }
+            check(progress.isNotEmpty() && progress.last().decodedRows == done.ranking.stats.decodedRows) { "$progress" }
+            val opened = openEngine(model, pack, config()) { _, _ -> }
+            opened.use { check(it.rankAsync(RankRequest(history = history, topK = 2)).items.size == 2) }
+            engine.session(null).use { s ->
+                s.pushAsync(history[0])
+                s.pushAsync(history[1])
+                assertMatches(s.rankAsync(RankRequest()), blocking.items.map { it.id to it.score })
+            }
+        }
+    }
+
+    test("coroutine cancellation stops a long whole-catalog rank within 100 ms") {
+        kotlinx.coroutines.runBlocking {
+            val started = kotlinx.coroutines.CompletableDeferred<Unit>()
+            val listener = object : ProgressListener {
+                override fun onProgress(progress: RankProgress) { started.complete(Unit) }
+            }
+            val long = RankRequest(history = ids.take(40), plan = Plan.NAIVE, progress = listener)
+            val t0 = System.nanoTime()
+            val full = engine.rank(long.copy(progress = null))
+            val fullMs = (System.nanoTime() - t0) / 1e6
+            var thrown: Throwable? = null
+            val job = launch(kotlinx.coroutines.Dispatchers.Default) {
+                try { engine.rankAsync(long) } catch (t: Throwable) { thrown = t; throw t }
+            }
+            started.await()
+            kotlinx.coroutines.delay(20)
+            val t1 = System.nanoTime()
+            job.cancelAndJoin()
+            val stopMs = (System.nanoTime() - t1) / 1e6
+            println("      whole-catalog naive rank: $fullMs ms; cancel -> stopped: $stopMs ms")
+            check(fullMs > 100) { "the rank ($fullMs ms) is shorter than the bound: it shows nothing" }
+            check(thrown is kotlinx.coroutines.CancellationException) { "got $thrown" }
+            check(stopMs < 100) { "took $stopMs ms to stop" }
+            check(engine.rank(RankRequest(history = history, topK = 1)).items.size == 1) { "engine broken after cancel" }
+            check(full.items.size == ids.size) { "${full.items.size}" }
+        }
+    }
+
+    test("an engine Cancelled surfaces as CancellationException in suspend calls") {
+        kotlinx.coroutines.runBlocking {
+            val token = CancelToken().apply { cancel() }
+            val e = runCatching { engine.rankAsync(RankRequest(history = history, cancel = token)) }.exceptionOrNull()
+            check(e is kotlinx.coroutines.CancellationException && e.cause is DelrecException.Cancelled) { "got $e" }
+            val bad = runCatching { engine.rankAsync(RankRequest(history = listOf("no-such-item"))) }.exceptionOrNull()
+            check(bad is DelrecException.BadRequest && bad.kind == BadRequestKind.UNKNOWN_ITEM) { "got $bad" }
         }
     }
 

@@ -14,7 +14,10 @@ use delrec_format::{BaseIdentity, Pack};
 
 use super::digest::{self, Stamp};
 use super::pool::Pool;
-use super::{backend, memory, rank, BackendInfo, DigestSource, Engine, EngineConfig, Inner, ModelVerification};
+use super::{
+    backend, memory, rank, BackendInfo, DigestSource, Engine, EngineConfig, Inner, LoadStage, ModelVerification,
+    OpenOptions,
+};
 use crate::error::{Error, FileError, Resource, Result};
 use crate::llm::{Adapter, Context, ContextParams, Model, ModelParams, TokenEmbeddings};
 
@@ -66,13 +69,21 @@ impl Base {
     /// sha256 is computed here (once per version of the file, see `digest_cache`), and every
     /// pack must pin it.
     pub fn open(model: impl AsRef<Path>, cfg: EngineConfig) -> Result<Self> {
-        Self::open_for(model.as_ref(), cfg, None)
+        Self::open_for(model.as_ref(), cfg, None, &OpenOptions::default())
+    }
+
+    /// [`Base::open`] with progress reports and a cancel token ([`OpenOptions`]).
+    pub fn open_with(model: impl AsRef<Path>, cfg: EngineConfig, opts: &OpenOptions) -> Result<Self> {
+        Self::open_for(model.as_ref(), cfg, None, opts)
     }
 
     /// Opens the model, for `first` when it is the one pack to come (which decides how the
     /// model is verified: a pack that pins no digest gets llama.cpp's tensor checks).
-    pub(super) fn open_for(model: &Path, cfg: EngineConfig, first: Option<&Pack>) -> Result<Self> {
+    pub(super) fn open_for(model: &Path, cfg: EngineConfig, first: Option<&Pack>, opts: &OpenOptions) -> Result<Self> {
         rank::validate(&cfg)?;
+        if !opts.step(LoadStage::Verify, 0.0) {
+            return Err(Error::Cancelled);
+        }
         // The model is opened once: our parse, the checks, the digest and llama.cpp all read this
         // descriptor, so a file replaced at the path meanwhile is never loaded unchecked.
         let file = std::fs::File::open(model).map_err(|source| FileError::Io { path: model.into(), source })?;
@@ -94,7 +105,10 @@ impl Base {
         }
         let tensor_checks = cfg.verify_checksum && first.is_some_and(|p| p.model_sha256.is_empty());
         let (digest, stamp) = if cfg.verify_checksum && !tensor_checks {
-            let (sum, source, fresh) = digest::sha256(&file, gguf.bytes(), cfg.digest_cache.as_deref());
+            let (sum, source, fresh) = digest::sha256(&file, gguf.bytes(), cfg.digest_cache.as_deref(), &mut |f| {
+                opts.step(LoadStage::Verify, f)
+            })
+            .ok_or(Error::Cancelled)?;
             (Some((sum, source)), fresh)
         } else {
             (None, None)
@@ -106,7 +120,7 @@ impl Base {
         let (device, report) = backend::choose(&cfg)?;
         let params =
             ModelParams { device, gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
-        let m = Model::load_file(&file, model, params)?;
+        let m = Model::load_file_observed(&file, model, params, Some(&mut |f| opts.step(LoadStage::Load, f)))?;
         let backend = report(Some(m.n_layer() as u32));
         drop(file);
         if m.has_encoder() != token_embd.is_some() || (m.has_encoder() && m.decoder_start_token().is_none()) {

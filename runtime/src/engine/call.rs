@@ -2,13 +2,16 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CancelToken, RankRequest, RankStats};
+use super::{CancelToken, OnProgress, RankProgress, RankRequest, RankStats};
 use crate::error::{Error, Result};
 use crate::llm::Context;
 
 pub(crate) struct Call {
     cancel: Option<CancelToken>,
     deadline: Option<Instant>,
+    progress: Option<OnProgress>,
+    /// Rows the plans so far will decode at most (`RankProgress::planned_rows`).
+    planned: usize,
     pub stats: RankStats,
 }
 
@@ -17,6 +20,8 @@ impl Call {
         Call {
             cancel: req.cancel.clone(),
             deadline: req.timeout.map(|t| Instant::now() + t),
+            progress: req.progress.clone(),
+            planned: 0,
             stats: RankStats::default(),
         }
     }
@@ -38,6 +43,25 @@ impl Call {
             return Err(Error::DeadlineExceeded);
         }
         Ok(())
+    }
+
+    /// A plan will decode at most `rows` more rows.
+    pub fn plan(&mut self, rows: usize) {
+        self.planned += rows;
+    }
+
+    /// Counts one decode of `rows` rows and reports the progress.
+    pub fn decoded(&mut self, rows: usize) {
+        self.stats.decode_calls += 1;
+        self.stats.decoded_rows += rows;
+        self.planned = self.planned.max(self.stats.decoded_rows);
+        if let Some(p) = &self.progress {
+            p.report(RankProgress {
+                decoded_rows: self.stats.decoded_rows,
+                planned_rows: self.planned,
+                decode_calls: self.stats.decode_calls,
+            });
+        }
     }
 
     /// How long to wait for something before checking again; `None`: nothing to check, wait on.

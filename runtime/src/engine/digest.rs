@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use delrec_format::identity::{bytes_sha256, hex};
+use delrec_format::identity::hex;
 use sha2::{Digest, Sha256};
 
 /// What identifies one version of a file's bytes.
@@ -76,20 +76,37 @@ pub enum DigestSource {
 /// The sha256 (hex) of `bytes`, the mapped content of `file`, from a cache when this version of
 /// the file was hashed before. Only digests that matched a pin are remembered ([`remember`]),
 /// so a cache entry can only ever say "this version was verified".
-pub(crate) fn sha256(file: &File, bytes: &[u8], cache_dir: Option<&Path>) -> (String, DigestSource, Option<Stamp>) {
+/// A fresh hash reports its progress (0..=1) to `progress`, which stops it by returning false
+/// (then `None`).
+pub(crate) fn sha256(
+    file: &File,
+    bytes: &[u8],
+    cache_dir: Option<&Path>,
+    progress: &mut dyn FnMut(f32) -> bool,
+) -> Option<(String, DigestSource, Option<Stamp>)> {
     let stamp = Stamp::of(file).ok().filter(|s| s.size == bytes.len() as u64);
     if let Some(stamp) = &stamp {
         let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, d)) = seen.iter().find(|(s, _)| s == stamp) {
-            return (d.clone(), DigestSource::Process, None);
+            return Some((d.clone(), DigestSource::Process, None));
         }
         drop(seen);
         if let Some(d) = cache_dir.and_then(|dir| read_cached(stamp, dir)) {
             remember_in_process(stamp, &d);
-            return (d, DigestSource::CacheDir, None);
+            return Some((d, DigestSource::CacheDir, None));
         }
     }
-    (bytes_sha256(bytes), DigestSource::Hashed, stamp)
+    // In slices, so that a phone's first open of a large model can show progress and be stopped.
+    const SLICE: usize = 16 << 20;
+    let mut h = Sha256::new();
+    for (i, chunk) in bytes.chunks(SLICE).enumerate() {
+        if !progress((i * SLICE) as f32 / bytes.len().max(1) as f32) {
+            return None;
+        }
+        h.update(chunk);
+    }
+    progress(1.0);
+    Some((hex(&h.finalize()), DigestSource::Hashed, stamp))
 }
 
 /// Remembers a digest that matched the pack's pin, in this process and in `cache_dir`
@@ -134,6 +151,7 @@ fn write_cached(stamp: &Stamp, digest: &str, dir: &Path) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use delrec_format::identity::bytes_sha256;
 
     /// Tests share the process cache: each forgets only its own files.
     fn forget(stamp: &Stamp) {
@@ -152,18 +170,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         let (p, f) = file_with(dir.path(), "m.gguf", b"version one");
-        let (d, src, stamp) = sha256(&f, b"version one", Some(&cache));
+        let (d, src, stamp) = sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap();
         assert_eq!((d.as_str(), src), (bytes_sha256(b"version one").as_str(), DigestSource::Hashed));
         remember(stamp.as_ref().unwrap(), &d, Some(&cache));
-        assert_eq!(sha256(&f, b"version one", Some(&cache)).1, DigestSource::Process);
+        assert_eq!(sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Process);
         // Another launch: the process cache is empty, the directory remembers.
         forget(stamp.as_ref().unwrap());
-        assert_eq!(sha256(&f, b"version one", Some(&cache)).1, DigestSource::CacheDir);
+        assert_eq!(sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::CacheDir);
         // Rewritten in place, same length: the change time moved, so it is hashed again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&p, b"version two").unwrap();
         let f2 = File::open(&p).unwrap();
-        let (d2, src2, _) = sha256(&f2, b"version two", Some(&cache));
+        let (d2, src2, _) = sha256(&f2, b"version two", Some(&cache), &mut |_| true).unwrap();
         assert_eq!((d2, src2), (bytes_sha256(b"version two"), DigestSource::Hashed));
     }
 
@@ -183,7 +201,7 @@ mod tests {
         ] {
             std::fs::write(stamp.cache_file(&cache), bad).unwrap();
             forget(&stamp);
-            assert_eq!(sha256(&f, b"bytes", Some(&cache)).1, DigestSource::Hashed);
+            assert_eq!(sha256(&f, b"bytes", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Hashed);
         }
     }
 }

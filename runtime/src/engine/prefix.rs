@@ -80,6 +80,7 @@ pub(crate) fn decode_rows(
 ) -> Result<()> {
     let (n_batch, n_outputs) = (job.ctx.n_batch(), job.ctx.n_outputs());
     let width = job.width;
+    job.call.plan(rows.len());
     let mut i = 0;
     while i < rows.len() {
         job.call.check()?;
@@ -109,8 +110,7 @@ pub(crate) fn decode_rows(
             i += 1;
         }
         job.ctx.decode(&mut b)?;
-        job.call.stats.decode_calls += 1;
-        job.call.stats.decoded_rows += b.len();
+        job.call.decoded(b.len());
         for j in 0..b.len() {
             if want(first + j) {
                 on_logits(first + j, job.ctx.logits(&b, j)?);

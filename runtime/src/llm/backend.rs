@@ -2,8 +2,9 @@
 //! router.
 //!
 //! llama.cpp reports most failures through its log rather than return values. The router keeps
-//! the recent warnings and errors so that our errors can say what llama.cpp said, and prints the
-//! log only when `DELREC_LLAMA_LOG=1` (an app's stderr is nobody's console).
+//! the recent warnings and errors so that our errors can say what llama.cpp said, hands whole
+//! lines to the app's sink ([`crate::log`]), and prints the raw log only when
+//! `DELREC_LLAMA_LOG=1` (an app's stderr is nobody's console).
 //!
 //! # CPU kernels chosen at run time (`cpu-variants` feature)
 //!
@@ -24,12 +25,15 @@
 //! `app_process`, so 2. finds nothing there): see docs/platforms.md. [`Backend::cpu_kernels`]
 //! says which variant was loaded and what it uses.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use llama_cpp_sys_2 as sys;
+
+use crate::log::LogLevel;
 
 /// Proof that llama.cpp is initialized; every entry point of this layer takes one first.
 #[derive(Clone, Copy, Debug)]
@@ -112,6 +116,39 @@ impl CpuKernels {
     }
 }
 
+thread_local! {
+    /// The line llama.cpp is still writing on this thread (it logs in pieces: `CONT` continues
+    /// the last level) and that line's level.
+    static PARTIAL: RefCell<(LogLevel, String)> = const { RefCell::new((LogLevel::Info, String::new())) };
+}
+
+/// Assembles llama.cpp's pieces into lines for [`crate::log`].
+fn to_lines(level: sys::ggml_log_level, text: &str) {
+    PARTIAL.with(|p| {
+        let mut p = p.borrow_mut();
+        let level = match level {
+            sys::GGML_LOG_LEVEL_DEBUG => Some(LogLevel::Debug),
+            sys::GGML_LOG_LEVEL_INFO => Some(LogLevel::Info),
+            sys::GGML_LOG_LEVEL_WARN => Some(LogLevel::Warn),
+            sys::GGML_LOG_LEVEL_ERROR => Some(LogLevel::Error),
+            _ => None, // CONT (and NONE): the current line's level
+        };
+        if let Some(level) = level {
+            if p.1.is_empty() {
+                p.0 = level;
+            }
+        }
+        p.1.push_str(text);
+        while let Some(end) = p.1.find('\n') {
+            let line: String = p.1.drain(..=end).collect();
+            let line = line.trim_end();
+            if !line.is_empty() {
+                crate::log::emit(p.0, line);
+            }
+        }
+    });
+}
+
 unsafe extern "C" fn route(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
     if text.is_null() {
         return;
@@ -121,6 +158,8 @@ unsafe extern "C" fn route(level: sys::ggml_log_level, text: *const c_char, _: *
     if std::env::var_os("DELREC_LLAMA_LOG").is_some_and(|v| v == "1") {
         eprint!("{s}");
     }
+    // Nothing may unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| to_lines(level, &s)));
     if let Some((_, path)) = s.split_once(LOADED_CPU_LINE) {
         *LOADED_CPU.lock().unwrap_or_else(|e| e.into_inner()) = Some(PathBuf::from(path.trim_end()));
     }
@@ -194,7 +233,7 @@ impl Backend {
             s = if s.is_empty() { problem.to_string() } else { format!("{problem}; {s}") };
         }
         if s.is_empty() {
-            "(llama.cpp logged no reason; DELREC_LLAMA_LOG=1 prints its log)".into()
+            "(llama.cpp logged no reason; a log sink at debug level gets its whole log)".into()
         } else {
             s
         }

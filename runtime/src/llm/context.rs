@@ -477,10 +477,15 @@ impl Context {
         };
         // SAFETY: every array has n entries (Batch keeps them in step) and lives until the call
         // returns; ids and widths were checked above.
-        let rc = {
-            let _shared = self.model.adapters_read();
-            unsafe { sys::llama_decode(self.ptr.as_ptr(), raw) }
-        };
+        // A decode we aborted (cancel, deadline) makes llama.cpp log an error: held and demoted,
+        // so a normal cancel puts no error in the app's log.
+        let rc = crate::log::hold(
+            || {
+                let _shared = self.model.adapters_read();
+                unsafe { sys::llama_decode(self.ptr.as_ptr(), raw) }
+            },
+            |&rc| rc != 2,
+        );
         b.outputs = if rc == 0 { b.out.iter().map(|&o| o != 0).collect() } else { vec![] };
         match rc {
             0 => Ok(()),

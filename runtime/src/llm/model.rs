@@ -1,6 +1,6 @@
 //! A loaded model: immutable after load, shared by every context made from it.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -52,6 +52,24 @@ impl Default for ModelParams {
     fn default() -> Self {
         Self { device: None, gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false }
     }
+}
+
+/// The caller's progress function during one load.
+struct Observer<'a> {
+    f: &'a mut dyn FnMut(f32) -> bool,
+    stopped: bool,
+}
+
+unsafe extern "C" fn on_progress(progress: f32, data: *mut c_void) -> bool {
+    if data.is_null() {
+        return true;
+    }
+    // SAFETY: `data` is the `Observer` of the load in progress on this thread, alive for it.
+    let o = unsafe { &mut *data.cast::<Observer>() };
+    // Nothing may unwind into C: a panicking observer stops the load.
+    let go = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (o.f)(progress))).unwrap_or(false);
+    o.stopped |= !go;
+    go
 }
 
 /// A loaded model. Immutable after load, so it may be shared by contexts on many threads.
@@ -121,24 +139,52 @@ impl Model {
     /// same descriptor are the bytes llama.cpp loads, even if the path is replaced meanwhile.
     /// (`path` names the file in errors.) Elsewhere than Unix, loads by path.
     pub fn load_file(file: &std::fs::File, path: &Path, params: ModelParams) -> Result<Self> {
+        Self::load_file_observed(file, path, params, None)
+    }
+
+    /// [`Model::load_file`] reporting llama.cpp's progress (0..=1) to `progress`, which stops
+    /// the load by returning false (then [`LlamaError::Cancelled`]).
+    pub fn load_file_observed(
+        file: &std::fs::File,
+        path: &Path,
+        params: ModelParams,
+        progress: Option<&mut dyn FnMut(f32) -> bool>,
+    ) -> Result<Self> {
         #[cfg(unix)]
         {
             let backend = Backend::get();
             let _one = LOADING.lock().unwrap_or_else(|e| e.into_inner());
             backend.clear_log();
             let mut devices = [std::ptr::null_mut(); 2];
-            // SAFETY: a valid stream at the file's start; `devices` outlives the call. llama.cpp
-            // does not own a stream it is given, and its weight mappings outlive the descriptor.
-            let ptr = with_stream(file, path, |fp| unsafe {
-                sys::llama_model_load_from_file_ptr(fp.cast(), params.raw(&mut devices))
-            })?;
+            let mut raw = params.raw(&mut devices);
+            let mut observer = progress.map(|f| Observer { f, stopped: false });
+            if let Some(o) = observer.as_mut() {
+                raw.progress_callback = Some(on_progress);
+                raw.progress_callback_user_data = (o as *mut Observer).cast();
+            }
+            // SAFETY: a valid stream at the file's start; `devices` and `observer` outlive the
+            // call (llama.cpp calls the progress callback only during it). llama.cpp does not
+            // own a stream it is given, and its weight mappings outlive the descriptor.
+            let stopped = |o: &Option<Observer>| o.as_ref().is_some_and(|o| o.stopped);
+            // What llama.cpp logs about a load we stopped is no error to the app: held, demoted.
+            let ptr = crate::log::hold(
+                || with_stream(file, path, |fp| unsafe { sys::llama_model_load_from_file_ptr(fp.cast(), raw) }),
+                |_| !stopped(&observer),
+            )?;
+            if stopped(&observer) {
+                if let Some(p) = NonNull::new(ptr) {
+                    // SAFETY: a model llama.cpp returned and nobody else holds.
+                    unsafe { sys::llama_model_free(p.as_ptr()) };
+                }
+                return Err(LlamaError::Cancelled);
+            }
             let ptr =
                 NonNull::new(ptr).ok_or_else(|| LlamaError::Load { path: path.into(), log: backend.take_log() })?;
             Ok(Self::from_ptr(ptr))
         }
         #[cfg(not(unix))]
         {
-            let _ = file;
+            let _ = (file, progress);
             Self::load(path, params)
         }
     }

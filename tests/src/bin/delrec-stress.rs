@@ -401,13 +401,14 @@ fn ffi_request(r: &RankRequest, cancel: Option<Arc<delrec_ffi::CancelToken>>) ->
     delrec_ffi::RankRequest {
         history: r.history.clone(),
         candidates: r.candidates.clone(),
-        top_k: r.top_k.map(|k| k as u32),
+        top_k: r.top_k.map(|k| k as i32),
         soft_prompt: r.soft_prompt.clone(),
         exclude_history: r.exclude_history,
         exhaustive: r.exhaustive,
         plan: None,
         cancel,
-        timeout_ms: r.timeout.map(|t| t.as_millis() as u64),
+        timeout_ms: r.timeout.map(|t| t.as_millis() as i64),
+        progress: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub(crate) fn score(job: &mut Job, k: usize) -> Result<Scores> {
             top.push(trie.nodes[r].partial);
         }
     }
+    // At most every node with children (pruning usually stops far short of it).
+    job.call.plan(trie.nodes.iter().filter(|n| !n.children.is_empty()).count());
     let mut search = Search::new(&trie, job.ctx.n_seq_max());
     let result = run(job, &mut trie, &mut search, &mut top, prefix_len);
     for s in search.live_seqs() {
@@ -66,8 +68,7 @@ fn run(job: &mut Job, trie: &mut Trie, search: &mut Search, top: &mut TopK, pref
             b.add_token(node.token, (prefix_len + node.depth as usize) as i32, &[seq], true);
         }
         job.ctx.decode(&mut b)?;
-        job.call.stats.decode_calls += 1;
-        job.call.stats.decoded_rows += b.len();
+        job.call.decoded(b.len());
         for (j, &(id, seq)) in round.rows.iter().enumerate() {
             let logits = job.ctx.logits(&b, j)?;
             let lse = log_sum_exp(logits);

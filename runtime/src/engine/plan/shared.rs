@@ -39,7 +39,9 @@ pub(crate) fn score(job: &mut Job) -> Result<Scores> {
     let prefix_len = job.rows.len();
     let (last, lse) = job.state.last.clone().ok_or_else(|| Error::internal("prefix not decoded"))?;
     let mut out = vec![None; job.seqs.len()];
-    for mut g in groups(job.seqs, job.ctx.n_seq_max(), job.ctx.n_ctx(), prefix_len)? {
+    let groups = groups(job.seqs, job.ctx.n_seq_max(), job.ctx.n_ctx(), prefix_len)?;
+    job.call.plan(groups.iter().map(|g| g.trie.nodes.iter().filter(|n| !n.children.is_empty()).count()).sum());
+    for mut g in groups {
         let n = g.members.len() as i32;
         for s in 1..=n {
             job.ctx.seq_cp(0, s)?;
@@ -74,8 +76,7 @@ fn decode_trie(job: &mut Job, trie: &mut Trie, prefix_len: usize) -> Result<()> 
             b.add_token(node.token, (prefix_len + node.depth as usize) as i32, &seq_ids, true);
         }
         job.ctx.decode(&mut b)?;
-        job.call.stats.decode_calls += 1;
-        job.call.stats.decoded_rows += b.len();
+        job.call.decoded(b.len());
         for (j, &id) in chunk.iter().enumerate() {
             let logits = job.ctx.logits(&b, j)?;
             let lse = log_sum_exp(logits);
