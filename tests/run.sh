@@ -20,6 +20,9 @@ mkdir -p "$DELREC_REPORT_DIR"
 python3 -m pytest -q tests/parity
 # The uniffi-generated Kotlin bindings, compiled and run on the JVM against a converted model.
 bash bindings/kotlin/run-tests.sh
+# The uniffi-generated Python bindings: the `delrec` wheel built and installed into a venv under
+# target/, then pytest against the same fixtures, with the CLI as the reference.
+bash bindings/python/run-tests.sh
 # The training recipe in its own venv (torch, transformers, RecBole): unit tests plus the bounded
 # end-to-end slices (SASRec teacher through RecBole, stage-1 training with resume, evaluation).
 venv=$(bash scripts/setup-train.sh | tail -n 1)
