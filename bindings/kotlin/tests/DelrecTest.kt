@@ -658,6 +658,19 @@ fun main() {
         }
     }
 
+    test("the README's Kotlin example runs and prints what it says") {
+        val out = java.io.ByteArrayOutputStream()
+        val stdout = System.out
+        System.setOut(java.io.PrintStream(out, true))
+        try {
+            kotlinx.coroutines.runBlocking { readmeSnippet(model, pack) }
+        } finally {
+            System.setOut(stdout)
+        }
+        val text = out.toString()
+        check(text.contains("UNKNOWN_ITEM m999") && text.contains("best: ") && text.contains(" rows")) { text }
+    }
+
     engine.close()
     exact.close()
     println("$passed passed, $failed failed")

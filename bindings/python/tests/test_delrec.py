@@ -34,9 +34,16 @@ def test_the_package_loads_its_own_library():
 
 def test_default_engine_config_mirrors_the_runtime_defaults():
     c = delrec.default_engine_config()
+    assert delrec.EngineConfig() == c, (delrec.EngineConfig(), c)
     assert (c.context_size, c.batch_size, c.max_sequences, c.threads) == (2048, 512, 32, 0), c
-    assert c.kv_type == KvType.F16 and c.flash_attention and c.verify_checksum and c.digest_cache_dir is None, c
-    assert c.backend == Backend.AUTO and c.gpu_layers == -1, c
+    # The two enums are None (= AUTO, F16) until an engine resolves them.
+    assert c.kv_type is None and c.flash_attention and c.verify_checksum and c.digest_cache_dir is None, c
+    assert c.backend is None and c.gpu_layers == -1, c
+    with Engine.open(MODEL, PACK, delrec.EngineConfig(threads=2)) as e:
+        assert e.config() == delrec.engine_config(threads=2, backend=Backend.AUTO, kv_type=KvType.F16), e.config()
+    with pytest.raises(DelrecError.BadRequest) as neg:
+        Engine.open(MODEL, PACK, delrec.EngineConfig(max_contexts=-1))
+    assert neg.value.kind == BadRequestKind.INVALID_ARGUMENT and neg.value.field == "max_contexts", neg.value
 
 
 def test_engine_config_changes_fields_and_refuses_unknown_names():
@@ -90,7 +97,7 @@ def test_catalog_lookups(engine):
         engine.item_title("no-such-item")
     assert u.value.kind == BadRequestKind.UNKNOWN_ITEM and u.value.item_id == "no-such-item", u.value
     assert engine.soft_prompts() == ["default"]
-    assert engine.config() == config()
+    assert engine.config() == config(backend=Backend.AUTO, kv_type=KvType.F16)
 
 
 # --- ranking equals the CLI ----------------------------------------------------------------------
@@ -566,3 +573,85 @@ def test_the_readme_python_snippets_run(readme, tmp_path):
         # A printed value the snippet shows in a comment (`print(...)  # value`) is what it prints.
         for shown in re.findall(r"print\(.*\)\s+#\s*(.+)$", code, re.M):
             assert shown.strip() in p.stdout, f"{readme} snippet {k} does not print {shown!r}:\n{p.stdout}"
+
+
+# --- progress and logs ---------------------------------------------------------------------------
+
+
+class _Progress(delrec.ProgressListener):
+    def __init__(self, on=None):
+        self.seen, self.on = [], on
+
+    def on_progress(self, progress):
+        self.seen.append(progress)
+        if self.on:
+            self.on(progress)
+
+
+def test_rank_progress_reports_every_decode_and_ends_at_the_counters(engine):
+    listener = _Progress()
+    r = engine.rank(RankRequest(history=HISTORY, progress=listener))
+    seen = listener.seen
+    assert len(seen) == r.stats.decode_calls, (len(seen), r.stats)
+    assert all(b.decoded_rows > a.decoded_rows and b.planned_rows >= a.planned_rows for a, b in zip(seen, seen[1:]))
+    assert seen[-1].decoded_rows == r.stats.decoded_rows and all(p.decoded_rows <= p.planned_rows for p in seen)
+
+    def boom(_):
+        raise RuntimeError("the app's listener threw")
+
+    again = engine.rank(RankRequest(history=HISTORY, progress=_Progress(boom)))
+    assert [(i.id, i.score) for i in again.items] == [(i.id, i.score) for i in r.items]
+    token = CancelToken()
+    with pytest.raises(DelrecError.Cancelled):
+        engine.rank(RankRequest(history=IDS[:40], plan=Plan.NAIVE, cancel=token, progress=_Progress(lambda _: token.cancel())))
+
+
+class _Load(delrec.LoadListener):
+    def __init__(self, on=None):
+        self.seen, self.on = [], on
+
+    def on_load_progress(self, stage, fraction):
+        self.seen.append((stage, fraction))
+        if self.on:
+            self.on(stage, fraction)
+
+
+def test_open_with_progress_reports_the_load_and_stops_when_cancelled():
+    listener = _Load()
+    with Engine.open_with_progress(MODEL, PACK, config(), listener, None) as e:
+        assert e.rank(RankRequest(history=HISTORY, top_k=3)).items
+    load = [f for s, f in listener.seen if s == delrec.LoadStage.LOAD]
+    assert load and load[-1] == 1.0 and load == sorted(load), listener.seen
+    token = CancelToken()
+    with pytest.raises(DelrecError.Cancelled):
+        Engine.open_with_progress(MODEL, PACK, config(), _Load(lambda s, f: token.cancel()), token)
+
+
+class _Sink(delrec.LogSink):
+    def __init__(self, fail=False):
+        self.lines, self.fail = [], fail
+
+    def log(self, level, message):
+        if self.fail:
+            raise RuntimeError("the app's logger threw")
+        self.lines.append((level, message))
+
+
+def test_a_log_sink_gets_llama_cpp_lines_and_no_error_for_a_normal_cancel():
+    sink = _Sink()
+    delrec.set_log_sink(sink, delrec.LogLevel.DEBUG)
+    try:
+        with Engine.open(MODEL, PACK, config()) as e:
+            assert any("llama_model_load" in m or "print_info" in m for _, m in sink.lines), sink.lines[:5]
+            before = len(sink.lines)
+            token = CancelToken()
+            with pytest.raises(DelrecError.Cancelled):
+                e.rank(RankRequest(history=IDS[:40], plan=Plan.NAIVE, cancel=token,
+                                   progress=_Progress(lambda _: token.cancel())))
+            bad = [(l, m) for l, m in sink.lines[before:] if l in (delrec.LogLevel.WARN, delrec.LogLevel.ERROR)]
+            assert not bad, bad
+        delrec.set_log_sink(_Sink(fail=True), delrec.LogLevel.DEBUG)
+        with Engine.open(MODEL, PACK, config()) as e:
+            assert len(e.rank(RankRequest(history=HISTORY, top_k=3)).items) == 3
+    finally:
+        delrec.set_log_sink(None, delrec.LogLevel.DEBUG)

@@ -30,10 +30,14 @@ func offload<T>(cancel token: CancelToken? = nil, _ body: @escaping @Sendable ()
 }
 
 /// Forwards load progress to a closure (UniFFI foreign-trait protocols are `AnyObject, Sendable`).
+/// The stage (digest check, then llama.cpp's load) is folded into one fraction: verify is the
+/// first half when it runs.
 final class LoadRelay: LoadListener {
     let body: @Sendable (Float) -> Void
     init(_ body: @escaping @Sendable (Float) -> Void) { self.body = body }
-    func onLoadProgress(fraction: Float) { body(fraction) }
+    func onLoadProgress(stage: LoadStage, fraction: Float) {
+        body(stage == .verify ? fraction / 2 : 0.5 + fraction / 2)
+    }
 }
 
 /// Forwards ranking progress to a closure.

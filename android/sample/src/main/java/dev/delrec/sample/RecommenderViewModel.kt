@@ -16,6 +16,7 @@ import dev.delrec.Ranking
 import dev.delrec.ScoredItem
 import dev.delrec.Session
 import dev.delrec.android.LogcatSink
+import dev.delrec.LoadStage
 import dev.delrec.openEngine
 import dev.delrec.pushAsync
 import dev.delrec.rankAsync
@@ -135,7 +136,11 @@ class RecommenderViewModel(app: Application) : AndroidViewModel(app) {
             _state.update { it.copy(status = "Loading the model…", loadProgress = 0f) }
             // digestCacheDir: the model's verified sha256 is remembered, so later launches skip hashing it.
             val config = EngineConfig(threads = 4, digestCacheDir = app.cacheDir.path)
-            openEngine(model.path, pack.path, config, onProgress = { f -> _state.update { it.copy(loadProgress = f) } })
+            // One bar for both stages: the digest check (first launch only) and the load.
+            openEngine(model.path, pack.path, config) { stage, f ->
+                val overall = if (stage == LoadStage.VERIFY) f / 2 else 0.5f + f / 2
+                _state.update { it.copy(loadProgress = overall) }
+            }
         }
         _state.update { it.copy(loadProgress = null) }
         if (engine == null) {
