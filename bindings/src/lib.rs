@@ -425,6 +425,17 @@ pub struct RankRequest {
     /// long whole-catalog rank), on the ranking thread: return quickly.
     #[uniffi(default)]
     pub progress: Option<Arc<dyn ProgressListener>>,
+    /// Items not in the catalog, ranked for this request only, after `candidates` (an empty
+    /// list there ranks only these); an id the catalog has is `DUPLICATE_ITEM`.
+    #[uniffi(default)]
+    pub inline: Vec<InlineItem>,
+}
+
+/// An item given in a request rather than in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct InlineItem {
+    pub id: String,
+    pub title: String,
 }
 
 impl std::fmt::Debug for dyn ProgressListener {
@@ -463,6 +474,7 @@ impl TryFrom<RankRequest> for rt::RankRequest {
                     });
                 })
             }),
+            inline: r.inline.into_iter().map(|i| rt::InlineItem { id: i.id, title: i.title }).collect(),
             ..Default::default()
         })
     }
@@ -1078,6 +1090,26 @@ impl Engine {
         })
     }
 
+    /// Gives an item (the pack's or an added one) a new title; a pack item keeps its
+    /// sequential-model vector, an added one gets a new one.
+    pub fn replace_item(&self, id: String, title: String) -> Result<AddedItem> {
+        guard(|| {
+            let a = self.inner.replace_item(&id, &title)?;
+            Ok(AddedItem { index: small(a.index), n_tokens: small_usize(a.n_tokens), retrievable: a.retrievable })
+        })
+    }
+
+    /// Takes an item out of recommendation (no later rank or recommend returns it; histories
+    /// holding it still work). Returns whether it was in recommendation before.
+    pub fn remove_item(&self, id: String) -> Result<bool> {
+        guard(|| Ok(self.inner.remove_item(&id)?))
+    }
+
+    /// Items that can be recommended: `catalog_size()` less the removed ones.
+    pub fn live_catalog_size(&self) -> i64 {
+        count_usize(self.inner.n_live_items())
+    }
+
     /// The catalog entry with this id.
     pub fn item(&self, id: String) -> Result<CatalogItem> {
         guard(|| {
@@ -1222,6 +1254,7 @@ mod tests {
             cancel: None,
             timeout_ms: None,
             progress: None,
+            inline: vec![],
         };
         assert!(
             matches!(rt::RankRequest::try_from(r.clone()), Err(DelrecError::BadRequest { field: Some(f), .. }) if f == "top_k")

@@ -211,6 +211,17 @@ pub struct RankRequest {
     /// Called after every decode with the rows done and planned (a progress bar for a long
     /// whole-catalog rank).
     pub progress: Option<OnProgress>,
+    /// Items not in the catalog, ranked for this request only, after `candidates` (which may be
+    /// `Some(vec![])` to rank only these). Tokenized as [`Engine::add_item`] does; an id the
+    /// catalog has is `DuplicateItem`.
+    pub inline: Vec<InlineItem>,
+}
+
+/// An item given in a request rather than in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineItem {
+    pub id: String,
+    pub title: String,
 }
 
 /// A ranked candidate.
@@ -523,7 +534,7 @@ impl Engine {
     /// How this engine would serve `req`, without decoding anything (validated like a rank).
     pub fn plan(&self, req: &RankRequest) -> Result<RankPlan> {
         let inner = &*self.inner;
-        let cat = self.catalog();
+        let cat = self.catalog_with(&req.inline)?;
         let r = prompt::resolve(&cat, req)?;
         let (encoder, prefix) = self.rows(&cat, &r)?;
         let strategy = plan::choose(req, r.candidates.len(), inner.n_seq_max, inner.pack.scoring);

@@ -38,9 +38,9 @@ pub use delrec_format::{Pack, ScoringMode};
 pub use engine::MemoryBudget;
 pub use engine::{
     choose_backend, devices, AdapterSummary, AddedInfo, BackendInfo, BackendKind, Base, CancelToken, DeviceInfo,
-    DigestSource, Engine, EngineConfig, LoadProgress, LoadStage, ModelVerification, OnProgress, OpenOptions, Plan,
-    PrefixRow, RankPlan, RankProgress, RankRequest, RankStats, Ranking, RecommendRequest, RecommendStats,
-    Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
+    DigestSource, Engine, EngineConfig, InlineItem, LoadProgress, LoadStage, ModelVerification, OnProgress,
+    OpenOptions, Plan, PrefixRow, RankPlan, RankProgress, RankRequest, RankStats, Ranking, RecommendRequest,
+    RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };
 pub use error::{Error, FileError, RequestError, Resource, Result};
 pub use files::install_file;

@@ -658,6 +658,32 @@ fun main() {
         }
     }
 
+    test("live catalog: inline items, replaceItem, removeItem") {
+        Engine.open(model, pack, config().copy(kvType = KvType.F32, flashAttention = false)).use { e ->
+            val title3 = e.itemAt(3).title
+            val cands = listOf(ids[3], ids[7])
+            val r = e.rank(RankRequest(history = history, candidates = cands, inline = listOf(InlineItem("x-copy", title3))))
+            val s = r.items.associate { it.id to it.score }
+            check(s.size == 3 && abs(s["x-copy"]!! - s[ids[3]]!!) < 1e-6) { "$s" }
+            check(e.catalogSize() == ids.size.toLong()) { "an inline item stayed in the catalog" }
+            val dup = expectThrows<DelrecException.BadRequest> {
+                e.rank(RankRequest(history = history, inline = listOf(InlineItem(ids[1], "Taken"))))
+            }
+            check(dup.kind == BadRequestKind.DUPLICATE_ITEM && dup.itemId == ids[1]) { "$dup" }
+            val before = e.rank(RankRequest(history = history, candidates = listOf(ids[2], ids[9]))).items.associate { it.id to it.score }
+            e.replaceItem(ids[2], e.itemAt(9).title)
+            val after = e.rank(RankRequest(history = history, candidates = listOf(ids[2]))).items[0].score
+            check(abs(after - before[ids[9]]!!) < 1e-6) { "retitled: $after vs ${before[ids[9]]}" }
+            val top = e.rank(RankRequest(history = history, topK = 1)).items[0].id
+            check(e.removeItem(top) && !e.removeItem(top)) { "removeItem twice" }
+            check(e.liveCatalogSize() == ids.size.toLong() - 1)
+            check(e.rank(RankRequest(history = history)).items.none { it.id == top }) { "a removed item was ranked" }
+            val named = expectThrows<DelrecException.BadRequest> { e.rank(RankRequest(history = history, candidates = listOf(top))) }
+            check(named.kind == BadRequestKind.INVALID_ARGUMENT && named.field == "candidates") { "$named" }
+            check(e.rank(RankRequest(history = listOf(top), topK = 2)).items.size == 2) { "a history holding a removed item" }
+        }
+    }
+
     test("the README's Kotlin example runs and prints what it says") {
         val out = java.io.ByteArrayOutputStream()
         val stdout = System.out

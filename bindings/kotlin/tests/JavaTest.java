@@ -43,7 +43,7 @@ public class JavaTest {
 
     static RankRequest request(List<String> history, List<String> candidates, Integer topK, CancelToken cancel) {
         // A record from Java: every field, in order (Kotlin's defaults are not visible here).
-        return new RankRequest(history, candidates, topK, null, false, false, null, cancel, null, null);
+        return new RankRequest(history, candidates, topK, null, false, false, null, cancel, null, null, new ArrayList<>());
     }
 
     /** `delrec rank --json` scores, in order. */
@@ -123,7 +123,7 @@ public class JavaTest {
         test("progress listener and a session from Java", () -> {
             AtomicInteger reports = new AtomicInteger();
             ProgressListener listener = p -> reports.incrementAndGet();
-            RankRequest req = new RankRequest(history, null, 5, null, false, false, null, null, null, listener);
+            RankRequest req = new RankRequest(history, null, 5, null, false, false, null, null, null, listener, new ArrayList<>());
             Ranking r = engine.rank(req);
             check(reports.get() == r.getStats().getDecodeCalls(), reports.get() + " reports");
             try (Session s = engine.session(null)) {

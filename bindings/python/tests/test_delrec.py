@@ -655,3 +655,26 @@ def test_a_log_sink_gets_llama_cpp_lines_and_no_error_for_a_normal_cancel():
             assert len(e.rank(RankRequest(history=HISTORY, top_k=3)).items) == 3
     finally:
         delrec.set_log_sink(None, delrec.LogLevel.DEBUG)
+
+
+def test_live_catalog_inline_replace_remove():
+    with Engine.open(MODEL, PACK, config(kv_type=KvType.F32, flash_attention=False)) as e:
+        title3 = e.item_at(3).title
+        r = e.rank(RankRequest(history=HISTORY, candidates=[IDS[3], IDS[7]],
+                               inline=[delrec.InlineItem(id="x-copy", title=title3)]))
+        s = {i.id: i.score for i in r.items}
+        assert len(s) == 3 and abs(s["x-copy"] - s[IDS[3]]) < 1e-6, s
+        with pytest.raises(DelrecError.BadRequest) as dup:
+            e.rank(RankRequest(history=HISTORY, inline=[delrec.InlineItem(id=IDS[1], title="Taken")]))
+        assert dup.value.kind == BadRequestKind.DUPLICATE_ITEM and dup.value.item_id == IDS[1]
+        before = {i.id: i.score for i in e.rank(RankRequest(history=HISTORY, candidates=[IDS[2], IDS[9]])).items}
+        e.replace_item(IDS[2], e.item_at(9).title)
+        after = e.rank(RankRequest(history=HISTORY, candidates=[IDS[2]])).items[0].score
+        assert abs(after - before[IDS[9]]) < 1e-6
+        top = e.rank(RankRequest(history=HISTORY, top_k=1)).items[0].id
+        assert e.remove_item(top) and not e.remove_item(top)
+        assert e.live_catalog_size() == len(IDS) - 1
+        assert all(i.id != top for i in e.rank(RankRequest(history=HISTORY)).items)
+        with pytest.raises(DelrecError.BadRequest) as named:
+            e.rank(RankRequest(history=HISTORY, candidates=[top]))
+        assert named.value.kind == BadRequestKind.INVALID_ARGUMENT and named.value.field == "candidates"

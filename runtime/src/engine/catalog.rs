@@ -1,20 +1,24 @@
 //! The catalog a call sees: the pack's items (indices `0..pack.n_items()`), then the items added
-//! on the device with [`Engine::add_item`] (the indices after). Each call takes a snapshot at its
-//! start, so an item added meanwhile never changes a running call; adding copies the small
-//! added list (copy on write) and never touches the pack.
+//! on the device with [`Engine::add_item`] (the indices after), then a request's own inline items
+//! ([`RankRequest::inline`], that request only). Items can be retitled ([`Engine::replace_item`])
+//! and taken out of recommendation ([`Engine::remove_item`]). Each call takes a snapshot at its
+//! start, so a change meanwhile never alters a running call; a change copies the small live
+//! part (copy on write) and never touches the pack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use delrec_format::seq::ItemPooling;
 use delrec_format::Pack;
 
-use super::Engine;
+use super::{Engine, InlineItem};
 use crate::error::{Error, RequestError, Result};
 use crate::llm::Pooling;
 
 /// The most items one engine accepts on top of its pack.
 pub(crate) const MAX_ADDED: usize = 1 << 20;
+/// The most inline items of one request.
+pub(crate) const MAX_INLINE: usize = 4096;
 const MAX_ID_BYTES: usize = 256;
 const MAX_TITLE_BYTES: usize = 4096;
 /// Longest title in tokens: a title is a candidate's scored tokens and part of prompts.
@@ -36,50 +40,69 @@ pub(crate) struct AddedItem {
 pub(crate) struct Added {
     pub items: Vec<AddedItem>,
     pub index: HashMap<String, u32>,
+    /// Taken out of recommendation ([`Engine::remove_item`]): never a candidate nor retrieved,
+    /// still known in histories (a user's past does not change).
+    pub removed: HashSet<u32>,
+    /// New titles of pack items ([`Engine::replace_item`]; their sequential-model vectors stay).
+    pub retitled: HashMap<u32, AddedItem>,
 }
 
 /// A snapshot of the whole catalog.
 pub(crate) struct Catalog<'a> {
     pub pack: &'a Pack,
     pub added: Arc<Added>,
+    /// One request's inline items, after the added ones.
+    pub extra: Vec<AddedItem>,
 }
 
 impl Catalog<'_> {
     pub fn n_items(&self) -> usize {
-        self.pack.n_items() + self.added.items.len()
+        self.pack.n_items() + self.added.items.len() + self.extra.len()
     }
 
-    fn added_item(&self, i: u32) -> Option<&AddedItem> {
-        (i as usize).checked_sub(self.pack.n_items()).and_then(|k| self.added.items.get(k))
+    /// The item's own record: an added or inline item, or a retitled pack item.
+    fn entry(&self, i: u32) -> Option<&AddedItem> {
+        match (i as usize).checked_sub(self.pack.n_items()) {
+            None => self.added.retitled.get(&i),
+            Some(k) => self.added.items.get(k).or_else(|| self.extra.get(k - self.added.items.len())),
+        }
     }
 
     pub fn index(&self, id: &str) -> Option<u32> {
-        self.pack.item_index(id).or_else(|| self.added.index.get(id).copied())
+        self.pack.item_index(id).or_else(|| self.added.index.get(id).copied()).or_else(|| {
+            let first = self.pack.n_items() + self.added.items.len();
+            self.extra.iter().position(|e| e.id == id).and_then(|k| u32::try_from(first + k).ok())
+        })
+    }
+
+    /// Whether the item may be recommended (not removed).
+    pub fn is_live(&self, i: u32) -> bool {
+        !self.added.removed.contains(&i)
     }
 
     pub fn id(&self, i: u32) -> Option<&str> {
-        self.pack.item_id(i).or_else(|| self.added_item(i).map(|a| a.id.as_str()))
+        self.pack.item_id(i).or_else(|| self.entry(i).map(|a| a.id.as_str()))
     }
 
     pub fn title(&self, i: u32) -> Option<&str> {
-        self.pack.item_title(i).or_else(|| self.added_item(i).map(|a| a.title.as_str()))
+        self.entry(i).map(|a| a.title.as_str()).or_else(|| self.pack.item_title(i))
     }
 
     /// `item_prefix + title`, tokenized.
     pub fn tokens(&self, i: u32) -> Option<&[i32]> {
-        self.pack.item_tokens(i).or_else(|| self.added_item(i).map(|a| a.tokens.as_slice()))
+        self.entry(i).map(|a| a.tokens.as_slice()).or_else(|| self.pack.item_tokens(i))
     }
 
     /// Calls `f` with each label word of item `i` (verbalizer packs); `false` when it has none.
     pub fn each_label_word(&self, i: u32, f: &mut dyn FnMut(&[i32])) -> bool {
         let mut any = false;
-        if let Some(words) = self.pack.verbalizer.as_ref().and_then(|v| v.words(i)) {
-            for w in words {
+        if let Some(a) = self.entry(i) {
+            for w in &a.label_words {
                 f(w);
                 any = true;
             }
-        } else if let Some(a) = self.added_item(i) {
-            for w in &a.label_words {
+        } else if let Some(words) = self.pack.verbalizer.as_ref().and_then(|v| v.words(i)) {
+            for w in words {
                 f(w);
                 any = true;
             }
@@ -87,9 +110,13 @@ impl Catalog<'_> {
         any
     }
 
-    /// The sequential model's vector of an added item (pack items are in the model's table).
+    /// The sequential model's vector of an added item (pack items, retitled or not, are in the
+    /// model's table).
     pub fn added_vector(&self, i: u32) -> Option<&[f32]> {
-        self.added_item(i).and_then(|a| a.vector.as_deref())
+        if (i as usize) < self.pack.n_items() {
+            return None;
+        }
+        self.entry(i).and_then(|a| a.vector.as_deref())
     }
 }
 
@@ -107,7 +134,23 @@ pub struct AddedInfo {
 impl Engine {
     pub(crate) fn catalog(&self) -> Catalog<'_> {
         let added = self.inner.added.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone());
-        Catalog { pack: &self.inner.pack, added }
+        Catalog { pack: &self.inner.pack, added, extra: Vec::new() }
+    }
+
+    /// The catalog of one request: with its inline items (ids must be new to the catalog).
+    pub(crate) fn catalog_with(&self, inline: &[InlineItem]) -> Result<Catalog<'_>> {
+        let mut cat = self.catalog();
+        if inline.len() > MAX_INLINE {
+            return Err(Error::invalid("inline", format!("{} items (at most {MAX_INLINE})", inline.len())));
+        }
+        for item in inline {
+            if cat.index(&item.id).is_some() {
+                return Err(RequestError::DuplicateItem { id: item.id.clone() }.into());
+            }
+            let entry = self.prepare(&item.id, &item.title, false)?;
+            cat.extra.push(entry);
+        }
+        Ok(cat)
     }
 
     /// Items in the catalog: the pack's plus those added on the device.
@@ -136,6 +179,80 @@ impl Engine {
     /// Errors (`BadRequest`): an empty or over-long id or title (256 / 4096 bytes; 256 tokens),
     /// an id already in the catalog (`DuplicateItem`), more than 2^20 added items.
     pub fn add_item(&self, id: &str, title: &str) -> Result<AddedInfo> {
+        let item = self.prepare(id, title, true)?;
+        let pack = &self.inner.pack;
+        let mut guard = self.inner.added.write().unwrap_or_else(|e| e.into_inner());
+        if pack.item_index(id).is_some() || guard.index.contains_key(id) {
+            return Err(RequestError::DuplicateItem { id: id.to_string() }.into());
+        }
+        if guard.items.len() >= MAX_ADDED {
+            return Err(Error::invalid("id", format!("at most {MAX_ADDED} items can be added")));
+        }
+        let mut next = (**guard).clone();
+        let index =
+            u32::try_from(pack.n_items() + next.items.len()).map_err(|_| Error::invalid("id", "catalog full"))?;
+        let info = AddedInfo { index, n_tokens: item.tokens.len(), retrievable: item.vector.is_some() };
+        next.index.insert(id.to_string(), index);
+        next.items.push(item);
+        *guard = Arc::new(next);
+        Ok(info)
+    }
+
+    /// Gives an item (the pack's or an added one) a new title, tokenized as [`Engine::add_item`]
+    /// does; calls that started before keep the old one. A pack item keeps its sequential-model
+    /// vector (the item is the same, its text changed); an added item gets a new one.
+    ///
+    /// Errors (`BadRequest`): an unknown id (`UnknownItem`), a bad title as for `add_item`.
+    pub fn replace_item(&self, id: &str, title: &str) -> Result<AddedInfo> {
+        let index = self.item_index(id).ok_or_else(|| RequestError::UnknownItem { id: id.to_string() })?;
+        let pack = &self.inner.pack;
+        let is_pack = (index as usize) < pack.n_items();
+        let item = self.prepare(id, title, !is_pack)?;
+        let info = AddedInfo {
+            index,
+            n_tokens: item.tokens.len(),
+            retrievable: is_pack && pack.seq.is_some() || item.vector.is_some(),
+        };
+        let mut guard = self.inner.added.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = (**guard).clone();
+        if is_pack {
+            next.retitled.insert(index, item);
+        } else {
+            let slot = next
+                .items
+                .get_mut(index as usize - pack.n_items())
+                .ok_or_else(|| Error::internal(format!("added item {index} missing")))?;
+            *slot = item;
+        }
+        *guard = Arc::new(next);
+        Ok(info)
+    }
+
+    /// Takes an item (the pack's or an added one) out of recommendation: no later `rank` or
+    /// `recommend` returns it (a candidate list naming it is `BadRequest` on `candidates`), while
+    /// histories that hold it still work. Returns whether it was in recommendation before.
+    /// Errors: an unknown id (`UnknownItem`).
+    pub fn remove_item(&self, id: &str) -> Result<bool> {
+        let index = self.item_index(id).ok_or_else(|| RequestError::UnknownItem { id: id.to_string() })?;
+        let mut guard = self.inner.added.write().unwrap_or_else(|e| e.into_inner());
+        if guard.removed.contains(&index) {
+            return Ok(false);
+        }
+        let mut next = (**guard).clone();
+        next.removed.insert(index);
+        *guard = Arc::new(next);
+        Ok(true)
+    }
+
+    /// Items that can be recommended: the catalog less the removed ones.
+    pub fn n_live_items(&self) -> usize {
+        let c = self.catalog();
+        c.n_items() - c.added.removed.len()
+    }
+
+    /// An item's record, checked and tokenized (its sequential-model vector too, when `vector`
+    /// and the pack's model has an item projection).
+    fn prepare(&self, id: &str, title: &str, vector: bool) -> Result<AddedItem> {
         if id.trim().is_empty() || id.len() > MAX_ID_BYTES {
             return Err(Error::invalid("id", format!("must be 1..={MAX_ID_BYTES} bytes and not blank")));
         }
@@ -163,7 +280,7 @@ impl Engine {
                 label_words.push(t);
             }
         }
-        let vector = match pack.seq.as_ref().and_then(|m| m.item_proj.as_ref()) {
+        let vector = match pack.seq.as_ref().and_then(|m| m.item_proj.as_ref()).filter(|_| vector) {
             None => None,
             Some(p) => {
                 let pooling = match p.pooling {
@@ -188,20 +305,6 @@ impl Engine {
                 Some(v)
             }
         };
-        let mut guard = self.inner.added.write().unwrap_or_else(|e| e.into_inner());
-        if pack.item_index(id).is_some() || guard.index.contains_key(id) {
-            return Err(RequestError::DuplicateItem { id: id.to_string() }.into());
-        }
-        if guard.items.len() >= MAX_ADDED {
-            return Err(Error::invalid("id", format!("at most {MAX_ADDED} items can be added")));
-        }
-        let mut next = (**guard).clone();
-        let index =
-            u32::try_from(pack.n_items() + next.items.len()).map_err(|_| Error::invalid("id", "catalog full"))?;
-        let info = AddedInfo { index, n_tokens: tokens.len(), retrievable: vector.is_some() };
-        next.index.insert(id.to_string(), index);
-        next.items.push(AddedItem { id: id.to_string(), title: title.to_string(), tokens, label_words, vector });
-        *guard = Arc::new(next);
-        Ok(info)
+        Ok(AddedItem { id: id.to_string(), title: title.to_string(), tokens, label_words, vector })
     }
 }

@@ -40,7 +40,9 @@ pub(crate) fn resolve(cat: &Catalog, req: &RankRequest) -> Result<Resolved> {
     }
     let history = req.history.iter().map(|h| item(cat, h)).collect::<Result<Vec<_>>>()?;
     let soft_override = req.soft_prompt.as_deref().map(|s| soft_prompt(pack, s)).transpose()?;
-    let candidates: Vec<u32> = match &req.candidates {
+    // Inline items come last in the snapshot; the whole catalog here is the rest.
+    let n_catalog = (cat.n_items() - cat.extra.len()) as u32;
+    let mut candidates: Vec<u32> = match &req.candidates {
         Some(c) => {
             let mut seen = HashSet::with_capacity(c.len());
             let mut out = Vec::with_capacity(c.len());
@@ -49,12 +51,22 @@ pub(crate) fn resolve(cat: &Catalog, req: &RankRequest) -> Result<Resolved> {
                 if !seen.insert(i) {
                     return Err(RequestError::DuplicateCandidate { id: id.clone() }.into());
                 }
+                if i >= n_catalog {
+                    return Err(Error::invalid(
+                        "candidates",
+                        format!("{id:?} is an inline item: list it once, in inline"),
+                    ));
+                }
+                if !cat.is_live(i) {
+                    return Err(Error::invalid("candidates", format!("item {id:?} was removed from recommendation")));
+                }
                 out.push(i);
             }
             out
         }
-        None => (0..cat.n_items() as u32).filter(|i| !(req.exclude_history && history.contains(i))).collect(),
+        None => (0..n_catalog).filter(|&i| cat.is_live(i) && !(req.exclude_history && history.contains(&i))).collect(),
     };
+    candidates.extend(n_catalog..cat.n_items() as u32);
     if candidates.is_empty() {
         return Err(RequestError::EmptyCandidates.into());
     }

@@ -31,7 +31,7 @@ impl Engine {
     ) -> Result<Ranking> {
         let inner = &*self.inner;
         let pack = &inner.pack;
-        let cat = self.catalog();
+        let cat = self.catalog_with(&req.inline)?;
         let r = prompt::resolve(&cat, req)?;
         call.stats.candidates = r.candidates.len();
         let (encoder, rows) = self.rows(&cat, &r)?;

@@ -31,8 +31,9 @@ impl Engine {
         let history = req.history.iter().map(|h| prompt::item(&cat, h)).collect::<Result<Vec<_>>>()?;
         let n_items = cat.n_items();
         // Retrievable: the model's table (the pack's items) and added items with a vector.
-        let mut skip: Vec<bool> =
-            (0..n_items as u32).map(|i| i as usize >= pack.n_items() && cat.added_vector(i).is_none()).collect();
+        let mut skip: Vec<bool> = (0..n_items as u32)
+            .map(|i| !cat.is_live(i) || i as usize >= pack.n_items() && cat.added_vector(i).is_none())
+            .collect();
         if !req.include_history {
             for &h in &history {
                 skip[h as usize] = true;

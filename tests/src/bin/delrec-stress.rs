@@ -409,6 +409,7 @@ fn ffi_request(r: &RankRequest, cancel: Option<Arc<delrec_ffi::CancelToken>>) ->
         cancel,
         timeout_ms: r.timeout.map(|t| t.as_millis() as i64),
         progress: None,
+        inline: vec![],
     }
 }
 

@@ -51,6 +51,11 @@ pub(crate) fn class_scores(logits: &[f32], handler: Handler, cat: &Catalog, want
     let mut start = Vec::with_capacity(n + 1);
     start.push(0);
     for i in 0..n as u32 {
+        // Removed items are no class (their words would take probability from the rest).
+        if !cat.is_live(i) {
+            start.push(h.len());
+            continue;
+        }
         let mut err = None;
         let found = cat.each_label_word(i, &mut |w| match word_logit(logits, handler, w) {
             Ok(x) => h.push(x),
