@@ -280,13 +280,20 @@ fn model_section(o: &mut String, res: &Results, mr: &ModelResult, hh: usize, hk:
             let _ = writeln!(
                 o,
                 "\nSession re-rank ({}): after one `push`, {} rows decoded ({} prefix rows reused) vs {} for a fresh \
-                 rank: {} ms vs {} ms.",
+                 rank: {} ms vs {} ms. With an eager push (`Session::prefill` after it): prefill {} ms, then the \
+                 rank decodes {} rows in {} ms ({} of a fresh rank; prefill + rank {}).",
                 r.weight_type,
                 s.session_decoded_rows,
                 s.session_prefix_reused,
                 s.fresh_decoded_rows,
                 ms(s.session.p50),
-                ms(s.fresh.p50)
+                ms(s.fresh.p50),
+                ms(s.prefill.p50),
+                s.after_prefill_decoded_rows,
+                ms(s.after_prefill.p50),
+                div(Some(s.after_prefill.p50), Some(s.fresh.p50)).map_or("-".into(), |x| format!("{x:.2}×")),
+                div(Some(s.prefill.p50 + s.after_prefill.p50), Some(s.session.p50))
+                    .map_or("-".into(), |x| format!("{x:.2}× today's session rank")),
             );
         }
         for c in cell(r, hh, hk).into_iter().chain(catalog_cell(r)) {

@@ -195,6 +195,14 @@ pub struct SessionStats {
     /// Fresh `Engine::rank` of the same request (history with the new item).
     pub fresh: Samples,
     pub fresh_decoded_rows: usize,
+    /// `Session::prefill` right after the `push` (an eager push's decode)…
+    #[serde(default)]
+    pub prefill: Samples,
+    /// …and the rank after it (candidate rows only).
+    #[serde(default)]
+    pub after_prefill: Samples,
+    #[serde(default)]
+    pub after_prefill_decoded_rows: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -750,15 +758,26 @@ fn session(engine: &Engine, reqs: &Requests, spec: &Spec) -> BResult<SessionStat
         let r = r?;
         let (f, tf) = timed(|| engine.rank(&req));
         let f = f?;
+        // The same step with an eager push: the new history decoded before the rank.
+        s.set_history(&ids[..h])?;
+        s.rank(&req)?;
+        s.push(&ids[h])?;
+        let (pre, tp) = timed(|| s.prefill(&req));
+        pre?;
+        let (a, ta) = timed(|| s.rank(&req));
+        let a = a?;
         if rep == 0 {
             // warm-up round
             st.session_decoded_rows = r.stats.decoded_rows;
             st.session_prefix_reused = r.stats.prefix_reused;
             st.fresh_decoded_rows = f.stats.decoded_rows;
+            st.after_prefill_decoded_rows = a.stats.decoded_rows;
             continue;
         }
         st.session.push(t);
         st.fresh.push(tf);
+        st.prefill.push(tp);
+        st.after_prefill.push(ta);
     }
     Ok(st)
 }

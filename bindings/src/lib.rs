@@ -1200,6 +1200,15 @@ impl Session {
         self.with(|s| Ok(s.history().to_vec()))
     }
 
+    /// Decodes the prompt prefix for the session's history now (call it right after `push`,
+    /// off the UI thread): the next `rank` with a request of this shape decodes only candidate
+    /// rows. Only what shapes the prompt counts in `request`, plus `cancel` and `timeoutMs`; a
+    /// cancelled prefill leaves the session valid.
+    pub fn prefill(&self, request: RankRequest) -> Result<RankStats> {
+        let request = guard(|| request.try_into())?;
+        self.with(|s| s.prefill(&request)).map(Into::into)
+    }
+
     /// Ranks with the session's history; `request.history` and `request.soft_prompt` are ignored.
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {
         let request = guard(|| request.try_into())?;

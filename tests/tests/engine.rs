@@ -153,6 +153,35 @@ fn session_incremental_equals_fresh_rank() {
 }
 
 #[test]
+fn a_prefilled_session_ranks_with_candidate_rows_only() {
+    let (m, p) = tiny();
+    let e = Engine::open(&m, &p, f32_cfg()).unwrap();
+    let ids = catalog_ids();
+    let cands: Vec<String> = ids[10..30].to_vec();
+    let mut s = e.session(None).unwrap();
+    s.set_history(&ids[..3]).unwrap();
+    s.rank(&req(&[], Some(&cands))).unwrap();
+    s.push(&ids[5]).unwrap();
+    let pre = s.prefill(&req(&[], Some(&cands))).unwrap();
+    // Only the changed tail of the prompt, nothing of the candidates.
+    assert!(pre.decoded_rows > 0 && pre.decoded_rows < pre.prefix_rows, "{pre:?}");
+    assert!(pre.prefix_reused > 0 && pre.candidates == 0, "{pre:?}");
+    let after = s.rank(&req(&[], Some(&cands))).unwrap();
+    assert_eq!(after.stats.prefix_reused, after.stats.prefix_rows, "{:?}", after.stats);
+    let fresh = e.rank(&req(&[&ids[0], &ids[1], &ids[2], &ids[5]], Some(&cands))).unwrap();
+    assert_close(&after, &fresh, 1e-4);
+    assert_eq!(after.stats.decoded_rows + pre.decoded_rows + pre.prefix_reused, fresh.stats.decoded_rows);
+    // Cancelled: an error, and the session still ranks right.
+    s.push(&ids[6]).unwrap();
+    let token = CancelToken::new();
+    token.cancel();
+    let r = s.prefill(&RankRequest { cancel: Some(token), ..req(&[], Some(&cands)) });
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    let fresh = e.rank(&req(&[&ids[0], &ids[1], &ids[2], &ids[5], &ids[6]], Some(&cands))).unwrap();
+    assert_close(&s.rank(&req(&[], Some(&cands))).unwrap(), &fresh, 1e-4);
+}
+
+#[test]
 fn concurrent_ranks_equal_serial_results() {
     let (m, p) = tiny();
     // 8 threads share 4 contexts: under emulation (qemu-aarch64, 10-50x slower) a thread can wait

@@ -614,8 +614,11 @@ fun main() {
             opened.use { check(it.rankAsync(RankRequest(history = history, topK = 2)).items.size == 2) }
             engine.session(null).use { s ->
                 s.pushAsync(history[0])
-                s.pushAsync(history[1])
-                assertMatches(s.rankAsync(RankRequest()), blocking.items.map { it.id to it.score })
+                s.pushAsync(history[1], eager = true)
+                val r = s.rankAsync(RankRequest())
+                assertMatches(r, blocking.items.map { it.id to it.score })
+                // The eager push decoded the prompt: the rank decoded candidate rows only.
+                check(r.stats.prefixReused == r.stats.prefixRows) { "${r.stats}" }
             }
         }
     }

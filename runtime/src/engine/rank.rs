@@ -5,10 +5,10 @@ use delrec_format::ScoringMode;
 use super::call::Call;
 use super::catalog::Catalog;
 use super::plan::{self, EncoderJob, Job, VerbalizerJob};
-use super::prefix::PrefixState;
+use super::prefix::{self, PrefixState};
 use super::prompt::Resolved;
 use super::PrefixRow;
-use super::{prompt, Engine, EngineConfig, RankRequest, Ranking, ScoredItem, Strategy};
+use super::{prompt, Engine, EngineConfig, RankRequest, RankStats, Ranking, ScoredItem, Strategy};
 use crate::error::{Error, Result};
 use crate::llm::Context;
 
@@ -20,6 +20,55 @@ impl Engine {
         let r = self.rank_armed(ctx, state, req, &mut call);
         Call::disarm(ctx);
         r
+    }
+
+    /// Decodes the prompt prefix of `req` (its history, soft prompt and, for templates that
+    /// list them, candidates) into `ctx` without scoring anything: a session's next rank then
+    /// decodes only candidate rows. Cancellable like a rank.
+    pub(crate) fn prefill_in(
+        &self,
+        ctx: &mut Context,
+        state: &mut PrefixState,
+        req: &RankRequest,
+    ) -> Result<RankStats> {
+        let mut call = Call::new(req);
+        call.arm(ctx);
+        let r = self.prefill_armed(ctx, state, req, &mut call);
+        Call::disarm(ctx);
+        r
+    }
+
+    fn prefill_armed(
+        &self,
+        ctx: &mut Context,
+        state: &mut PrefixState,
+        req: &RankRequest,
+        call: &mut Call,
+    ) -> Result<RankStats> {
+        let inner = &*self.inner;
+        let cat = self.catalog_with(&req.inline)?;
+        let r = prompt::resolve(&cat, req)?;
+        let (encoder, rows) = self.rows(&cat, &r)?;
+        call.stats.prefix_rows = rows.len();
+        let mut job = Job {
+            ctx,
+            state,
+            call,
+            soft: &inner.soft,
+            width: inner.model.n_embd(),
+            rows: &rows,
+            seqs: &[],
+            verbalizer: None,
+            encoder: match (&encoder, &inner.base.inner.token_embd) {
+                (Some(rows), Some(e)) => Some(EncoderJob { rows, embeddings: e }),
+                (None, _) => None,
+                (Some(_), None) => return Err(Error::internal("an encoder input without the token table")),
+            },
+        };
+        prefix::ensure(&mut job)?;
+        let mut stats = std::mem::take(&mut call.stats);
+        stats.backend = self.inner.base.backend().kind;
+        Ok(stats)
     }
 
     fn rank_armed(

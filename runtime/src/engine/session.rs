@@ -2,7 +2,7 @@
 
 use super::pool::Lease;
 use super::prefix::PrefixState;
-use super::{prompt, Engine, RankRequest, Ranking, RecommendRequest, Recommendation};
+use super::{prompt, Engine, RankRequest, RankStats, Ranking, RecommendRequest, Recommendation};
 use crate::error::Result;
 
 /// A user's running history, kept decoded: after a new item only the changed tail of the prompt
@@ -55,6 +55,16 @@ impl Session {
     pub fn rank(&mut self, req: &RankRequest) -> Result<Ranking> {
         let req = RankRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
         self.engine.rank_in(self.lease.ctx(), &mut self.state, &req)
+    }
+
+    /// Decodes the prompt prefix for the session's history now, so that the next `rank` with a
+    /// request of this shape decodes only candidate rows: call it right after `push` (off the UI
+    /// thread), while the user looks at the screen. Of `req` only what shapes the prompt counts
+    /// (`candidates` for templates that list them, `inline`), plus `cancel` and `timeout`; a
+    /// cancelled prefill leaves the session valid (its next rank decodes what is missing).
+    pub fn prefill(&mut self, req: &RankRequest) -> Result<RankStats> {
+        let req = RankRequest { history: self.history.clone(), soft_prompt: self.soft_prompt.clone(), ..req.clone() };
+        self.engine.prefill_in(self.lease.ctx(), &mut self.state, &req)
     }
 
     /// The cascade with the session's history (the LLM re-rank reuses the decoded prefix);

@@ -104,9 +104,29 @@ suspend fun Session.recommendAsync(
     return runCancellable(dispatcher, token) { recommend(req) }
 }
 
-/** [Session.push] off the caller's thread (it waits for the session's lock). */
-suspend fun Session.pushAsync(id: String, dispatcher: CoroutineDispatcher = Dispatchers.Default) {
+/**
+ * [Session.push] off the caller's thread (it waits for the session's lock). With [eager], the new
+ * history is decoded right away ([Session.prefill] for requests shaped like [request]), so the
+ * next rank decodes only candidate rows; cancelling the coroutine stops that decode (the item
+ * stays pushed).
+ */
+suspend fun Session.pushAsync(
+    id: String,
+    eager: Boolean = false,
+    request: RankRequest = RankRequest(),
+    dispatcher: CoroutineDispatcher = Dispatchers.Default,
+) {
     withContext(dispatcher) { push(id) }
+    if (eager) prefillAsync(request, dispatcher)
+}
+
+/** [Session.prefill] on [dispatcher]; cancelling the coroutine cancels the decode. */
+suspend fun Session.prefillAsync(
+    request: RankRequest = RankRequest(),
+    dispatcher: CoroutineDispatcher = Dispatchers.Default,
+): RankStats {
+    val (req, token) = request.withToken()
+    return runCancellable(dispatcher, token) { prefill(req) }
 }
 
 /** What [rankFlow] emits: progress while the rank decodes, then its result. */
