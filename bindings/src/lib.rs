@@ -1031,6 +1031,51 @@ impl Engine {
         })
     }
 
+    /// Opens a model and a pack stored in part of open files: on Android, uncompressed APK
+    /// assets through their `AssetFileDescriptor`s (`parcelFileDescriptor.fd`, `startOffset`,
+    /// `length`), read in place instead of copied out. The descriptors are duplicated (close
+    /// yours whenever you like). The model is mapped when its offset is a multiple of 64, else
+    /// read into memory. A pack that names an adapter file must be opened by path. Blocks.
+    #[uniffi::constructor]
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_fd(
+        model_fd: i32,
+        model_offset: i64,
+        model_length: i64,
+        pack_fd: i32,
+        pack_offset: i64,
+        pack_length: i64,
+        config: EngineConfig,
+        progress: Option<Arc<dyn LoadListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Arc<Self>> {
+        guard(|| {
+            let range = |fd: i32, offset: i64, length: i64, what: &str| -> Result<rt::FileRange> {
+                let offset = unsigned(&format!("{what}_offset"), offset)?;
+                let length = unsigned(&format!("{what}_length"), length)?;
+                #[cfg(unix)]
+                {
+                    Ok(rt::FileRange::from_fd(fd, offset, length, format!("{what} (descriptor {fd})"))?)
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = (fd, offset, length);
+                    Err(DelrecError::BadRequest {
+                        kind: BadRequestKind::InvalidArgument,
+                        item_id: None,
+                        field: Some(format!("{what}_fd")),
+                        reason: "opening from a file descriptor needs a Unix platform".into(),
+                    })
+                }
+            };
+            let model = range(model_fd, model_offset, model_length, "model")?;
+            let pack = range(pack_fd, pack_offset, pack_length, "pack")?;
+            let opts = open_options(progress, cancel);
+            let inner = rt::Engine::open_ranges(&model, &pack, config.try_into()?, &opts)?;
+            Ok(Arc::new(Self { inner }))
+        })
+    }
+
     /// Ranks candidates (or the whole catalog) for `request.history`. Blocks; call it off the UI
     /// thread.
     pub fn rank(&self, request: RankRequest) -> Result<Ranking> {

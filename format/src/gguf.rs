@@ -296,10 +296,12 @@ impl TensorInfo {
     }
 }
 
-/// A memory-mapped GGUF file.
+/// A memory-mapped GGUF file (or a GGUF inside a larger file, e.g. an APK asset).
 pub struct GgufFile {
     path: PathBuf,
     map: Mmap,
+    /// Where the GGUF starts in `map` (a range's offset rounded down to a page).
+    skew: usize,
     version: u32,
     kv: BTreeMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -444,11 +446,36 @@ impl GgufFile {
         // SAFETY: the map is read-only; files we map are not expected to change while open (the
         // converter replaces files by rename, which leaves existing maps intact).
         let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path, map)
+        Self::parse(path, map, 0)
     }
 
-    fn parse(path: &Path, map: Mmap) -> Result<Self> {
-        let mut c = Cursor { buf: &map, pos: 0, path };
+    /// Maps and parses the `len` bytes at `offset` of an open file, a GGUF stored inside a larger
+    /// one (an uncompressed APK asset): offsets inside it count from its first byte. A range
+    /// past the end of the file is an error.
+    pub fn from_file_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<Self> {
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::InvalidFile {
+                path: path.to_path_buf(),
+                reason: format!("{len} bytes at offset {offset} run past the end of the file ({size} bytes)"),
+            });
+        }
+        // mmap offsets must be page multiples: map from the page below and skip the difference.
+        let page = 1u64 << 16; // a multiple of every page size in use (4, 16, 64 KiB)
+        let start = offset - offset % page;
+        let skew =
+            usize::try_from(offset - start).map_err(|_| Error::io(path, std::io::ErrorKind::InvalidInput.into()))?;
+        let total = usize::try_from(len + (offset - start))
+            .map_err(|_| Error::io(path, std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: as in `from_file`; the range lies inside the file (checked above).
+        let map = unsafe { memmap2::MmapOptions::new().offset(start).len(total).map(file) }
+            .map_err(|e| Error::io(path, e))?;
+        Self::parse(path, map, skew)
+    }
+
+    fn parse(path: &Path, map: Mmap, skew: usize) -> Result<Self> {
+        let buf = map.get(skew..).unwrap_or_default();
+        let mut c = Cursor { buf, pos: 0, path };
         let magic = c.take(4)?;
         if magic != MAGIC {
             return Err(c.bad("not a GGUF file (bad magic)"));
@@ -494,7 +521,7 @@ impl GgufFile {
             },
         };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = map.len() as u64;
+        let file_len = buf.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
         let mut by_name = BTreeMap::new();
         for (name, dims, ty, rel) in infos {
@@ -522,7 +549,7 @@ impl GgufFile {
             }
             tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
-        Ok(Self { path: path.to_path_buf(), map, version, kv, tensors, by_name })
+        Ok(Self { path: path.to_path_buf(), map, skew, version, kv, tensors, by_name })
     }
 
     pub fn path(&self) -> &Path {
@@ -534,11 +561,11 @@ impl GgufFile {
     }
 
     pub fn len(&self) -> u64 {
-        self.map.len() as u64
+        self.bytes().len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.bytes().is_empty()
     }
 
     pub fn kv(&self) -> &BTreeMap<String, Value> {
@@ -576,12 +603,12 @@ impl GgufFile {
         let size = info.size?;
         let start = usize::try_from(info.offset).ok()?;
         let end = start.checked_add(usize::try_from(size).ok()?)?;
-        self.map.get(start..end)
+        self.bytes().get(start..end)
     }
 
-    /// The whole mapped file.
+    /// The whole GGUF (the mapped file, or the range of it).
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        self.map.get(self.skew..).unwrap_or_default()
     }
 
     pub(crate) fn missing(&self, key: &str, want: &str) -> Error {

@@ -264,6 +264,12 @@ impl Pack {
         Self::from_file(file)
     }
 
+    /// A pack stored as `len` bytes at `offset` of an open file (an uncompressed APK asset);
+    /// `name` stands for its path in errors and reports.
+    pub fn open_range(file: &std::fs::File, name: &Path, offset: u64, len: u64) -> Result<Self> {
+        Self::from_file(GgufFile::from_file_range(file, name, offset, len)?)
+    }
+
     fn from_file(mut file: GgufFile) -> Result<Self> {
         // The catalog's arrays are moved out of the parsed file, not copied: parsing a pack costs
         // a small multiple of its size (docs/format.md, "Limits").

@@ -23,6 +23,7 @@ mod pool;
 mod prefix;
 mod progress;
 mod prompt;
+mod range;
 mod rank;
 mod recommend;
 mod session;
@@ -46,6 +47,7 @@ pub use memory::MemoryBudget;
 use pool::{Lease, Pool};
 use prefix::PrefixState;
 pub use progress::{LoadProgress, LoadStage, OnProgress, OpenOptions, RankProgress};
+pub use range::FileRange;
 pub use session::Session;
 
 /// Engine settings. The defaults suit a phone-sized model on a CPU.
@@ -440,6 +442,32 @@ impl Engine {
         let base = Base::open_for(model.as_ref(), cfg, Some(&pack), opts)?;
         let adapter = base::adapter_beside(&pack);
         base.engine(pack, adapter.as_deref())
+    }
+
+    /// Opens a model and a pack each stored in part of an open file ([`FileRange`]): the
+    /// uncompressed assets of an Android APK, read through their `AssetFileDescriptor`s without
+    /// copying them out. The model is mapped where its offset allows (see
+    /// [`crate::llm::EMBEDDED_MMAP_ALIGN`]), else read into memory. A pack that names an adapter
+    /// file is opened by path ([`Engine::open`] or [`Base::open_pack_with_adapter`]).
+    ///
+    /// ```no_run
+    /// use delrec_runtime::{Engine, EngineConfig, FileRange, OpenOptions};
+    /// let apk = std::fs::File::open("app.apk")?;
+    /// let model = FileRange::new(apk.try_clone()?, 4096, 140_000_000, "apk:model.gguf");
+    /// let pack = FileRange::new(apk, 140_004_096, 300_000, "apk:pack.gguf");
+    /// let engine = Engine::open_ranges(&model, &pack, EngineConfig::default(), &OpenOptions::default())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_ranges(model: &FileRange, pack: &FileRange, cfg: EngineConfig, opts: &OpenOptions) -> Result<Self> {
+        let pack = pack.open_pack()?;
+        if pack.adapter.is_some() {
+            return Err(crate::error::Error::invalid(
+                "pack",
+                "this pack names an adapter file beside it: open it by path (or Base::open_pack_with_adapter)",
+            ));
+        }
+        let base = Base::open_source(model, cfg, Some(&pack), opts)?;
+        base.engine(pack, None)
     }
 
     /// A context for one call (or a session) from the base's pool, with this pack's adapter set

@@ -38,7 +38,7 @@ pub use delrec_format::{Pack, ScoringMode};
 pub use engine::MemoryBudget;
 pub use engine::{
     choose_backend, devices, AdapterSummary, AddedInfo, BackendInfo, BackendKind, Base, CancelToken, DeviceInfo,
-    DigestSource, Engine, EngineConfig, InlineItem, LoadProgress, LoadStage, ModelVerification, OnProgress,
+    DigestSource, Engine, EngineConfig, FileRange, InlineItem, LoadProgress, LoadStage, ModelVerification, OnProgress,
     OpenOptions, Plan, PrefixRow, RankPlan, RankProgress, RankRequest, RankStats, Ranking, RecommendRequest,
     RecommendStats, Recommendation, Recommended, ScoredItem, Session, Strategy, TrieRow,
 };

@@ -129,6 +129,16 @@ fun assertMatches(r: Ranking, reference: List<Pair<String, Double>>, tol: Double
 
 fun config(): EngineConfig = defaultEngineConfig().copy(threads = 2)
 
+/** libc through JNA: a raw descriptor, as Android's ParcelFileDescriptor.getFd() gives one. */
+interface LibC : com.sun.jna.Library {
+    fun open(path: String, flags: Int): Int
+    fun close(fd: Int): Int
+
+    companion object {
+        val INSTANCE: LibC = com.sun.jna.Native.load("c", LibC::class.java)
+    }
+}
+
 fun main() {
     val ids = catalog.map { it.first }
     val history = listOf("m001", "m002")
@@ -684,6 +694,49 @@ fun main() {
             val named = expectThrows<DelrecException.BadRequest> { e.rank(RankRequest(history = history, candidates = listOf(top))) }
             check(named.kind == BadRequestKind.INVALID_ARGUMENT && named.field == "candidates") { "$named" }
             check(e.rank(RankRequest(history = listOf(top), topK = 2)).items.size == 2) { "a history holding a removed item" }
+        }
+    }
+
+    test("openFd: a model and pack inside a larger file (as in an APK) rank as the files do") {
+        val m = File(model).readBytes()
+        val p = File(pack).readBytes()
+        val apk = File.createTempFile("app", ".apk")
+        try {
+            val modelAt = 4096L + 7 // misaligned: read into memory instead of mapped
+            apk.outputStream().use { o ->
+                o.write(ByteArray(modelAt.toInt()) { 0x5a }); o.write(m); o.write(ByteArray(13)); o.write(p)
+            }
+            val packAt = modelAt + m.size + 13
+            val fd = LibC.INSTANCE.open(apk.path, 0)
+            check(fd >= 0) { "open() failed" }
+            val e = try {
+                Engine.openFd(fd, modelAt, m.size.toLong(), fd, packAt, p.size.toLong(), config(), null, null)
+            } finally {
+                LibC.INSTANCE.close(fd) // the engine holds copies
+            }
+            e.use {
+                val r = it.rank(RankRequest(history = history))
+                assertMatches(r, engine.rank(RankRequest(history = history)).items.map { x -> x.id to x.score }, 0.0)
+            }
+            val bad = expectThrows<DelrecException.BadFile> {
+                Engine.openFd(-1, 0, m.size.toLong(), -1, 0, 10, config(), null, null)
+            }
+            check(bad.kind == BadFileKind.IO) { "$bad" }
+            val fd2 = LibC.INSTANCE.open(apk.path, 0)
+            try {
+                val short = expectThrows<DelrecException.BadFile> {
+                    Engine.openFd(fd2, modelAt, m.size.toLong() - 100, fd2, packAt, p.size.toLong(), config(), null, null)
+                }
+                check(short.kind == BadFileKind.INVALID) { "$short" }
+                val neg = expectThrows<DelrecException.BadRequest> {
+                    Engine.openFd(fd2, -5, m.size.toLong(), fd2, packAt, p.size.toLong(), config(), null, null)
+                }
+                check(neg.field == "model_offset") { "$neg" }
+            } finally {
+                LibC.INSTANCE.close(fd2)
+            }
+        } finally {
+            apk.delete()
         }
     }
 

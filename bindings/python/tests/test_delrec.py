@@ -678,3 +678,23 @@ def test_live_catalog_inline_replace_remove():
         with pytest.raises(DelrecError.BadRequest) as named:
             e.rank(RankRequest(history=HISTORY, candidates=[top]))
         assert named.value.kind == BadRequestKind.INVALID_ARGUMENT and named.value.field == "candidates"
+
+
+def test_open_fd_reads_a_model_and_pack_inside_a_larger_file(tmp_path, engine):
+    m, p = open(MODEL, "rb").read(), open(PACK, "rb").read()
+    apk = tmp_path / "app.apk"
+    model_at = 65536  # aligned: mapped in place
+    apk.write_bytes(b"\x5a" * model_at + m + b"\0" * 13 + p + b"\1" * 100)
+    pack_at = model_at + len(m) + 13
+    fd = os.open(apk, os.O_RDONLY)
+    try:
+        e = Engine.open_fd(fd, model_at, len(m), fd, pack_at, len(p), config(), None, None)
+    finally:
+        os.close(fd)  # the engine keeps its own copies
+    with e:
+        got = e.rank(RankRequest(history=HISTORY))
+    want = engine.rank(RankRequest(history=HISTORY))
+    assert [(i.id, i.score) for i in got.items] == [(i.id, i.score) for i in want.items]
+    with pytest.raises(DelrecError.BadFile) as bad:
+        Engine.open_fd(-1, model_at, len(m), -1, pack_at, len(p), config(), None, None)
+    assert bad.value.kind == BadFileKind.IO

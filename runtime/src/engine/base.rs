@@ -15,8 +15,8 @@ use delrec_format::{BaseIdentity, Pack};
 use super::digest::{self, Stamp};
 use super::pool::Pool;
 use super::{
-    backend, memory, rank, BackendInfo, DigestSource, Engine, EngineConfig, Inner, LoadStage, ModelVerification,
-    OpenOptions,
+    backend, memory, rank, BackendInfo, DigestSource, Engine, EngineConfig, FileRange, Inner, LoadStage,
+    ModelVerification, OpenOptions,
 };
 use crate::error::{Error, FileError, Resource, Result};
 use crate::llm::{Adapter, Context, ContextParams, Model, ModelParams, TokenEmbeddings};
@@ -80,15 +80,34 @@ impl Base {
     /// Opens the model, for `first` when it is the one pack to come (which decides how the
     /// model is verified: a pack that pins no digest gets llama.cpp's tensor checks).
     pub(super) fn open_for(model: &Path, cfg: EngineConfig, first: Option<&Pack>, opts: &OpenOptions) -> Result<Self> {
+        // The model is opened once: our parse, the checks, the digest and llama.cpp all read this
+        // descriptor, so a file replaced at the path meanwhile is never loaded unchecked.
+        let file = std::fs::File::open(model).map_err(|source| FileError::Io { path: model.into(), source })?;
+        Self::open_source(&FileRange::whole(file, model), cfg, first, opts)
+    }
+
+    /// Opens a model stored in part of an open file ([`FileRange`]: an APK asset's descriptor,
+    /// offset and length), as [`Base::open_with`] does a path.
+    pub fn open_range(model: &FileRange, cfg: EngineConfig, opts: &OpenOptions) -> Result<Self> {
+        Self::open_source(model, cfg, None, opts)
+    }
+
+    pub(super) fn open_source(
+        src: &FileRange,
+        cfg: EngineConfig,
+        first: Option<&Pack>,
+        opts: &OpenOptions,
+    ) -> Result<Self> {
         rank::validate(&cfg)?;
         if !opts.step(LoadStage::Verify, 0.0) {
             return Err(Error::Cancelled);
         }
-        // The model is opened once: our parse, the checks, the digest and llama.cpp all read this
-        // descriptor, so a file replaced at the path meanwhile is never loaded unchecked.
-        let file = std::fs::File::open(model).map_err(|source| FileError::Io { path: model.into(), source })?;
+        let (file, model) = (&src.file, src.name.as_path());
         // Our own parse first: typed errors for non-GGUF or tokenizer-less files before llama.cpp.
-        let gguf = GgufFile::from_file(&file, model)?;
+        let gguf = match src.len {
+            None => GgufFile::from_file(file, model)?,
+            Some(len) => GgufFile::from_file_range(file, model, src.offset, len)?,
+        };
         // Every hyperparameter, token and tensor llama.cpp reads, checked: it aborts on hostile ones.
         delrec_format::model_check::check_model(&gguf)?;
         let identity = BaseIdentity::of_model(&gguf)?;
@@ -105,10 +124,11 @@ impl Base {
         }
         let tensor_checks = cfg.verify_checksum && first.is_some_and(|p| p.model_sha256.is_empty());
         let (digest, stamp) = if cfg.verify_checksum && !tensor_checks {
-            let (sum, source, fresh) = digest::sha256(&file, gguf.bytes(), cfg.digest_cache.as_deref(), &mut |f| {
-                opts.step(LoadStage::Verify, f)
-            })
-            .ok_or(Error::Cancelled)?;
+            let (sum, source, fresh) =
+                digest::sha256(file, src.offset, gguf.bytes(), cfg.digest_cache.as_deref(), &mut |f| {
+                    opts.step(LoadStage::Verify, f)
+                })
+                .ok_or(Error::Cancelled)?;
             (Some((sum, source)), fresh)
         } else {
             (None, None)
@@ -120,9 +140,8 @@ impl Base {
         let (device, report) = backend::choose(&cfg)?;
         let params =
             ModelParams { device, gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
-        let m = Model::load_file_observed(&file, model, params, Some(&mut |f| opts.step(LoadStage::Load, f)))?;
+        let m = Model::load_file_range(file, model, src.offset, params, Some(&mut |f| opts.step(LoadStage::Load, f)))?;
         let backend = report(Some(m.n_layer() as u32));
-        drop(file);
         if m.has_encoder() != token_embd.is_some() || (m.has_encoder() && m.decoder_start_token().is_none()) {
             return Err(FileError::ModelLoad {
                 path: model.to_path_buf(),

@@ -20,10 +20,20 @@ pub(crate) struct Stamp {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
+    /// The bytes hashed: `len` at `offset` (the whole file, or a GGUF stored inside it).
+    offset: u64,
+    len: u64,
 }
 
 impl Stamp {
+    /// The stamp of the whole file.
+    #[cfg(test)]
     pub fn of(file: &File) -> std::io::Result<Stamp> {
+        let len = file.metadata()?.len();
+        Self::of_range(file, 0, len)
+    }
+
+    pub fn of_range(file: &File, offset: u64, len: u64) -> std::io::Result<Stamp> {
         let m = file.metadata()?;
         #[cfg(unix)]
         {
@@ -35,19 +45,21 @@ impl Stamp {
                 size: m.size(),
                 mtime_ns: ns(m.mtime(), m.mtime_nsec()),
                 ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+                offset,
+                len,
             })
         }
         #[cfg(not(unix))]
         {
             let t = m.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
-            Ok(Stamp { dev: 0, ino: 0, size: m.len(), mtime_ns: t, ctime_ns: t })
+            Ok(Stamp { dev: 0, ino: 0, size: m.len(), mtime_ns: t, ctime_ns: t, offset, len })
         }
     }
 
     fn line(&self, digest: &str) -> String {
         format!(
-            "delrec-digest-v1 {} {} {} {} {} {digest}\n",
-            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns
+            "delrec-digest-v2 {} {} {} {} {} {} {} {digest}\n",
+            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.offset, self.len
         )
     }
 
@@ -73,18 +85,21 @@ pub enum DigestSource {
     CacheDir,
 }
 
-/// The sha256 (hex) of `bytes`, the mapped content of `file`, from a cache when this version of
+/// The sha256 (hex) of `bytes`, the mapped content of `file` at `offset`, from a cache when this version of
 /// the file was hashed before. Only digests that matched a pin are remembered ([`remember`]),
 /// so a cache entry can only ever say "this version was verified".
 /// A fresh hash reports its progress (0..=1) to `progress`, which stops it by returning false
 /// (then `None`).
 pub(crate) fn sha256(
     file: &File,
+    offset: u64,
     bytes: &[u8],
     cache_dir: Option<&Path>,
     progress: &mut dyn FnMut(f32) -> bool,
 ) -> Option<(String, DigestSource, Option<Stamp>)> {
-    let stamp = Stamp::of(file).ok().filter(|s| s.size == bytes.len() as u64);
+    let len = bytes.len() as u64;
+    let stamp =
+        Stamp::of_range(file, offset, len).ok().filter(|s| offset.checked_add(len).is_some_and(|e| e <= s.size));
     if let Some(stamp) = &stamp {
         let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, d)) = seen.iter().find(|(s, _)| s == stamp) {
@@ -170,18 +185,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         let (p, f) = file_with(dir.path(), "m.gguf", b"version one");
-        let (d, src, stamp) = sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap();
+        let (d, src, stamp) = sha256(&f, 0, b"version one", Some(&cache), &mut |_| true).unwrap();
         assert_eq!((d.as_str(), src), (bytes_sha256(b"version one").as_str(), DigestSource::Hashed));
         remember(stamp.as_ref().unwrap(), &d, Some(&cache));
-        assert_eq!(sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Process);
+        assert_eq!(sha256(&f, 0, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Process);
         // Another launch: the process cache is empty, the directory remembers.
         forget(stamp.as_ref().unwrap());
-        assert_eq!(sha256(&f, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::CacheDir);
+        assert_eq!(sha256(&f, 0, b"version one", Some(&cache), &mut |_| true).unwrap().1, DigestSource::CacheDir);
         // Rewritten in place, same length: the change time moved, so it is hashed again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&p, b"version two").unwrap();
         let f2 = File::open(&p).unwrap();
-        let (d2, src2, _) = sha256(&f2, b"version two", Some(&cache), &mut |_| true).unwrap();
+        let (d2, src2, _) = sha256(&f2, 0, b"version two", Some(&cache), &mut |_| true).unwrap();
         assert_eq!((d2, src2), (bytes_sha256(b"version two"), DigestSource::Hashed));
     }
 
@@ -196,12 +211,12 @@ mod tests {
             "garbage".to_string(),
             stamp.line("zz"),
             stamp.line(&"g".repeat(64)),
-            stamp.line(&bytes_sha256(b"x")).replace("v1", "v9"),
+            stamp.line(&bytes_sha256(b"x")).replace("v2", "v9"),
             format!("{}{}", stamp.line(&bytes_sha256(b"x")), "x".repeat(1000)),
         ] {
             std::fs::write(stamp.cache_file(&cache), bad).unwrap();
             forget(&stamp);
-            assert_eq!(sha256(&f, b"bytes", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Hashed);
+            assert_eq!(sha256(&f, 0, b"bytes", Some(&cache), &mut |_| true).unwrap().1, DigestSource::Hashed);
         }
     }
 }

@@ -32,7 +32,7 @@ impl Adapter {
         let _excl = model.adapters_write();
         backend.clear_log();
         #[cfg(unix)]
-        let ptr = super::model::with_stream(file, path, |fp| {
+        let ptr = super::model::with_stream(file, path, 0, |fp| {
             // SAFETY: a valid stream at the file's start and a live model.
             unsafe { sys::llama_adapter_lora_init_from_file_ptr(model.as_ptr(), fp.cast()) }
         })?;

@@ -31,5 +31,5 @@ pub use device::{Device, DeviceKind};
 pub use embed::{embed_sequences, Pooling};
 pub use encdec::{encoder_decoder_logits, EncoderSegment, TokenEmbeddings};
 pub use error::LlamaError;
-pub use model::{Model, ModelParams};
+pub use model::{Model, ModelParams, EMBEDDED_MMAP_ALIGN};
 pub use quantize::{ftype, quantize};

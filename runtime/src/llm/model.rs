@@ -10,6 +10,10 @@ use llama_cpp_sys_2 as sys;
 use super::error::{LlamaError, Result};
 use super::{Backend, Device};
 
+/// The offsets at which llama.cpp can map an embedded GGUF's tensors (ggml's CPU buffer
+/// alignment, which it checks the data section against; 64 covers it).
+pub const EMBEDDED_MMAP_ALIGN: u64 = 64;
+
 /// One load at a time: a failure's reason is read from the shared log.
 static LOADING: Mutex<()> = Mutex::new(());
 
@@ -30,6 +34,9 @@ pub struct ModelParams {
     /// llama.cpp validates every tensor's data while loading (NaN/Inf, quant block scales): a
     /// read of the whole file, for models whose bytes no pinned digest vouches for.
     pub check_tensors: bool,
+    /// Map the weights (the default); off, llama.cpp reads them into memory (a GGUF embedded at
+    /// an offset its mapping cannot use: see [`Model::load_file_range`]).
+    pub mmap: bool,
 }
 
 impl ModelParams {
@@ -44,13 +51,16 @@ impl ModelParams {
         p.vocab_only = self.vocab_only;
         p.use_extra_bufts = self.repack;
         p.check_tensors = self.check_tensors;
+        if !self.mmap {
+            p.load_mode = sys::LLAMA_LOAD_MODE_NONE;
+        }
         p
     }
 }
 
 impl Default for ModelParams {
     fn default() -> Self {
-        Self { device: None, gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false }
+        Self { device: None, gpu_layers: 0, vocab_only: false, repack: true, check_tensors: false, mmap: true }
     }
 }
 
@@ -150,6 +160,23 @@ impl Model {
         params: ModelParams,
         progress: Option<&mut dyn FnMut(f32) -> bool>,
     ) -> Result<Self> {
+        Self::load_file_range(file, path, 0, params, progress)
+    }
+
+    /// [`Model::load_file_observed`] of a GGUF stored at `offset` of the file (an uncompressed
+    /// APK asset). llama.cpp maps tensors at their file offsets, which it can only do when
+    /// `offset` keeps them aligned (a multiple of [`EMBEDDED_MMAP_ALIGN`]); otherwise the
+    /// weights are read into memory (`mmap` is turned off).
+    pub fn load_file_range(
+        file: &std::fs::File,
+        path: &Path,
+        offset: u64,
+        mut params: ModelParams,
+        progress: Option<&mut dyn FnMut(f32) -> bool>,
+    ) -> Result<Self> {
+        if !offset.is_multiple_of(EMBEDDED_MMAP_ALIGN) {
+            params.mmap = false;
+        }
         #[cfg(unix)]
         {
             let backend = Backend::get();
@@ -168,7 +195,7 @@ impl Model {
             let stopped = |o: &Option<Observer>| o.as_ref().is_some_and(|o| o.stopped);
             // What llama.cpp logs about a load we stopped is no error to the app: held, demoted.
             let ptr = crate::log::hold(
-                || with_stream(file, path, |fp| unsafe { sys::llama_model_load_from_file_ptr(fp.cast(), raw) }),
+                || with_stream(file, path, offset, |fp| unsafe { sys::llama_model_load_from_file_ptr(fp.cast(), raw) }),
                 |_| !stopped(&observer),
             )?;
             if stopped(&observer) {
@@ -185,6 +212,9 @@ impl Model {
         #[cfg(not(unix))]
         {
             let _ = (file, progress);
+            if offset != 0 {
+                return Err(LlamaError::Refused("a GGUF inside another file loads on Unix only".into()));
+            }
             Self::load(path, params)
         }
     }
@@ -366,7 +396,12 @@ impl Drop for Model {
 /// Runs `f` with a C stream over a duplicate of `file`'s descriptor, rewound to the start, and
 /// closes the stream after (llama.cpp never owns a stream it is given).
 #[cfg(unix)]
-pub(crate) fn with_stream<T>(file: &std::fs::File, path: &Path, f: impl FnOnce(*mut libc::FILE) -> T) -> Result<T> {
+pub(crate) fn with_stream<T>(
+    file: &std::fs::File,
+    path: &Path,
+    offset: u64,
+    f: impl FnOnce(*mut libc::FILE) -> T,
+) -> Result<T> {
     use std::os::fd::AsRawFd;
     let failed = || LlamaError::Load { path: path.into(), log: std::io::Error::last_os_error().to_string() };
     // SAFETY: `dup` of a descriptor `file` keeps open; `fdopen` takes ownership of the copy
@@ -382,7 +417,14 @@ pub(crate) fn with_stream<T>(file: &std::fs::File, path: &Path, f: impl FnOnce(*
             libc::close(fd);
             return Err(e);
         }
-        libc::rewind(fp);
+        // llama.cpp reads the GGUF from the stream's position (an embedded GGUF's offsets count
+        // from its start).
+        let pos = libc::off_t::try_from(offset).unwrap_or(-1);
+        if pos < 0 || libc::fseeko(fp, pos, libc::SEEK_SET) != 0 {
+            let e = failed();
+            libc::fclose(fp);
+            return Err(e);
+        }
         fp
     };
     let out = f(fp);

@@ -65,13 +65,19 @@ suspend fun openEngine(
     dispatcher: CoroutineDispatcher = Dispatchers.IO,
     onProgress: (LoadStage, Float) -> Unit = { _, _ -> },
 ): Engine {
-    val token = CancelToken()
     val listener = object : LoadListener {
         override fun onLoadProgress(stage: LoadStage, fraction: Float) = onProgress(stage, fraction)
     }
-    return runCancellable(dispatcher, token, abandoned = { it.close() }) {
-        Engine.openWithProgress(modelPath, packPath, config, listener, token)
-    }
+    return runCancellableOpen(dispatcher) { token -> Engine.openWithProgress(modelPath, packPath, config, listener, token) }
+}
+
+/**
+ * Runs a blocking open ([open] gets the token to pass to the engine) on [dispatcher]: cancelling
+ * the coroutine stops it, and an engine it opened anyway is closed.
+ */
+suspend fun runCancellableOpen(dispatcher: CoroutineDispatcher, open: (CancelToken) -> Engine): Engine {
+    val token = CancelToken()
+    return runCancellable(dispatcher, token, abandoned = { it.close() }) { open(token) }
 }
 
 /** [Engine.rank] on [dispatcher]; cancelling the coroutine cancels the ranking. */
