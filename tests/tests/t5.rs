@@ -106,3 +106,17 @@ fn more_sequences_than_batch_rows_is_refused_at_open_not_an_abort() {
     assert!(e.to_string().contains("max_sequences"), "{e}");
     assert!(Engine::open(&m, &p, EngineConfig { batch_size: 8, max_sequences: 8, ..cfg() }).is_ok());
 }
+
+#[test]
+fn the_memory_budget_counts_the_copied_token_table() {
+    let e = engine(NO_SOFT, true, "t5-budget", cfg());
+    let b = e.memory_budget();
+    let m = e.model();
+    // The encoder input's text rows are looked up in a copy of token_embd.weight (F32 here).
+    let table = (m.n_vocab() * m.n_embd() * 4) as u64;
+    let soft_free = delrec_runtime::MemoryBudget::OVERHEAD_FIXED
+        + m.n_vocab() as u64 * delrec_runtime::MemoryBudget::PER_TOKEN
+        + 2 * e.pack().file_len()
+        + e.pack().n_items() as u64 * delrec_runtime::MemoryBudget::PER_ITEM;
+    assert_eq!(b.overhead, soft_free + table, "{b:?}");
+}

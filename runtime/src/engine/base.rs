@@ -181,7 +181,9 @@ impl Base {
             flash_attention: cfg.flash_attention,
         };
         if let Some(limit) = cfg.memory_limit {
-            let need = memory::budget(&m, first, 0, &cfg, memory::n_ctx_of(&cfg), u64::from(cfg.max_sequences)).total();
+            let table = token_embd.as_ref().map_or(0, |t| t.byte_len());
+            let need =
+                memory::budget(&m, first, table, &cfg, memory::n_ctx_of(&cfg), u64::from(cfg.max_sequences)).total();
             if need > limit {
                 return Err(Error::Capacity { resource: Resource::Memory, needed: need, available: limit });
             }
@@ -256,7 +258,8 @@ impl Base {
             _ => None,
         };
         if let Some(limit) = b.cfg.memory_limit {
-            let extra = adapter.as_ref().map_or(0, |a| a.info.tensor_bytes);
+            let table = b.token_embd.as_ref().map_or(0, |t| t.byte_len());
+            let extra = adapter.as_ref().map_or(0, |a| a.info.tensor_bytes) + table;
             let need = memory::budget(&b.model, Some(&pack), extra, &b.cfg, b.n_ctx as u64, b.n_seq_max as u64).total();
             if need > limit {
                 return Err(Error::Capacity { resource: Resource::Memory, needed: need, available: limit });

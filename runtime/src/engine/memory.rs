@@ -42,8 +42,9 @@ pub struct MemoryBudget {
     /// ([`MemoryBudget::OVERHEAD_FIXED`]), the tokenizer's tables in llama.cpp and the model
     /// file's metadata ([`MemoryBudget::PER_TOKEN`] bytes per vocabulary entry), the pack (its
     /// mapped file twice: the map and what is copied out of it), the soft prompts as F32 and
-    /// [`MemoryBudget::PER_ITEM`] bytes per catalog item (id index, per-call score vectors), and
-    /// the pack's LoRA adapter (llama.cpp copies its tensors into memory).
+    /// [`MemoryBudget::PER_ITEM`] bytes per catalog item (id index, per-call score vectors),
+    /// the pack's LoRA adapter (llama.cpp copies its tensors into memory), and an
+    /// encoder-decoder model's token table (copied out of the file for mixed encoder inputs).
     pub overhead: u64,
 }
 
@@ -141,6 +142,7 @@ impl Engine {
     pub fn memory_budget(&self) -> MemoryBudget {
         let inner = &*self.inner;
         let adapter = inner.adapter.as_ref().map_or(0, |a| a.info.tensor_bytes);
+        let adapter = adapter + inner.base.inner.token_embd.as_ref().map_or(0, |t| t.byte_len());
         let mut b =
             budget(&inner.model, Some(&inner.pack), adapter, &inner.cfg, inner.n_ctx as u64, inner.n_seq_max as u64);
         // Items added on the device count like the pack's.
@@ -154,8 +156,8 @@ pub(crate) fn n_ctx_of(cfg: &EngineConfig) -> u64 {
     u64::from(cfg.context_size).next_multiple_of(256)
 }
 
-/// The budget of an engine over `m` and `pack` (none: the base alone) with an adapter of
-/// `adapter_bytes` and `cfg`, whose contexts hold `n_ctx` cells and `n_seq_max` sequences.
+/// The budget of an engine over `m` and `pack` (none: the base alone) with `adapter_bytes`
+/// copied beside the weights (a LoRA adapter, an encoder-decoder model's token table) and `cfg`, whose contexts hold `n_ctx` cells and `n_seq_max` sequences.
 /// Computed before any context exists, so an open can refuse a configuration over
 /// `EngineConfig::memory_limit` without allocating it.
 pub(crate) fn budget(

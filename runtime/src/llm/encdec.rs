@@ -30,6 +30,11 @@ pub struct TokenEmbeddings {
 }
 
 impl TokenEmbeddings {
+    /// Bytes of the copied table (`n_vocab` rows in the file's type).
+    pub fn byte_len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
     /// Copies `token_embd.weight` out of `f` (types F32, F16, BF16, Q8_0).
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let t = f
