@@ -7,6 +7,8 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v clang >/dev/null || need_apt+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# scripts/swift.sh: the Debian trixie chroot with Swift.
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

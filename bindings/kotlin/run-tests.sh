@@ -43,7 +43,7 @@ KT=$GEN/dev/delrec/delrec_ffi.kt
 for f in "$KT" "$GEN/DelrecFFI.swift" "$GEN/delrec_ffiFFI.h" "$GEN/delrec_ffiFFI.modulemap"; do
     test -s "$f" || { echo "missing generated file $f"; exit 1; }
 done
-# No Swift toolchain here: check the Swift API surface textually.
+# The Swift API surface, textually (scripts/swift.sh compiles and runs it).
 for sym in 'open class Engine' 'open class Session' 'open class CancelToken' 'enum DelrecError: Swift.Error' \
     'public struct RankRequest' 'public struct ScoredItem' 'public struct RecommendRequest' 'func recommend(' 'open class Base' 'func openPack(' 'public func defaultEngineConfig' 'public static func `open`'; do
     grep -q "$sym" "$GEN/DelrecFFI.swift" || { echo "Swift bindings lack '$sym'"; exit 1; }

@@ -1,5 +1,8 @@
 // The runtime's log (llama.cpp's included: the runtime routes it here) to the unified log, where
 // Console.app and `log stream --predicate 'subsystem == "dev.delrec"'` show it.
+// Apple platforms only (`os.Logger`); on Linux (scripts/swift.sh) this file compiles to nothing.
+
+#if canImport(os)
 
 import DelrecFFI
 import os
@@ -30,3 +33,4 @@ public final class OSLogSink: LogSink, @unchecked Sendable {
         setLogSink(sink: OSLogSink(), minLevel: minLevel)
     }
 }
+#endif
