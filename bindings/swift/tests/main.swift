@@ -316,10 +316,12 @@ await test("session: push then rank equals a fresh rank and the CLI, reusing the
 await test("DelrecMobile session: openSession, push, rank equal a fresh rank") {
     let s = try await engine.openSession()
     try await s.push("m001")
-    try await s.push("m002")
+    try await s.push("m002", eager: RankRequest(topK: 5))
     let progress = Collector<RankProgress>()
     let r = try await s.rank(RankRequest(topK: 5), progress: { progress.add($0) })
     try assertMatches(r, try cliRank(history, topK: 5))
+    // The eager push decoded the prompt: the rank decoded candidate rows only.
+    try check(r.stats.prefixReused == r.stats.prefixRows, "\(r.stats)")
     try check(!progress.all.isEmpty, "no progress")
     try assertMatches(try await s.rank(), pairs(try engine.rank(request: RankRequest(history: history))))
     let e = try badRequest(await thrown { try await s.push("m999") })

@@ -119,6 +119,15 @@ public extension Session {
         try await offload { try self.push(id: id) }
     }
 
+    /// `push(_:)`, then the new history decoded right away (`prefill`), so the next rank with a
+    /// request shaped like `request` decodes only candidate rows. Cancelling the task stops the
+    /// decode (the item stays pushed).
+    func push(_ id: String, eager request: RankRequest) async throws {
+        try await push(id)
+        let (request, token) = request.prepared(progress: nil)
+        _ = try await offload(cancel: token) { try self.prefill(request: request) }
+    }
+
     /// Ranks with the session's history; see `Engine.rank(_:progress:)`.
     func rank(_ request: RankRequest = RankRequest(), progress: (@Sendable (RankProgress) -> Void)? = nil) async throws -> Ranking {
         let (request, token) = request.prepared(progress: progress)
