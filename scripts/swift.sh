@@ -116,19 +116,7 @@ fi
 took generate
 
 step "fixtures: llama-tiny model + pack, qwen2-tiny pack, the SASRec pack"
-python3 tests/fixtures/make_fixtures.py "$FX" >/dev/null
-TEMPLATE=$'{soft:default}Recently watched:{history}.\nNext:{candidate}\n'
-for m in llama qwen2; do
-    "$REL/delrec-convert" model --hf "$FX/$m-tiny" --out "$OUT/$m.gguf" --outtype f32
-    "$REL/delrec-convert" pack --model "$OUT/$m.gguf" --tokenizer "$FX/$m-tiny/tokenizer.json" \
-        --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-$m" --template "$TEMPLATE" \
-        --out "$OUT/$m.pack.gguf"
-done
-"$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
-    --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
-    --seq-model "$FX/sasrec-tiny.pth" --out "$OUT/llama.seq.pack.gguf"
-# The chroot sees the worktree only (DELREC_FIXTURES may be elsewhere).
-cp "$FX/catalog.csv" "$OUT/catalog.csv"
+bash bindings/make-test-files.sh "$OUT"
 took fixtures
 
 step "compile (swiftc in the chroot): DelrecFFI, DelrecMobile, the test"

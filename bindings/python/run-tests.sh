@@ -25,21 +25,7 @@ PY=$(bash bindings/python/build.sh | tail -n 1)
 "$PY" -c 'import delrec, sys; print("delrec from", delrec.__file__)'
 
 step "fixtures: llama-tiny model + packs, qwen2-tiny pack"
-python3 tests/fixtures/make_fixtures.py "$FX" >/dev/null
-TEMPLATE=$'{soft:default}Recently watched:{history}.\nNext:{candidate}\n'
-for m in llama qwen2; do
-    "$REL/delrec-convert" model --hf "$FX/$m-tiny" --out "$OUT/$m.gguf" --outtype f32
-    "$REL/delrec-convert" pack --model "$OUT/$m.gguf" --tokenizer "$FX/$m-tiny/tokenizer.json" \
-        --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-$m" --template "$TEMPLATE" \
-        --out "$OUT/$m.pack.gguf"
-done
-"$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
-    --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
-    --seq-model "$FX/sasrec-tiny.pth" --out "$OUT/llama.seq.pack.gguf"
-"$REL/delrec-convert" adapter --base "$OUT/llama.gguf" --lora "$FX/lora-llama" --out "$OUT/llama.lora.gguf"
-"$REL/delrec-convert" pack --model "$OUT/llama.gguf" --tokenizer "$FX/llama-tiny/tokenizer.json" \
-    --catalog "$FX/catalog.csv" --soft-prompt "default=$FX/prompt-llama" --template "$TEMPLATE" \
-    --adapter "$OUT/llama.lora.gguf" --out "$OUT/llama.lora.pack.gguf"
+bash bindings/make-test-files.sh "$OUT"
 
 step "pytest bindings/python/tests"
 cd "$OUT"

@@ -59,11 +59,7 @@ impl Engine {
             rows: &rows,
             seqs: &[],
             verbalizer: None,
-            encoder: match (&encoder, &inner.base.inner.token_embd) {
-                (Some(rows), Some(e)) => Some(EncoderJob { rows, embeddings: e }),
-                (None, _) => None,
-                (Some(_), None) => return Err(Error::internal("an encoder input without the token table")),
-            },
+            encoder: self.encoder_job(encoder.as_deref())?,
         };
         prefix::ensure(&mut job)?;
         let mut stats = std::mem::take(&mut call.stats);
@@ -106,11 +102,7 @@ impl Engine {
             rows: &rows,
             seqs: &seqs,
             verbalizer,
-            encoder: match (&encoder, &inner.base.inner.token_embd) {
-                (Some(rows), Some(e)) => Some(EncoderJob { rows, embeddings: e }),
-                (None, _) => None,
-                (Some(_), None) => return Err(Error::internal("an encoder input without the token table")),
-            },
+            encoder: self.encoder_job(encoder.as_deref())?,
         };
         let scores = plan::run(strategy, &mut job)?;
         let mode = pack.scoring;
@@ -146,6 +138,15 @@ impl Engine {
 }
 
 impl Engine {
+    /// The encoder's part of a job (encoder-decoder models): its rows and the token table.
+    fn encoder_job<'a>(&'a self, rows: Option<&'a [PrefixRow]>) -> Result<Option<EncoderJob<'a>>> {
+        match (rows, &self.inner.base.inner.token_embd) {
+            (Some(rows), Some(e)) => Ok(Some(EncoderJob { rows, embeddings: e })),
+            (None, _) => Ok(None),
+            (Some(_), None) => Err(Error::internal("an encoder input without the token table")),
+        }
+    }
+
     /// A request's rows: the encoder's input (encoder-decoder models) and the rows decoded
     /// before the candidates — the template's prefix, or the decoder's start and mask tokens.
     pub(crate) fn rows(&self, cat: &Catalog, r: &Resolved) -> Result<(Option<Vec<PrefixRow>>, Vec<PrefixRow>)> {
