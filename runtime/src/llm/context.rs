@@ -69,6 +69,23 @@ unsafe extern "C" fn abort_cb(data: *mut c_void) -> bool {
     st.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) || st.deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+/// Calls `f` with llama.cpp's view of `b`: pointers into its arrays (every one `b.len()` long,
+/// which `Batch` keeps in step) and the per-row sequence lists, valid while `f` runs.
+fn with_raw<T>(b: &mut Batch, f: impl FnOnce(sys::llama_batch) -> T) -> T {
+    let mut seq_ptrs: Vec<*mut i32> = b.seqs.iter_mut().map(|s| s.as_mut_ptr()).collect();
+    let mut n_seq: Vec<i32> = b.seqs.iter().map(|s| s.len() as i32).collect();
+    let raw = sys::llama_batch {
+        n_tokens: b.len() as i32,
+        token: if b.embd.is_some() { std::ptr::null_mut() } else { b.tokens.as_mut_ptr() },
+        embd: b.embd.as_mut().map_or(std::ptr::null_mut(), |e| e.as_mut_ptr()),
+        pos: b.pos.as_mut_ptr(),
+        n_seq_id: n_seq.as_mut_ptr(),
+        seq_id: seq_ptrs.as_mut_ptr(),
+        logits: b.out.as_mut_ptr(),
+    };
+    f(raw)
+}
+
 /// One llama.cpp context (KV cache + compute buffers). Used by one thread at a time.
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
@@ -368,23 +385,12 @@ impl Context {
             return Err(LlamaError::EncoderTooLong { rows: n, limit: "n_ctx", max: self.n_ctx as usize });
         }
         self.check_rows(b)?;
-        let mut seq_ptrs: Vec<*mut i32> = b.seqs.iter_mut().map(|s| s.as_mut_ptr()).collect();
-        let mut n_seq: Vec<i32> = b.seqs.iter().map(|s| s.len() as i32).collect();
-        let raw = sys::llama_batch {
-            n_tokens: n as i32,
-            token: if b.embd.is_some() { std::ptr::null_mut() } else { b.tokens.as_mut_ptr() },
-            embd: b.embd.as_mut().map_or(std::ptr::null_mut(), |e| e.as_mut_ptr()),
-            pos: b.pos.as_mut_ptr(),
-            n_seq_id: n_seq.as_mut_ptr(),
-            seq_id: seq_ptrs.as_mut_ptr(),
-            logits: b.out.as_mut_ptr(),
-        };
         Backend::get().clear_log();
-        // SAFETY: every array has n entries (Batch keeps them in step) and lives until the call
-        // returns; ids, widths and the ubatch limit were checked above.
+        let ctx = self.ptr.as_ptr();
+        // SAFETY: ids, widths and the ubatch limit were checked above; `raw` is valid for the call.
         let rc = {
             let _shared = self.model.adapters_read();
-            unsafe { sys::llama_encode(self.ptr.as_ptr(), raw) }
+            with_raw(b, |raw| unsafe { sys::llama_encode(ctx, raw) })
         };
         b.outputs.clear();
         match rc {
@@ -464,25 +470,15 @@ impl Context {
                 return Err(LlamaError::Refused("sequence id out of range".into()));
             }
         }
-        let mut seq_ptrs: Vec<*mut i32> = b.seqs.iter_mut().map(|s| s.as_mut_ptr()).collect();
-        let mut n_seq: Vec<i32> = b.seqs.iter().map(|s| s.len() as i32).collect();
-        let raw = sys::llama_batch {
-            n_tokens: n as i32,
-            token: if b.embd.is_some() { std::ptr::null_mut() } else { b.tokens.as_mut_ptr() },
-            embd: b.embd.as_mut().map_or(std::ptr::null_mut(), |e| e.as_mut_ptr()),
-            pos: b.pos.as_mut_ptr(),
-            n_seq_id: n_seq.as_mut_ptr(),
-            seq_id: seq_ptrs.as_mut_ptr(),
-            logits: b.out.as_mut_ptr(),
-        };
-        // SAFETY: every array has n entries (Batch keeps them in step) and lives until the call
-        // returns; ids and widths were checked above.
+        let ctx = self.ptr.as_ptr();
         // A decode we aborted (cancel, deadline) makes llama.cpp log an error: held and demoted,
         // so a normal cancel puts no error in the app's log.
         let rc = crate::log::hold(
             || {
                 let _shared = self.model.adapters_read();
-                unsafe { sys::llama_decode(self.ptr.as_ptr(), raw) }
+                // SAFETY: ids, widths and output counts were checked above; `raw` is valid for
+                // the call.
+                with_raw(b, |raw| unsafe { sys::llama_decode(ctx, raw) })
             },
             |&rc| rc != 2,
         );
