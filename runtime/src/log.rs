@@ -13,7 +13,14 @@
 //!
 //! let lines = Arc::new(Mutex::new(Vec::new()));
 //! let seen = lines.clone();
-//! set_log_sink(Some(Arc::new(move |level, line: &str| seen.lock().unwrap().push((level, line.to_string())))), LogLevel::Info);
+//! set_log_sink(
+//!     Some(Arc::new(move |level, line: &str| {
+//!         if let Ok(mut v) = seen.lock() {
+//!             v.push((level, line.to_string()));
+//!         }
+//!     })),
+//!     LogLevel::Info,
+//! );
 //! // ... open an engine: llama.cpp's load lines arrive in `lines` ...
 //! set_log_sink(None, LogLevel::Info);
 //! ```
