@@ -255,6 +255,7 @@ fn ensure_pack(cache: &Path, f: &fixtures::ModelFixture, n: usize, step: &mut dy
         seq: Some(SeqOptions {
             input: SeqInput::Loaded { source: Box::new(src), desc: "delrec-bench random SASRec".into() },
             f16: false,
+            q8_items: false,
         }),
         fusion: None,
         adapter: None,
@@ -517,13 +518,14 @@ fn measure(spec: &Spec) -> BResult<WorkerResult> {
             // The bare table scan (one core, this thread), both dot products interleaved.
             if let Some(seq) = e.pack().seq.as_ref() {
                 let hidden = seq.hidden;
-                let user: Vec<f32> = seq.items[hidden..2 * hidden].to_vec();
+                let items = seq.items.to_f32();
+                let user: Vec<f32> = items[hidden..2 * hidden].to_vec();
                 for _ in 0..a.retrieval_reps * a.users {
                     let ((), t) = timed(|| kernels::item_scores(black_box(seq), black_box(&user), &mut scores));
                     black_box(&scores);
                     sz.res.scan_8lane.push(t);
                     let ((), t) =
-                        timed(|| scan(black_box(&seq.items), hidden, black_box(&user), &mut scores, dot_sequential));
+                        timed(|| scan(black_box(&items), hidden, black_box(&user), &mut scores, dot_sequential));
                     black_box(&scores);
                     sz.res.scan_scalar.push(t);
                 }

@@ -18,6 +18,7 @@ mod fixtures;
 mod open;
 mod plan;
 mod report;
+mod scan;
 mod sys;
 mod verbalizer;
 mod worker;
@@ -58,6 +59,9 @@ enum Cmd {
     /// What `Engine::open`'s model checks cost: no verification, the first verified open (hash),
     /// a remembered one, and an unpinned pack (llama.cpp's tensor checks).
     Open(Box<open::OpenArgs>),
+    /// The cascade's catalog scan alone up to 10^6 items: f32 and Q8_0 item tables against the
+    /// kernel they replaced, and the Q8_0 table's top-N overlap with the f32 one.
+    Scan(Box<scan::ScanArgs>),
     /// A LoRA fine-tune as a run-time adapter over Q4_0/Q4_1 vs merged and quantized: fidelity
     /// to merged F16, speed, and the memory of two packs over one base vs two merged models.
     Adapter(Box<adapter::AdapterArgs>),
@@ -340,6 +344,7 @@ fn main() -> ExitCode {
         Some(Cmd::Report { results, python, scripts }) => rewrite_report(&results, &python, &scripts),
         Some(Cmd::Cascade(args)) => cascade::run(&args),
         Some(Cmd::Open(args)) => open::run(&args),
+        Some(Cmd::Scan(args)) => scan::run(&args),
         Some(Cmd::Adapter(args)) => adapter::run(&args),
         Some(Cmd::Verbalizer(args)) => verbalizer::run(&args),
         Some(Cmd::AdapterMem { case, threads, spec }) => adapter::mem_worker(&case, threads, &spec),

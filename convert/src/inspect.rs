@@ -116,6 +116,7 @@ pub fn inspect_json(path: &Path, n_items: usize) -> Result<J> {
                 "kind": "sasrec", "n_layers": m.blocks.len(), "n_heads": m.n_heads, "hidden": m.hidden,
                 "inner": m.inner, "max_len": m.max_len, "hidden_act": m.act.as_str(),
                 "item_source": m.source.as_str(),
+                "item_table": {"type": m.items.type_name(), "bytes": m.items.bytes()},
                 "item_projection": m.item_proj.as_ref().map(|p| json!({"n_in": p.linear.n_in, "pooling": p.pooling.as_str()})),
             })),
             "fusion": {"llm_weight": pack.fusion.llm_weight, "retrieve": pack.fusion.retrieve},
@@ -246,7 +247,7 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
         if let Some(m) = &pack.seq {
             let _ = writeln!(
                 s,
-                "  sequential model: SASRec {} layers × {} heads, hidden {}, inner {}, max_len {}, {}, items from {}{}",
+                "  sequential model: SASRec {} layers × {} heads, hidden {}, inner {}, max_len {}, {}, items from {} ({} table, {} KiB){}",
                 m.blocks.len(),
                 m.n_heads,
                 m.hidden,
@@ -254,6 +255,8 @@ pub fn inspect_text(path: &Path, n_items: usize) -> Result<String> {
                 m.max_len,
                 m.act.as_str(),
                 m.source.as_str(),
+                m.items.type_name(),
+                m.items.bytes().div_ceil(1024),
                 m.item_proj
                     .as_ref()
                     .map(|p| format!(

@@ -167,6 +167,10 @@ enum Cmd {
         /// Store the sequential model as F16 instead of F32.
         #[arg(long, requires = "seq_model")]
         seq_f16: bool,
+        /// Store the item table as Q8_0 (ggml's int8 blocks, a quarter of F32; the runtime
+        /// scans it without widening). The model's hidden size must be a multiple of 32.
+        #[arg(long, requires = "seq_model")]
+        seq_q8_items: bool,
         /// The cascade's LLM weight in [0, 1] (fitted by the recipe on the validation split).
         #[arg(long)]
         fusion_weight: Option<f32>,
@@ -325,6 +329,7 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
             seq_model,
             seq_items,
             seq_f16,
+            seq_q8_items,
             fusion_weight,
             retrieve,
             adapter,
@@ -339,8 +344,11 @@ fn run(cli: Cli) -> Result<(), ConvertError> {
                     Some(Fusion { llm_weight: w.unwrap_or(d.llm_weight), retrieve: n.unwrap_or(d.retrieve) })
                 }
             };
-            let seq =
-                seq_model.map(|path| SeqOptions { input: SeqInput::File { path, items: seq_items }, f16: seq_f16 });
+            let seq = seq_model.map(|path| SeqOptions {
+                input: SeqInput::File { path, items: seq_items },
+                f16: seq_f16,
+                q8_items: seq_q8_items,
+            });
             let template = match (template, template_file) {
                 (Some(t), _) => t,
                 (None, Some(p)) => std::fs::read_to_string(&p).map_err(|e| ConvertError::Io { path: p, source: e })?,

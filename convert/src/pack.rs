@@ -86,11 +86,13 @@ pub struct AdapterPack {
     pub scale: f32,
 }
 
-/// `pack --seq-model PATH [--seq-items FILE] [--seq-f16]`.
+/// `pack --seq-model PATH [--seq-items FILE] [--seq-f16] [--seq-q8-items]`.
 pub struct SeqOptions {
     pub input: SeqInput,
     /// Store the weights as F16.
     pub f16: bool,
+    /// Store the item table as Q8_0 (the runtime scans it without widening).
+    pub q8_items: bool,
 }
 
 /// Where the sequential model comes from.
@@ -443,6 +445,14 @@ pub fn build_pack(opts: &PackOptions) -> Result<PackReport> {
                 }
                 SeqInput::Loaded { source, desc } => crate::seq::for_catalog(source, &ids, n_embd, desc)?,
             };
+            let mut imported = imported;
+            if so.q8_items {
+                let desc = match &so.input {
+                    SeqInput::File { path, .. } => path.as_path(),
+                    SeqInput::Loaded { desc, .. } => desc.as_path(),
+                };
+                crate::seq::quantize_items(&mut imported.0, desc)?;
+            }
             Some((imported, so.f16))
         }
         None => None,

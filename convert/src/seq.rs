@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use delrec_format::seq::{Activation, ItemPooling, ItemProjection, ItemSource, LayerNorm, Linear, Sasrec, SasrecBlock};
+use delrec_format::seq::{
+    Activation, ItemPooling, ItemProjection, ItemSource, ItemTable, LayerNorm, Linear, Sasrec, SasrecBlock,
+};
 
 use crate::error::{ConvertError, Result};
 use crate::torch_ckpt::{self, PyValue};
@@ -234,7 +236,7 @@ pub fn for_catalog(src: &SeqSource, catalog: &[String], n_embd: usize, path: &Pa
         eps: c.layer_norm_eps as f32,
         source,
         item_proj,
-        items,
+        items: items.into(),
         positions: get("position_embedding.weight", &[max_len, hidden])?,
         norm: norm("LayerNorm")?,
         blocks,
@@ -248,6 +250,18 @@ pub fn for_catalog(src: &SeqSource, catalog: &[String], n_embd: usize, path: &Pa
         dropped: n_rows.saturating_sub(1 + used),
     };
     Ok((model, report))
+}
+
+/// Stores the item table as Q8_0 (`pack --seq-q8-items`).
+pub fn quantize_items(m: &mut Sasrec, path: &Path) -> Result<()> {
+    if !m.hidden.is_multiple_of(delrec_format::seq::Q8_BLOCK) {
+        return Err(err(
+            path,
+            format!("--seq-q8-items needs a hidden size divisible by 32, this model's is {}", m.hidden),
+        ));
+    }
+    m.items = ItemTable::quantize_q8_0(&m.items.to_f32()).map_err(|e| err(path, e))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -280,8 +294,9 @@ mod tests {
         let (m, rep) = for_catalog(&src, &catalog, 12, Path::new("m.pth")).unwrap();
         let table = &src.tensors["item_embedding.weight"].1;
         // i2 is row 5 of the reversed list (PAD, i6, i5, i4, i3, i2, i1), i5 is row 2.
-        assert_eq!(&m.items[..8], &table[5 * 8..6 * 8]);
-        assert_eq!(&m.items[8..], &table[2 * 8..3 * 8]);
+        let items = m.items.to_f32();
+        assert_eq!(&items[..8], &table[5 * 8..6 * 8]);
+        assert_eq!(&items[8..], &table[2 * 8..3 * 8]);
         assert_eq!((rep.hidden, rep.n_layers, rep.max_len, rep.model_items, rep.dropped), (8, 2, 4, 6, 4));
         assert_eq!(m.inner, 16);
         assert!(m.item_proj.is_none() && m.source == ItemSource::Id);

@@ -153,7 +153,7 @@ pub struct Sasrec {
     pub eps: f32,
     pub source: ItemSource,
     /// `n_items × hidden`, row-major.
-    pub items: Vec<f32>,
+    pub items: ItemTable,
     /// `max_len × hidden`.
     pub positions: Vec<f32>,
     /// Applied to item + position embeddings before the first block.
@@ -161,6 +161,125 @@ pub struct Sasrec {
     pub blocks: Vec<SasrecBlock>,
     /// Present when item vectors can be made from LLM embeddings (TSLRec).
     pub item_proj: Option<ItemProjection>,
+}
+
+/// Values per Q8_0 block (ggml's `QK8_0`): one scale for 32 int8 values.
+pub const Q8_BLOCK: usize = 32;
+
+/// The item table as the runtime scans it. F32 and F16 storage are widened to f32 at open;
+/// Q8_0 (ggml's block layout: per 32 values an f16 scale `d` and 32 int8 `q`, value = `d · q`)
+/// stays quantized in memory, a quarter of f32's size, for catalogs where the scan is
+/// memory-bound (10^5 items and up).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemTable {
+    F32(Vec<f32>),
+    Q8_0(Q8Table),
+}
+
+/// Q8_0 rows: `scales[b]` (the f16 scale, widened) belongs to `quants[32 b .. 32 b + 32]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Table {
+    pub scales: Vec<f32>,
+    pub quants: Vec<i8>,
+}
+
+impl ItemTable {
+    /// Quantizes f32 rows to Q8_0 exactly as ggml's reference `quantize_row_q8_0_ref` does
+    /// (`d = amax / 127` stored as f16, `q = round(x / d)` with the f32 `d`), so ggml's and
+    /// gguf-py's dequantizers read the same values. `v.len()` must be a multiple of 32.
+    pub fn quantize_q8_0(v: &[f32]) -> std::result::Result<Self, String> {
+        if !v.len().is_multiple_of(Q8_BLOCK) {
+            return Err(format!("Q8_0 needs a multiple of {Q8_BLOCK} values, got {}", v.len()));
+        }
+        finite("item table", v)?;
+        let mut scales = Vec::with_capacity(v.len() / Q8_BLOCK);
+        let mut quants = Vec::with_capacity(v.len());
+        for b in v.chunks_exact(Q8_BLOCK) {
+            let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales.push(f16::from_f32(d).to_f32());
+            quants.extend(b.iter().map(|x| (x * id).round() as i8));
+        }
+        Ok(ItemTable::Q8_0(Q8Table { scales, quants }))
+    }
+
+    /// Number of values (`n_items × hidden`).
+    pub fn len(&self) -> usize {
+        match self {
+            ItemTable::F32(v) => v.len(),
+            ItemTable::Q8_0(q) => q.quants.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The storage type's name as `inspect` prints it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ItemTable::F32(_) => "f32",
+            ItemTable::Q8_0(_) => "q8_0",
+        }
+    }
+
+    /// Bytes the table holds in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            ItemTable::F32(v) => v.len() * 4,
+            ItemTable::Q8_0(q) => q.quants.len() + q.scales.len() * 4,
+        }
+    }
+
+    /// Row `i` (`hidden` values, dequantized), or `None` when out of range.
+    pub fn row(&self, i: usize, hidden: usize) -> Option<Vec<f32>> {
+        let r = i.checked_mul(hidden)?..(i.checked_add(1)?).checked_mul(hidden)?;
+        match self {
+            ItemTable::F32(v) => v.get(r).map(<[f32]>::to_vec),
+            ItemTable::Q8_0(q) => {
+                let qs = q.quants.get(r.clone())?;
+                let first = r.start / Q8_BLOCK;
+                Some(qs.iter().enumerate().map(|(j, &x)| q.scales[first + j / Q8_BLOCK] * x as f32).collect())
+            }
+        }
+    }
+
+    /// Every value as f32 (dequantized): what a writer stores for F32/F16.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            ItemTable::F32(v) => v.clone(),
+            ItemTable::Q8_0(q) => {
+                q.quants.iter().enumerate().map(|(j, &x)| q.scales[j / Q8_BLOCK] * x as f32).collect()
+            }
+        }
+    }
+
+    /// Sizes consistent with `rows × hidden`, every value finite.
+    fn check(&self, rows: usize, hidden: usize) -> std::result::Result<(), String> {
+        let want = rows.checked_mul(hidden);
+        if Some(self.len()) != want {
+            return Err(format!("item table holds {} values, expected {rows} × {hidden}", self.len()));
+        }
+        match self {
+            ItemTable::F32(v) => finite("item table", v),
+            ItemTable::Q8_0(q) => {
+                if !hidden.is_multiple_of(Q8_BLOCK) {
+                    return Err(format!("a Q8_0 item table needs a hidden size divisible by {Q8_BLOCK}, not {hidden}"));
+                }
+                if q.scales.len() * Q8_BLOCK != q.quants.len() {
+                    return Err(format!("Q8_0 item table: {} scales for {} values", q.scales.len(), q.quants.len()));
+                }
+                finite("item table scales", &q.scales)
+            }
+        }
+    }
+}
+
+impl From<Vec<f32>> for ItemTable {
+    fn from(v: Vec<f32>) -> Self {
+        ItemTable::F32(v)
+    }
 }
 
 /// How the cascade combines its two scores (documented in `docs/format.md`).
@@ -206,7 +325,7 @@ impl Sasrec {
             }
             finite(what, v)
         };
-        table("item table", &self.items, n_items)?;
+        self.items.check(n_items, h)?;
         table("position table", &self.positions, self.max_len)?;
         norm_ok("norm", &self.norm, h)?;
         if let Some(p) = &self.item_proj {
@@ -314,6 +433,36 @@ fn read(f: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// The item table: F32/F16 widened, Q8_0 kept quantized (its scales checked finite).
+fn read_items(f: &GgufFile, hidden: usize, n_items: usize) -> Result<ItemTable> {
+    let name = item_tensor();
+    let t = f.tensor(name).ok_or_else(|| bad_file(f, format!("tensor {name} is missing")))?;
+    if t.ty != TensorType::Q8_0 {
+        return Ok(ItemTable::F32(read(f, name, &[hidden, n_items])?));
+    }
+    let want = [hidden as u64, n_items as u64];
+    if t.dims != want || !hidden.is_multiple_of(Q8_BLOCK) {
+        return Err(bad_file(
+            f,
+            format!("{name}: expected Q8_0 {want:?} (hidden a multiple of 32), found {:?}", t.dims),
+        ));
+    }
+    let bytes = f.tensor_bytes(t).ok_or_else(|| bad_file(f, format!("{name} unreadable")))?;
+    let n_blocks = hidden / Q8_BLOCK * n_items;
+    if bytes.len() != n_blocks * (2 + Q8_BLOCK) {
+        return Err(bad_file(f, format!("{name}: {} bytes for {n_blocks} Q8_0 blocks", bytes.len())));
+    }
+    let mut scales = Vec::with_capacity(n_blocks);
+    let mut quants = Vec::with_capacity(n_blocks * Q8_BLOCK);
+    for b in bytes.chunks_exact(2 + Q8_BLOCK) {
+        scales.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+        quants.extend(b[2..].iter().map(|&x| x as i8));
+    }
+    let table = ItemTable::Q8_0(Q8Table { scales, quants });
+    table.check(n_items, hidden).map_err(|e| bad_file(f, e))?;
+    Ok(table)
+}
+
 /// The pack's sequential model, if it has one; `n_items` is the catalog size, `n_embd` the base
 /// model's width (an item projection's input).
 pub(crate) fn read_sasrec(f: &GgufFile, n_items: usize, n_embd: usize) -> Result<Option<Sasrec>> {
@@ -397,7 +546,7 @@ pub(crate) fn read_sasrec(f: &GgufFile, n_items: usize, n_embd: usize) -> Result
         act,
         eps,
         source,
-        items: read(f, item_tensor(), &[hidden, n_items])?,
+        items: read_items(f, hidden, n_items)?,
         positions: read(f, "seq.pos_embd", &[hidden, max_len])?,
         norm: norm("seq.norm.weight", "seq.norm.bias")?,
         blocks,

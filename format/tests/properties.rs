@@ -101,7 +101,7 @@ fn sasrec(n_items: usize) -> Sasrec {
         act: Activation::Gelu,
         eps: 1e-12,
         source: ItemSource::Id,
-        items: (0..n_items * h).map(|i| i as f32 * 0.25).collect(),
+        items: (0..n_items * h).map(|i| i as f32 * 0.25).collect::<Vec<f32>>().into(),
         positions: (0..3 * h).map(|i| i as f32 * -0.5).collect(),
         norm: LayerNorm { weight: vec![1.1; h], bias: vec![0.2; h] },
         blocks: vec![block],

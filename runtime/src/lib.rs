@@ -30,7 +30,18 @@ mod seq;
 /// The retrieval kernels, for the bench to time on their own (not a stable API).
 #[doc(hidden)]
 pub mod kernels {
-    pub use crate::seq::sasrec::{dot, scores as item_scores};
+    pub use crate::seq::sasrec::dot;
+    pub use crate::seq::scan::kernel as scan_kernel;
+
+    /// The catalog scan `recommend` runs: `user · item_i` for every item of the pack's model.
+    pub fn item_scores(m: &delrec_format::seq::Sasrec, user: &[f32], out: &mut Vec<f32>) {
+        crate::seq::scan::scores(&m.items, m.hidden, user, out)
+    }
+
+    /// The same scan over any table (`hidden` wide).
+    pub fn table_scores(t: &delrec_format::seq::ItemTable, hidden: usize, user: &[f32], out: &mut Vec<f32>) {
+        crate::seq::scan::scores(t, hidden, user, out)
+    }
 }
 
 pub use delrec_format as format;

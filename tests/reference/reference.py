@@ -515,10 +515,25 @@ def _layer_norm(x, w, b, eps):
     return (x - m) / np.sqrt(v + eps) * w + b
 
 
-def sasrec_scores(blob, history: list[str]) -> dict[str, float]:
+def q8_0_round_trip(table: np.ndarray) -> np.ndarray:
+    """ggml's Q8_0 (quantize_row_q8_0_ref, then dequantize), written from ggml's C: per 32
+    values d = amax / 127 in f32, q = roundf(x * (1 / d)) (halves away from zero), d stored as f16."""
+    x = np.asarray(table, dtype=np.float32).reshape(-1, 32)
+    amax = np.abs(x).max(axis=1)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1.0) / np.where(d != 0, d, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
+    v = (x * inv[:, None]).astype(np.float32)
+    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    return (d.astype(np.float16).astype(np.float64)[:, None] * q.astype(np.float64)).reshape(np.shape(table))
+
+
+def sasrec_scores(blob, history: list[str], q8_items: bool = False) -> dict[str, float]:
     """RecBole SASRec: item+position embeddings, LayerNorm, post-norm blocks with causal
-    attention, the last position's output dotted with every item row (the padding row excluded)."""
-    sd, cfg, tokens = blob["state_dict"], blob["config"], blob["item_tokens"]
+    attention, the last position's output dotted with every item row (the padding row excluded).
+    `q8_items`: the item table as a Q8_0 pack stores it (history rows and scores alike)."""
+    sd, cfg, tokens = dict(blob["state_dict"]), blob["config"], blob["item_tokens"]
+    if q8_items:
+        sd["item_embedding.weight"] = q8_0_round_trip(sd["item_embedding.weight"])
     row = {t: i for i, t in enumerate(tokens)}
     max_len = sd["position_embedding.weight"].shape[0]
     ids = [row[h] for h in history][-max_len:]

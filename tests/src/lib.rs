@@ -239,6 +239,7 @@ fn build_opts(
             seq: seq.map(|source| SeqOptions {
                 input: SeqInput::Loaded { source: Box::new(source), desc: "tests::seq_source".into() },
                 f16: false,
+                q8_items: false,
             }),
         };
         if let Err(e) = build_pack(&opts) {

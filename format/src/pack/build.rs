@@ -7,7 +7,7 @@ use half::f16;
 
 use super::*;
 use crate::gguf::{f32_bytes, i32_bytes, GgufWriter, TensorData};
-use crate::seq::{self as seqm, Fusion, Sasrec};
+use crate::seq::{self as seqm, Fusion, ItemTable, Sasrec};
 use crate::template;
 
 /// An item to put in a pack.
@@ -292,6 +292,17 @@ fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize, n_
             )));
         }
     }
+    let h = m.hidden;
+    // A Q8_0 table is written as it is; f32 tables follow `as_f16` with the other weights.
+    if let ItemTable::Q8_0(q) = &m.items {
+        let mut bytes = Vec::with_capacity(q.scales.len() * (2 + seqm::Q8_BLOCK));
+        for (d, qs) in q.scales.iter().zip(q.quants.chunks_exact(seqm::Q8_BLOCK)) {
+            bytes.extend(f16::from_f32(*d).to_le_bytes()); // the widened f16: exact
+            bytes.extend(qs.iter().map(|&x| x as u8));
+        }
+        let dims = [h as u64, n_items as u64];
+        w.add_tensor(seqm::item_tensor(), &dims, TensorType::Q8_0, TensorData::Owned(bytes))?;
+    }
     let mut put = |name: &str, dims: &[usize], v: &[f32]| -> Result<()> {
         let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         let (ty, bytes) = if as_f16 {
@@ -301,8 +312,9 @@ fn write_sasrec(w: &mut GgufWriter, m: &Sasrec, as_f16: bool, n_items: usize, n_
         };
         w.add_tensor(name, &dims, ty, TensorData::Owned(bytes))
     };
-    let h = m.hidden;
-    put(seqm::item_tensor(), &[h, n_items], &m.items)?;
+    if let ItemTable::F32(v) = &m.items {
+        put(seqm::item_tensor(), &[h, n_items], v)?;
+    }
     put("seq.pos_embd", &[h, m.max_len], &m.positions)?;
     put("seq.norm.weight", &[h], &m.norm.weight)?;
     put("seq.norm.bias", &[h], &m.norm.bias)?;
@@ -390,6 +402,10 @@ mod tests {
 
     /// A small SASRec for the 2-item catalog of [`builder`], values from a counter.
     fn sasrec() -> Sasrec {
+        sasrec_of(4)
+    }
+
+    fn sasrec_of(h: usize) -> Sasrec {
         use crate::seq::{Activation, ItemSource, LayerNorm, Linear, SasrecBlock};
         let mut k = 0f32;
         let mut v = |n: usize| -> Vec<f32> {
@@ -400,7 +416,7 @@ mod tests {
                 })
                 .collect()
         };
-        let (h, inner) = (4, 8);
+        let inner = 2 * h;
         let mut lin = |n_in: usize, n_out: usize| Linear { n_in, n_out, weight: v(n_in * n_out), bias: v(n_out) };
         let block = SasrecBlock {
             q: lin(h, h),
@@ -420,11 +436,48 @@ mod tests {
             act: Activation::Gelu,
             eps: 1e-12,
             source: ItemSource::Id,
-            items: (0..2 * h).map(|i| i as f32 * 0.25).collect(),
+            items: ItemTable::F32((0..2 * h).map(|i| i as f32 * 0.25).collect()),
             positions: (0..3 * h).map(|i| i as f32 * -0.5).collect(),
             norm: LayerNorm { weight: vec![1.1; h], bias: vec![0.2; h] },
             blocks: vec![block.clone(), block],
             item_proj: None,
+        }
+    }
+
+    #[test]
+    fn a_q8_0_item_table_round_trips_and_hostile_scales_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.gguf");
+        let mut m = sasrec_of(32);
+        m.items = ItemTable::quantize_q8_0(&m.items.to_f32()).unwrap();
+        for f16 in [false, true] {
+            let mut b = builder();
+            b.seq = Some((m.clone(), f16));
+            b.write(&p, &mut bytes_tok).unwrap();
+            let got = Pack::open(&p).unwrap().seq.unwrap();
+            assert_eq!(got.items, m.items, "the quantized table is stored as it is (f16 weights: {f16})");
+        }
+        // Hidden sizes that are not whole Q8_0 blocks are refused by the writer.
+        let mut small = sasrec();
+        small.items = ItemTable::Q8_0(crate::seq::Q8Table { scales: vec![1.0], quants: vec![1; 8] });
+        let mut b = builder();
+        b.seq = Some((small, false));
+        assert!(matches!(b.write(&p, &mut bytes_tok), Err(Error::InvalidInput(e)) if e.contains("divisible by 32")));
+        // A scale that is not finite (f16 0x7e00 is NaN, 0x7c00 infinity) → a bad file, not NaN scores.
+        let mut b = builder();
+        b.seq = Some((m, false));
+        b.write(&p, &mut bytes_tok).unwrap();
+        let off = GgufFile::open(&p).unwrap().tensor(seqm::item_tensor()).unwrap().offset as usize;
+        for bad in [[0x00, 0x7e], [0x00, 0x7c]] {
+            let mut bytes = std::fs::read(&p).unwrap();
+            bytes[off + 34..off + 36].copy_from_slice(&bad);
+            let q = dir.path().join("bad.gguf");
+            std::fs::write(&q, bytes).unwrap();
+            match Pack::open(&q) {
+                Err(Error::InvalidFile { reason, .. }) => assert!(reason.contains("scales"), "{reason}"),
+                Err(e) => panic!("wrong error: {e:?}"),
+                Ok(_) => panic!("accepted a non-finite scale"),
+            }
         }
     }
 
@@ -449,7 +502,7 @@ mod tests {
             if f16 {
                 let want = sasrec();
                 assert_eq!(got.items.len(), want.items.len());
-                assert!(got.items.iter().zip(&want.items).all(|(a, b)| (a - b).abs() < 1e-3));
+                assert!(got.items.to_f32().iter().zip(&want.items.to_f32()).all(|(a, b)| (a - b).abs() < 1e-3));
             } else {
                 assert_eq!(got, sasrec());
             }
@@ -474,7 +527,9 @@ mod tests {
         // Writers refuse what readers would.
         let mut b = builder();
         let mut m = sasrec();
-        m.items.pop();
+        if let ItemTable::F32(v) = &mut m.items {
+            v.pop();
+        }
         b.seq = Some((m, false));
         assert!(matches!(b.write(&p, &mut bytes_tok), Err(Error::InvalidInput(e)) if e.contains("item table")));
         let mut b = builder();

@@ -14,7 +14,7 @@ use super::prefix::PrefixState;
 use super::{prompt, Engine, RankRequest, RecommendRequest, RecommendStats, Recommendation, Recommended};
 use crate::error::{Error, RequestError, Result};
 use crate::llm::Context;
-use crate::seq::{sasrec, topn};
+use crate::seq::{sasrec, scan, topn};
 
 impl Engine {
     pub(crate) fn recommend_in(
@@ -59,7 +59,7 @@ impl Engine {
         // The model reads added items through their projected vectors.
         let user = sasrec::user_vector(model, &history, |i| cat.added_vector(i));
         let mut scores = Vec::with_capacity(n_items);
-        sasrec::scores(model, &user, &mut scores);
+        scan::scores(&model.items, model.hidden, &user, &mut scores);
         for i in pack.n_items()..n_items {
             scores.push(cat.added_vector(i as u32).map_or(f32::NEG_INFINITY, |v| sasrec::dot(v, &user)));
         }

@@ -16,14 +16,15 @@ pub(crate) fn user_vector<'a>(m: &'a Sasrec, history: &[u32], extra: impl Fn(u32
     let hist = &history[history.len().saturating_sub(m.max_len)..];
     let l = hist.len();
     let mut x = vec![0f32; l * h];
-    let zeros = vec![0f32; h];
     for (t, &item) in hist.iter().enumerate() {
-        let e: &[f32] = match m.items.get(item as usize * h..(item as usize + 1) * h) {
-            Some(row) => row,
-            None => extra(item).filter(|v| v.len() == h).unwrap_or(&zeros),
-        };
+        // A Q8_0 table's rows come dequantized: the model sees what the scan scores against.
+        let e = m
+            .items
+            .row(item as usize, h)
+            .or_else(|| extra(item).filter(|v| v.len() == h).map(<[f32]>::to_vec))
+            .unwrap_or_else(|| vec![0f32; h]);
         let p = &m.positions[t * h..][..h];
-        for ((o, a), b) in x[t * h..][..h].iter_mut().zip(e).zip(p) {
+        for ((o, a), b) in x[t * h..][..h].iter_mut().zip(&e).zip(p) {
             *o = a + b;
         }
     }
@@ -80,14 +81,9 @@ pub(crate) fn user_vector<'a>(m: &'a Sasrec, history: &[u32], extra: impl Fn(u32
     x[(l - 1) * h..].to_vec()
 }
 
-/// `user · item_i` for every catalog item, into `out` (length `n_items`).
-pub fn scores(m: &Sasrec, user: &[f32], out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(m.items.chunks_exact(m.hidden).map(|row| dot(row, user)));
-}
-
 /// A dot product in eight lanes: the compiler vectorizes it (and keeps the summation order
-/// fixed, so results do not depend on the call site).
+/// fixed, so results do not depend on the call site). The forward uses it; the catalog scan
+/// has its own kernels (`scan`).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
