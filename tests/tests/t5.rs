@@ -120,3 +120,55 @@ fn the_memory_budget_counts_the_copied_token_table() {
         + e.pack().n_items() as u64 * delrec_runtime::MemoryBudget::PER_ITEM;
     assert_eq!(b.overhead, soft_free + table, "{b:?}");
 }
+
+/// The MiB values llama.cpp logged on lines holding `what`, as `… {what} = X MiB`.
+fn logged_mib(lines: &[String], what: &str) -> Vec<f64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l[l.find(what)? + what.len()..].trim_start().strip_prefix('=')?.trim_start();
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_memory_budget_covers_the_encoder_and_the_cross_attention() {
+    use std::sync::{Arc, Mutex};
+
+    use delrec_runtime::log::{set_log_sink, LogLevel};
+    // Only this thread's lines: the open and the decodes of these ranks run on it.
+    let me = std::thread::current().id();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = lines.clone();
+    set_log_sink(
+        Some(Arc::new(move |_, line: &str| {
+            if std::thread::current().id() == me {
+                l.lock().unwrap_or_else(|e| e.into_inner()).push(line.to_string())
+            }
+        })),
+        LogLevel::Debug,
+    );
+    let ids = catalog_ids();
+    for (flash, kv) in [(false, KvType::F32), (true, KvType::F16)] {
+        let c = EngineConfig { kv_type: kv, flash_attention: flash, max_contexts: 1, ..cfg() };
+        let e = engine(TEMPLATE, false, "t5-title-soft", c);
+        let b = e.memory_budget();
+        // The longest encoder input this engine takes (one ubatch), and decodes against it.
+        e.rank(&req(&ids[..6], None)).unwrap();
+        e.rank(&req(&ids[..1], Some(&ids[2..30]))).unwrap();
+        drop(e);
+        let got = std::mem::take(&mut *lines.lock().unwrap_or_else(|e| e.into_inner()));
+        let reserved = logged_mib(&got, "CPU compute buffer size");
+        assert!(!reserved.is_empty(), "no compute buffer logged (flash {flash})");
+        // llama.cpp reserves the decoder graph with the cross-attention over its training
+        // context (n_ctx_train positions) and checks at teardown that no graph outgrew it.
+        assert!(got.iter().all(|l| !l.contains("does not match expectation")), "a compute buffer grew: {got:?}");
+        let most = reserved.iter().copied().fold(0.0, f64::max);
+        let est = b.compute as f64 / (1 << 20) as f64;
+        eprintln!("flash {flash}: compute estimated {est:.2} MiB, llama.cpp reserved {most} MiB");
+        assert!(est >= most, "flash {flash}: compute estimated {est:.2} MiB, llama.cpp reserved {most} MiB");
+        assert!(est <= 2.0 * most + 4.0, "flash {flash}: estimate {est:.2} MiB far above {most} MiB");
+    }
+    set_log_sink(None, LogLevel::Debug);
+}

@@ -91,9 +91,13 @@ pub(crate) struct ComputeShape {
     pub threads: u64,
     pub kv_type: KvType,
     pub flash_attention: bool,
+    /// Encoder positions the decoder's cross-attention reads (0: a decoder-only model). T5
+    /// also adds a relative position bias to every attention's scores.
+    pub n_enc: u64,
 }
 
-/// Estimated scratch of one context of a llama/qwen2-style decoder on the CPU, in bytes.
+/// Estimated scratch of one context of a llama/qwen2-style decoder, or of a T5 decoder with its
+/// cross-attention, on the CPU, in bytes.
 ///
 /// llama.cpp reserves its compute buffer for a graph of `T = min(n_ctx, n_batch)` tokens, `O =
 /// min(T, n_outputs)` of them outputs, against `K = n_ctx` KV cells; ggml's allocator reuses a tensor's memory once its
@@ -107,6 +111,15 @@ pub(crate) struct ComputeShape {
 /// - feed-forward: gate, up and their product, `T × n_ff` each;
 /// - output: the output rows picked (`O × n_embd`), their final norm and logits, `O × (n_embd +
 ///   n_vocab)`.
+///
+/// A T5 decoder (`n_enc > 0`) adds, in its attention stage, the relative position bias: the
+/// bucket ids `K × T` (i32), the bias rows looked up `K × T × n_head`, their permuted copy and the
+/// biased scores, F32, materialized under flash attention too (which takes the bias through
+/// its mask); and a cross-attention stage: K and V of the encoder output (`n_enc × (K + V
+/// width)`) and its scores `n_enc × T × n_head`. llama.cpp reserves the decoder graph with
+/// `n_enc` = the model's training context (its encoder output is unknown then); the encoder's
+/// own graph is smaller (`T × T` against `K × T`). Measured against llama.cpp's reserved buffer
+/// in `tests/tests/t5.rs`.
 ///
 /// On top: the CPU backend's work buffer (a matrix product's input converted to the weights'
 /// dot type, at most `T × max(n_embd, n_ff) × 4`; with classic attention on an F16 cache the
@@ -122,13 +135,20 @@ pub(crate) fn compute_per_context(s: &ComputeShape) -> u64 {
     let scores = if s.flash_attention { 0 } else { k * t * s.n_head * F32 };
     // Q, K, V before and after RoPE / their permuted copies, the attention output and its
     // projection.
-    let attention = scores + 2 * t * (s.n_embd + s.k_width + s.v_width) * F32 + 2 * t * s.n_embd * F32;
+    let rel_bias = if s.n_enc > 0 { k * t * 4 + 3 * k * t * s.n_head * F32 } else { 0 };
+    let attention = scores + rel_bias + 2 * t * (s.n_embd + s.k_width + s.v_width) * F32 + 2 * t * s.n_embd * F32;
+    let cross = if s.n_enc > 0 {
+        let cross_scores = if s.flash_attention { 0 } else { s.n_enc * t * s.n_head * F32 };
+        s.n_enc * (s.n_embd + s.k_width + s.v_width) * F32 + cross_scores + 2 * t * s.n_embd * F32
+    } else {
+        0
+    };
     let ffn = 3 * t * s.n_ff * F32;
     let o = s.n_outputs.min(t);
     let output = o * (s.n_vocab + 2 * s.n_embd) * F32;
     // Small tensors (norms, RoPE factors) and the allocator's alignment.
     let slack = 256 << 10;
-    let graph = inputs + residual + attention.max(ffn).max(output) + slack;
+    let graph = inputs + residual + attention.max(cross).max(ffn).max(output) + slack;
     let converted_scores = if !s.flash_attention && s.kv_type == KvType::F16 { k * t * s.n_head * 2 } else { 0 };
     let work = t * s.n_embd.max(s.n_ff) * F32 + converted_scores + s.threads * (256 << 10);
     // At most 12 tensors per layer (qwen2: 9 weights and 3 biases) plus embeddings, norm, output.
@@ -199,6 +219,7 @@ pub(crate) fn budget(
         threads: threads as u64,
         kv_type: cfg.kv_type,
         flash_attention: cfg.flash_attention,
+        n_enc: if m.has_encoder() { (m.n_ctx_train() as u64).max(n_batch) } else { 0 },
     });
     let soft: u64 = pack.map_or(0, |p| p.soft_prompts.iter().map(|s| (s.n_virtual * m.n_embd()) as u64 * 4).sum());
     let (file, n_items) = pack.map_or((0, 0), |p| (p.file_len(), p.n_items() as u64));
@@ -238,6 +259,7 @@ mod tests {
             threads: 2,
             kv_type: KvType::F16,
             flash_attention: true,
+            n_enc: 0,
         }
     }
 
@@ -257,6 +279,9 @@ mod tests {
         assert!(base > 512 * 49152 * 4, "{base}");
         let few = compute_per_context(&ComputeShape { n_outputs: 64, ..shape() });
         assert!(few > 64 * 49152 * 4 && base - few >= 448 * 49152 * 4, "{few} vs {base}");
+        // An encoder-decoder's relative position bias and cross-attention.
+        let t5 = ComputeShape { n_enc: 512, n_vocab: 1000, ..shape() };
+        assert!(compute_per_context(&t5) >= compute_per_context(&small) + 3 * 2048 * 512 * 9 * 4);
         // A batch larger than the context is the context.
         let c = ComputeShape { n_ctx: 256, ..shape() };
         assert_eq!(compute_per_context(&ComputeShape { n_batch: 4096, ..c }), compute_per_context(&c));
