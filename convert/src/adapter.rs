@@ -75,8 +75,8 @@ impl AdapterOutType {
 }
 
 pub struct AdapterOptions {
-    /// The base model GGUF the adapter will run over (llama or qwen2, any quantization: only its
-    /// metadata and tensor shapes are read; t5 is refused, see [`build_adapter`]).
+    /// The base model GGUF the adapter will run over (llama, qwen2 or t5, any quantization: only
+    /// its metadata and tensor shapes are read).
     pub base: PathBuf,
     /// The PEFT directory (adapter_config.json + adapter_model.safetensors), LORA or ADALORA.
     pub lora: PathBuf,
@@ -116,17 +116,7 @@ pub fn build_adapter(opts: &AdapterOptions) -> Result<AdapterReport> {
         )));
     }
     let arch = base.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
-    if arch == "t5" {
-        // llama.cpp's t5 graphs do route every linear layer through build_lora_mm, but the
-        // runtime's adapter check and its encoder-decoder path do not take adapters yet.
-        return Err(ConvertError::UnsupportedConfig {
-            path: opts.base.clone(),
-            reason: "run-time adapters for t5 are not supported yet; merge the LoRA instead \
-                     (`model --hf T5_DIR --lora PEFT_DIR` or `merge-lora --base T5.gguf`)"
-                .into(),
-        });
-    }
-    if arch != "llama" && arch != "qwen2" {
+    if !["llama", "qwen2", "t5"].contains(&arch.as_str()) {
         return Err(ConvertError::UnknownArchitecture {
             found: format!("{arch:?} (general.architecture of {})", opts.base.display()),
         });

@@ -91,10 +91,16 @@ impl AdapterInfo {
         m
     }
 
-    /// The module stems adapted (`attn_q`, `ffn_down`, ...), sorted, each once.
+    /// The module stems adapted (`attn_q`, `ffn_down`, ...; T5's with their side: `enc.attn_q`,
+    /// `dec.cross_attn_v`), sorted, each once.
     pub fn targets(&self) -> Vec<String> {
-        let mut t: Vec<String> =
-            self.weights.iter().filter_map(|w| w.target.split('.').nth(2).map(str::to_string)).collect();
+        let stem = |name: &str| -> Option<String> {
+            match name.split_once(".blk.") {
+                Some((side @ ("enc" | "dec"), rest)) => rest.split('.').nth(1).map(|s| format!("{side}.{s}")),
+                _ => name.split('.').nth(2).map(str::to_string),
+            }
+        };
+        let mut t: Vec<String> = self.weights.iter().filter_map(|w| stem(&w.target)).collect();
         t.sort();
         t.dedup();
         t
@@ -109,12 +115,37 @@ fn string_key<'a>(f: &'a GgufFile, key: &str) -> Result<Option<&'a str>> {
     }
 }
 
-/// `blk.N.STEM.weight` with an adaptable stem.
+/// T5's encoder and decoder matrices as llama.cpp names them (`enc.blk.N.…`, `dec.blk.N.…`);
+/// its t5 graphs route each through `build_lora_mm`, so an adapter applies to all of them.
+const T5_ENC_STEMS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_o", "ffn_gate", "ffn_up", "ffn_down"];
+const T5_DEC_STEMS: [&str; 11] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "cross_attn_q",
+    "cross_attn_k",
+    "cross_attn_v",
+    "cross_attn_o",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// `blk.N.STEM.weight` (decoder-only) or `enc.blk.N.STEM.weight` / `dec.blk.N.STEM.weight`
+/// (T5) with an adaptable stem.
 fn adaptable(name: &str) -> bool {
-    let mut parts = name.split('.');
+    let (stems, rest): (&[&str], &str) = if let Some(r) = name.strip_prefix("enc.") {
+        (&T5_ENC_STEMS, r)
+    } else if let Some(r) = name.strip_prefix("dec.") {
+        (&T5_DEC_STEMS, r)
+    } else {
+        (&STEMS, name)
+    };
+    let mut parts = rest.split('.');
     matches!(
         (parts.next(), parts.next().map(|n| n.parse::<u32>().is_ok()), parts.next(), parts.next(), parts.next()),
-        (Some("blk"), Some(true), Some(stem), Some("weight"), None) if STEMS.contains(&stem)
+        (Some("blk"), Some(true), Some(stem), Some("weight"), None) if stems.contains(&stem)
     )
 }
 
@@ -256,6 +287,9 @@ mod tests {
         assert!(!adaptable("blk.0.attn_norm.weight"));
         assert!(!adaptable("blk.x.attn_q.weight"));
         assert!(!adaptable("blk.0.attn_q.weight.extra"));
+        assert!(adaptable("enc.blk.1.attn_o.weight") && adaptable("dec.blk.0.cross_attn_v.weight"));
+        assert!(!adaptable("enc.blk.0.cross_attn_q.weight"), "the encoder has no cross-attention");
+        assert!(!adaptable("dec.blk.0.attn_output.weight") && !adaptable("enc.blk.0.attn_rel_b.weight"));
     }
 
     #[test]

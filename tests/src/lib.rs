@@ -261,6 +261,19 @@ pub fn verbalizer_pack(
     spec: Option<delrec_convert::pack::VerbalizerSpec>,
     tag: &str,
 ) -> PathBuf {
+    verbalizer_adapter_pack(model, fixture, template, soft, spec, tag, None)
+}
+
+/// [`verbalizer_pack`] served with `adapter` (copied beside the pack, scale 1).
+pub fn verbalizer_adapter_pack(
+    model: &Path,
+    fixture: &str,
+    template: &str,
+    soft: &[(&str, PathBuf)],
+    spec: Option<delrec_convert::pack::VerbalizerSpec>,
+    tag: &str,
+    adapter: Option<&Path>,
+) -> PathBuf {
     let scoring = if spec.is_some() { ScoringMode::Verbalizer } else { ScoringMode::Sum };
     let fx = fixtures();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
@@ -283,7 +296,7 @@ pub fn verbalizer_pack(
         name: None,
         out: out.clone(),
         fusion: None,
-        adapter: None,
+        adapter: adapter.map(|a| delrec_convert::pack::AdapterPack { path: a.to_path_buf(), scale: 1.0 }),
         seq: None,
     };
     if let Err(e) = build_pack(&opts) {
