@@ -239,6 +239,8 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, CatalogItem)>> {
 }
 
 /// Loads a PEFT prompt-tuning adapter: (n_virtual, values row-major `n_virtual × n_embd`).
+/// For PEFT's encoder-decoder task (`SEQ_2_SEQ_LM`) these are the rows PEFT puts before the
+/// encoder input: a template that starts with the soft segment reproduces it.
 pub fn load_soft_prompt(name: &str, dir: &Path, n_embd: usize) -> Result<(usize, Vec<f32>)> {
     let bad = |reason: String| ConvertError::SoftPrompt { path: dir.to_path_buf(), reason };
     let cfg_path = dir.join("adapter_config.json");
@@ -257,12 +259,20 @@ pub fn load_soft_prompt(name: &str, dir: &Path, n_embd: usize) -> Result<(usize,
         .and_then(|v| v.as_u64())
         .filter(|&n| n > 0)
         .ok_or_else(|| bad("num_virtual_tokens is missing or zero".into()))? as usize;
+    // PEFT's SEQ_2_SEQ_LM prompt tuning (T5) sets 2 and stores 2 × num_virtual_tokens rows;
+    // its forward and generate put only the first num_virtual_tokens before the encoder input
+    // (the decoder's rows are never read by PROMPT_TUNING), so those are the prompt.
     let submodules = cfg.get("num_transformer_submodules").and_then(|v| v.as_u64()).unwrap_or(1);
-    if submodules != 1 {
-        return Err(bad(format!(
-            "num_transformer_submodules = {submodules}: prompts for encoder-decoder models are not supported"
-        )));
-    }
+    let task = cfg.get("task_type").and_then(|v| v.as_str()).unwrap_or("");
+    let rows = match (submodules, task) {
+        (1, _) => n_virtual,
+        (2, "SEQ_2_SEQ_LM") => 2 * n_virtual,
+        _ => {
+            return Err(bad(format!(
+                "num_transformer_submodules = {submodules} with task_type {task:?}: expected 1, or 2 for SEQ_2_SEQ_LM"
+            )))
+        }
+    };
     if let Some(dim) = cfg.get("token_dim").and_then(|v| v.as_u64()) {
         if dim as usize != n_embd {
             return Err(ConvertError::SoftPromptWidth { name: name.into(), width: dim as usize, n_embd });
@@ -298,21 +308,22 @@ pub fn load_soft_prompt(name: &str, dir: &Path, n_embd: usize) -> Result<(usize,
     if t.shape.len() != 2 {
         return Err(ConvertError::ShapeMismatch {
             name: t.name.clone(),
-            expected: vec![n_virtual, n_embd],
+            expected: vec![rows, n_embd],
             found: t.shape.clone(),
         });
     }
     if t.shape[1] != n_embd {
         return Err(ConvertError::SoftPromptWidth { name: name.into(), width: t.shape[1], n_embd });
     }
-    if t.shape[0] != n_virtual {
+    if t.shape[0] != rows {
         return Err(ConvertError::ShapeMismatch {
             name: t.name.clone(),
-            expected: vec![n_virtual, n_embd],
+            expected: vec![rows, n_embd],
             found: t.shape.clone(),
         });
     }
-    let values = t.to_f32()?;
+    let mut values = t.to_f32()?;
+    values.truncate(n_virtual * n_embd);
     if values.iter().any(|v| !v.is_finite()) {
         return Err(bad("the prompt embeddings hold NaN or infinite values".into()));
     }

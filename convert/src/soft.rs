@@ -167,4 +167,27 @@ mod tests {
             assert!(SoftSource::parse(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// PEFT's SEQ_2_SEQ_LM prompt tuning: 2 × n rows saved, the first n are the encoder's prompt.
+    #[test]
+    fn seq2seq_prompt_tuning_takes_the_encoder_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = crate::testing::write_prompt_adapter(dir.path(), 6, 8, 3); // 6 rows = 2 × 3
+        let cfg_path = dir.path().join("adapter_config.json");
+        let write_cfg = |task: &str, sub: u64, n: u64| {
+            let c = serde_json::json!({"peft_type": "PROMPT_TUNING", "task_type": task, "num_virtual_tokens": n,
+                                       "token_dim": 8, "num_transformer_submodules": sub});
+            std::fs::write(&cfg_path, c.to_string()).unwrap();
+        };
+        write_cfg("SEQ_2_SEQ_LM", 2, 3);
+        let (n, got) = load_soft_prompt("p", dir.path(), 8).unwrap();
+        assert_eq!((n, got.as_slice()), (3, &v[..24]));
+        // Two submodules on a causal LM, or a row count that does not match, are refused.
+        write_cfg("CAUSAL_LM", 2, 3);
+        assert!(matches!(load_soft_prompt("p", dir.path(), 8), Err(ConvertError::SoftPrompt { .. })));
+        write_cfg("SEQ_2_SEQ_LM", 2, 6);
+        assert!(matches!(load_soft_prompt("p", dir.path(), 8), Err(ConvertError::ShapeMismatch { .. })));
+        write_cfg("SEQ_2_SEQ_LM", 3, 2);
+        assert!(matches!(load_soft_prompt("p", dir.path(), 8), Err(ConvertError::SoftPrompt { .. })));
+    }
 }

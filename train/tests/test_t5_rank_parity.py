@@ -228,3 +228,52 @@ def test_quantized_t5_keeps_the_order(s):
     tau = kendalltau([f32[i] for i in order[:20]], [q8[i] for i in order[:20]]).statistic
     print(f"T5 title log-likelihood, Kendall τ Q8_0 vs F32: {tau:.3f}")
     assert tau > 0.8
+
+
+def test_peft_seq2seq_prompt_tuning_equals_peft_forward(s):
+    """A PEFT ``PromptTuningConfig(task_type="SEQ_2_SEQ_LM")`` adapter as ``save_pretrained``
+    writes it (``num_transformer_submodules`` 2, ``2 × num_virtual_tokens`` rows) goes into the
+    pack as is; PEFT's own forward is the reference: its virtual tokens before the encoder input,
+    the decoder ``<pad> <extra_id_0>``, the verbalizer over the whole catalog."""
+    peft = pytest.importorskip("peft")
+    base = transformers.T5ForConditionalGeneration.from_pretrained(s["fx"] / "t5-tiny", dtype=torch.float32).eval()
+    cfg = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=N_SOFT)
+    pm = peft.get_peft_model(base, cfg).eval()
+    emb = pm.prompt_encoder["default"].embedding.weight
+    assert emb.shape[0] == 2 * N_SOFT, "PEFT keeps rows for both transformer submodules"
+    with torch.no_grad():
+        emb.copy_(torch.randn(emb.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
+    d = s["work"] / "peft-t5-prompt"
+    pm.save_pretrained(d)
+    assert json.loads((d / "adapter_config.json").read_text())["num_transformer_submodules"] == 2
+    template = "{soft:p}History:{history}. The next movie might be:{mask} (a title)."
+    pack = s["work"] / "peft-t5.pack.gguf"
+    run(convert_bin(), "pack", "--model", s["gguf"], "--tokenizer", s["fx"] / "t5-tiny", "--catalog",
+        s["fx"] / "catalog.csv", "--template", template, "--soft-prompt", f"p={d}", "--scoring", "verbalizer",
+        "--verbalizer-handler", "first", "--out", pack)
+    order = list(s["titles"])
+    history = [order[5], order[11]]
+    out, got = runtime(s, pack, history)
+    assert out["stats"]["encoder_passes"] == 1
+    ids, soft = encoder_input(s, template, history, None)
+    assert soft[:N_SOFT] == list(range(1, N_SOFT + 1)) and not any(soft[N_SOFT:])
+    mask = s["tok"].token_to_id("<extra_id_0>")
+    with torch.no_grad():
+        logits = pm(input_ids=torch.tensor([ids[N_SOFT:]]), decoder_input_ids=torch.tensor([[0, mask]])).logits[0, 1]
+    tw = [[enc(s, " " + w) for w in (s["titles"][i], strip_year(s["titles"][i]))] for i in order]
+    want = dict(zip(order, ref.verbalizer_scores(logits.numpy(), tw, "first")))
+    worst = max(abs(got[i] - float(want[i])) for i in order)
+    # The decoder's PEFT rows are not used: changing them changes nothing in PEFT either.
+    with torch.no_grad():
+        emb[N_SOFT:] += 3.0
+        again = pm(input_ids=torch.tensor([ids[N_SOFT:]]), decoder_input_ids=torch.tensor([[0, mask]])).logits[0, 1]
+    assert torch.equal(again, logits)
+    # And with ggml's F16-table GELU emulated in the same PEFT model.
+    assert use_ggml_gelu(base) > 0
+    with torch.no_grad():
+        lg = pm(input_ids=torch.tensor([ids[N_SOFT:]]), decoder_input_ids=torch.tensor([[0, mask]])).logits[0, 1]
+    want_g = dict(zip(order, ref.verbalizer_scores(lg.numpy(), tw, "first")))
+    worst_g = max(abs(got[i] - float(want_g[i])) for i in order)
+    print(f"T5 + PEFT seq2seq prompt tuning, verbalizer over the whole catalog: max |Δ| = {worst:.2e} vs PEFT, "
+          f"{worst_g:.2e} with ggml's GELU emulated")
+    assert worst < TOL and worst_g < TOL_GGML
