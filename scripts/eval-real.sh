@@ -28,6 +28,7 @@ case $preset in
     # busy processes: then lower casc_llm, the SASRec rows keep all users); N = 50 (the rebuilt pack) and
     # N = 20 timed on the first 50 users
     casc_llm=500 casc_n=100 casc_ns=20,50,100 casc_pack_n=50 casc_lat=50
+    tslrec_args=(--max-minutes 12)  # TSLRec stage 2 under the teacher's kind of budget
     ;;
   ci)
     out=${DELREC_EVAL_OUT:-target/delrec-ci}
@@ -37,6 +38,7 @@ case $preset in
     stage1_args=(--users 4 --max-steps 2 --batch-size 1 --no-progress)
     stage2_args=(--users 4 --per-user 1 --max-steps 2 --batch-size 1 --no-progress)
     casc_llm=4 casc_n=20 casc_ns=20 casc_pack_n=20 casc_lat=2
+    tslrec_args=(--epochs 1)
     ;;
   *) echo "DELREC_EVAL_PRESET must be full or ci" >&2; exit 2 ;;
 esac
@@ -61,6 +63,10 @@ shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
 
 if have "$out/teacher/sasrec.pth"; then step "teacher: reusing $out/teacher"; else
   step "teacher (RecBole SASRec)"; "$PY" -m delrec_train.teacher --out "$out" "${teacher_args[@]}"; fi
+# TSLRec stage 2: the base LLM's item embeddings (mean-pooled) -> a learned projection -> SASRec
+if have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
+  step "TSLRec stage 2 (LLM item embeddings -> SASRec)"
+  "$PY" -m delrec_train.tslrec --out "$out" --threads 2 "${tslrec_args[@]}"; fi
 if have "$out/soft_prompt/adapter_config.json"; then step "stage 1: reusing $out/soft_prompt"; else
   step "stage 1 (soft prompt)"; "$PY" -m delrec_train.stage1 --out "$out" "${stage1_args[@]}"; fi
 compare=llm_soft
@@ -158,6 +164,16 @@ for n in ${casc_ns//,/ }; do  # the other N, timed on the same users (their metr
   fi
 done
 
+# TSLRec on the device: its SASRec (item table = proj(LLM embeddings), the projection carried so
+# items added on the device get vectors) in a pack; device scores = PyTorch (exit 1 past 1e-4)
+step "TSLRec on the device (scores against PyTorch, first 20 test users)"
+$bin/delrec-convert pack "${pack_args[@]}" --seq-model "$out/tslrec/sasrec_llm.pth" --out "$m/ml100k.tslrec.pack.gguf"
+"$PY" -m delrec_train.tslrec requests --out "$out" --users 20 > "$out/tslrec/device-requests.jsonl"
+n_items=$(($(wc -l < "$out/catalog.csv") - 1))  # every item scored (a header line, then one per item)
+$bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$m/ml100k.tslrec.pack.gguf" --threads 2 --json --llm-off \
+  --include-history --n "$n_items" --requests "$out/tslrec/device-requests.jsonl" > "$out/tslrec/device-results.jsonl"
+"$PY" -m delrec_train.tslrec check --out "$out" --results "$out/tslrec/device-results.jsonl"
+
 step "report"
 {
   echo "## 20 candidates (target + 19 never-interacted items), $users users, H = 10"
@@ -175,6 +191,10 @@ step "report"
   "$PY" -m delrec_train.cascade score --out "$out" --ns "$casc_ns" --test-results "$cas/test-q8_0.jsonl" \
     --pack-results "$cas/test-pack-q8_0.jsonl" "${lat_args[@]}" --llm-check "$out/eval/runtime-q8_0.jsonl" \
     --llm-alone "LLM alone over the whole catalog (rank-batch Q8_0, exact top 10)=$out/catalog/runtime-q8_0.jsonl"
+  echo
+  echo "## TSLRec stage 2 (LLM item embeddings -> SASRec) beside the ID SASRec, whole catalog (RecBole full ranking, test)"
+  echo
+  "$PY" -m delrec_train.tslrec report --out "$out"
   echo
   echo "Total time of this run: $((SECONDS - t0)) s (preset $preset)."
 } | tee "$out/report.md"

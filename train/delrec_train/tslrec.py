@@ -376,7 +376,84 @@ def load_tslrec(out: Path, device="cpu") -> TSLRecScorer:
 
 # ---- CLI ----------------------------------------------------------------------------------------
 
+def check_device(argv) -> int:
+    """``check --out DIR --results FILE``: the device's TSLRec scores (``delrec recommend --llm-off
+    --include-history --json`` with every item, requests ``{"user", "history"}`` = the users'
+    test histories) against the PyTorch scores of ``DIR/tslrec/test_scores.jsonl``; exit 1 past
+    ``--tol``. Prints the largest difference."""
+    ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec check")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--tol", type=float, default=1e-4)
+    a = ap.parse_args(argv)
+    want = {}
+    with open(a.out / "tslrec" / "test_scores.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            want[str(r["user"])] = dict(zip(r["candidates"], r["scores"]))
+    worst, n = 0.0, 0
+    with open(a.results, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if "error" in r:
+                print(f"device error: {r['error']}", file=sys.stderr)
+                return 1
+            got = {i["id"]: i["seq_score"] for i in r["items"]}
+            for item, s in want[str(r["user"])].items():
+                worst, n = max(worst, abs(got[item] - s)), n + 1
+    print(f"TSLRec on the device vs PyTorch: max |Δ| {worst:.2e} over {n} scores")
+    return 0 if n and worst <= a.tol else 1
+
+
+def requests_for(argv) -> int:
+    """``requests --out DIR --users K``: ``{"user", "history"}`` lines for the first K test users
+    of ``DIR/tslrec/test_scores.jsonl`` (the histories its scores were computed from)."""
+    ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec requests")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--name", default="ml-100k")
+    a = ap.parse_args(argv)
+    ds = load_dataset(a.data_dir, a.name)
+    users = []
+    with open(a.out / "tslrec" / "test_scores.jsonl", encoding="utf-8") as f:
+        for line in f:
+            users.append(str(json.loads(line)["user"]))
+            if len(users) == a.users:
+                break
+    for u in users:
+        print(json.dumps({"user": u, "history": ds.seqs[u][:-1]}))
+    return 0
+
+
+def report(argv) -> int:
+    """``report --out DIR``: a markdown table of RecBole's full-ranking test metrics of the ID
+    SASRec (``DIR/teacher``) and TSLRec (``DIR/tslrec``), with their training budgets."""
+    ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec report")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    keys = ["hit@10", "ndcg@10", "mrr@10", "hit@1"]
+    print("| model | " + " | ".join(k.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for k in keys)
+          + " | epochs | training s |")
+    print("|---|" + "---:|" * (len(keys) + 2))
+    for name, sub in [("SASRec, ID embeddings (the teacher)", "teacher"),
+                      ("TSLRec: SASRec over proj(LLM item embeddings)", "tslrec")]:
+        with open(a.out / sub / "metrics.json", encoding="utf-8") as f:
+            m = json.load(f)
+        t = m["test_full_ranking"]
+        print(f"| {name} | " + " | ".join(f"{t[k]:.4f}" for k in keys)
+              + f" | {m.get('epochs_run', '')} | {m.get('train_seconds', 0):.0f} |")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        return report(argv[1:])
+    if argv[:1] == ["check"]:
+        return check_device(argv[1:])
+    if argv[:1] == ["requests"]:
+        return requests_for(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec",
                                  description="TSLRec stage 2: SASRec (RecBole) over frozen LLM item embeddings.")
     ap.add_argument("--data-dir", type=Path, default=None)
