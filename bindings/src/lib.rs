@@ -338,6 +338,10 @@ pub struct EngineConfig {
     /// across launches, so a cold start hashes the model only after it changed.
     #[uniffi(default)]
     pub digest_cache_dir: Option<String>,
+    /// On by default: quantized weights get ggml's faster CPU layouts, a second copy in memory.
+    /// Off: the mapped weights as they are (less memory, slower on some CPUs).
+    #[uniffi(default = true)]
+    pub repack_weights: bool,
 }
 
 impl From<rt::EngineConfig> for EngineConfig {
@@ -358,6 +362,7 @@ impl From<rt::EngineConfig> for EngineConfig {
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
             digest_cache_dir: c.digest_cache.map(|p| p.to_string_lossy().into_owned()),
+            repack_weights: c.repack_weights,
         }
     }
 }
@@ -385,6 +390,7 @@ impl TryFrom<EngineConfig> for rt::EngineConfig {
             flash_attention: c.flash_attention,
             verify_checksum: c.verify_checksum,
             digest_cache: c.digest_cache_dir.map(Into::into),
+            repack_weights: c.repack_weights,
             ..d
         })
     }

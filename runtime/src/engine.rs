@@ -108,6 +108,12 @@ pub struct EngineConfig {
     /// stamp of the file (device, inode, size, modification and change times), so a cold open
     /// hashes a model only once per version of it. `None`: remembered in this process only.
     pub digest_cache: Option<std::path::PathBuf>,
+    /// On (the default), ggml repacks quantized weights into the layouts its CPU kernels read
+    /// fastest (interleaved Q4_0, Q8_0, ... blocks, depending on the CPU), a second copy of those
+    /// weights in anonymous memory beside the mapped file. Off: the mapped weights are used as
+    /// they are, and memory stays at the file's pages (measured cost and gain: bench/README.md,
+    /// "Weight repacking").
+    pub repack_weights: bool,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +136,7 @@ impl Default for EngineConfig {
             flash_attention: true,
             verify_checksum: true,
             digest_cache: None,
+            repack_weights: true,
         }
     }
 }

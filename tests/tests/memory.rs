@@ -137,3 +137,29 @@ fn quantized_weights_are_counted_with_their_repacked_copy() {
     // CPU kernels have layouts for; rows as narrow as this fixture's stay as they are).
     check(&["--fixture", "llama-tiny-q8_0", "--max-contexts", "1", "--flash-attention", "on", "--kv", "f16"], 1, true);
 }
+
+#[test]
+fn repacking_off_drops_the_repacked_copy_from_the_budget() {
+    use delrec_runtime::{Engine, EngineConfig};
+    let m = model("llama-tiny", "q8_0");
+    let p = seq_pack(&model("llama-tiny", "f32"), "llama-tiny", "prompt-llama");
+    let open = |repack_weights: bool| {
+        // The pack pins the F32 file's digest: the Q8_0 file opens unverified.
+        let cfg = EngineConfig { verify_checksum: false, repack_weights, threads: 1, ..Default::default() };
+        Engine::open(&m, &p, cfg).unwrap()
+    };
+    let (on, off) = (open(true), open(false));
+    let size = std::fs::metadata(&m).unwrap().len();
+    let (w_on, w_off) = (on.memory_budget().weights, off.memory_budget().weights);
+    assert!(w_off < size && w_on == 2 * w_off, "weights budget: repack on {w_on}, off {w_off}, file {size}");
+    assert!(!on.config().repack_weights.eq(&off.config().repack_weights));
+    // The same scores either way on this fixture (its rows are too narrow for ggml to repack).
+    let ids = delrec_tests::catalog_ids();
+    let req = delrec_runtime::RankRequest {
+        history: ids[..3].to_vec(),
+        candidates: Some(ids[3..9].to_vec()),
+        ..Default::default()
+    };
+    let (a, b) = (on.rank(&req).unwrap(), off.rank(&req).unwrap());
+    assert!(a.items.iter().zip(&b.items).all(|(x, y)| x.id == y.id && (x.logprob - y.logprob).abs() < 1e-5));
+}

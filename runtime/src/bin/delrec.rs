@@ -263,6 +263,9 @@ struct EngineArgs {
     /// Classic attention instead of flash attention.
     #[arg(long, overrides_with = "flash_attn")]
     no_flash_attn: bool,
+    /// Use quantized weights as mapped, without ggml's repacked copy (less memory).
+    #[arg(long)]
+    no_repack: bool,
 }
 
 impl EngineArgs {
@@ -278,6 +281,7 @@ impl EngineArgs {
             flash_attention: self.flash_attn || !self.no_flash_attn,
             verify_checksum: !self.no_verify,
             digest_cache: self.digest_cache.clone(),
+            repack_weights: !self.no_repack,
             ..Default::default()
         })
     }

@@ -138,8 +138,13 @@ impl Base {
         }
         drop(gguf);
         let (device, report) = backend::choose(&cfg)?;
-        let params =
-            ModelParams { device, gpu_layers: cfg.gpu_layers, check_tensors: tensor_checks, ..Default::default() };
+        let params = ModelParams {
+            device,
+            gpu_layers: cfg.gpu_layers,
+            check_tensors: tensor_checks,
+            repack: cfg.repack_weights,
+            ..Default::default()
+        };
         let m = Model::load_file_range(file, model, src.offset, params, Some(&mut |f| opts.step(LoadStage::Load, f)))?;
         let backend = report(Some(m.n_layer() as u32));
         if m.has_encoder() != token_embd.is_some() || (m.has_encoder() && m.decoder_start_token().is_none()) {

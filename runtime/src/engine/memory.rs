@@ -4,7 +4,7 @@
 use delrec_format::Pack;
 
 use super::{Engine, EngineConfig};
-use crate::llm::{KvType, Model, ModelParams};
+use crate::llm::{KvType, Model};
 
 /// The most memory an [`Engine`] should take, by part, in bytes, with every context of its pool
 /// in use ([`EngineConfig::max_contexts`](super::EngineConfig::max_contexts)); compare
@@ -229,7 +229,7 @@ pub(crate) fn budget(
         + soft
         + n_items * MemoryBudget::PER_ITEM
         + adapter_bytes;
-    let repacked = if m.is_quantized() && ModelParams::default().repack { m.size_bytes() } else { 0 };
+    let repacked = if m.is_quantized() && cfg.repack_weights { m.size_bytes() } else { 0 };
     MemoryBudget {
         weights: m.size_bytes() + repacked,
         kv: kv * contexts,
