@@ -365,14 +365,20 @@ pub fn run(a: &CascadeArgs) -> BResult<()> {
 /// One running sum in order: floating-point addition is not associative, so the compiler keeps
 /// it scalar.
 #[inline(never)]
-fn dot_sequential(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_sequential(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `user · row` for every row of the table, into `out` (the shape of the runtime's `item_scores`), with
 /// the dot product given: the baseline the runtime's own scan is measured against.
 #[inline(never)]
-fn scan(table: &[f32], hidden: usize, user: &[f32], out: &mut Vec<f32>, dot: impl Fn(&[f32], &[f32]) -> f32) {
+pub(crate) fn scan(
+    table: &[f32],
+    hidden: usize,
+    user: &[f32],
+    out: &mut Vec<f32>,
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
     out.clear();
     out.extend(table.chunks_exact(hidden).map(|row| dot(row, user)));
 }

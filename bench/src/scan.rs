@@ -15,6 +15,7 @@ use delrec_format::seq::ItemTable;
 use delrec_runtime::kernels;
 use serde::Serialize;
 
+use crate::cascade::{dot_sequential, scan as scan_with};
 use crate::sys::{self, timed};
 use crate::BResult;
 
@@ -62,17 +63,6 @@ struct Results {
     loadavg_start: Option<[f64; 3]>,
     loadavg_end: Option<[f64; 3]>,
     sizes: Vec<SizeRow>,
-}
-
-#[inline(never)]
-fn dot_sequential(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-#[inline(never)]
-fn scan_with(table: &[f32], hidden: usize, user: &[f32], out: &mut Vec<f32>, dot: impl Fn(&[f32], &[f32]) -> f32) {
-    out.clear();
-    out.extend(table.chunks_exact(hidden).map(|row| dot(row, user)));
 }
 
 fn table(n: usize, hidden: usize, rng: &mut Rng) -> Vec<f32> {
