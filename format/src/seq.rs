@@ -239,8 +239,7 @@ impl ItemTable {
             ItemTable::F32(v) => v.get(r).map(<[f32]>::to_vec),
             ItemTable::Q8_0(q) => {
                 let qs = q.quants.get(r.clone())?;
-                let first = r.start / Q8_BLOCK;
-                Some(qs.iter().enumerate().map(|(j, &x)| q.scales[first + j / Q8_BLOCK] * x as f32).collect())
+                qs.iter().enumerate().map(|(j, &x)| Some(q.scales.get((r.start + j) / Q8_BLOCK)? * x as f32)).collect()
             }
         }
     }
@@ -249,9 +248,16 @@ impl ItemTable {
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
             ItemTable::F32(v) => v.clone(),
-            ItemTable::Q8_0(q) => {
-                q.quants.iter().enumerate().map(|(j, &x)| q.scales[j / Q8_BLOCK] * x as f32).collect()
-            }
+            // Blocks without a scale (a table `check` would refuse) read as zeros.
+            ItemTable::Q8_0(q) => q
+                .quants
+                .chunks(Q8_BLOCK)
+                .enumerate()
+                .flat_map(|(b, qs)| {
+                    let d = q.scales.get(b).copied().unwrap_or(0.0);
+                    qs.iter().map(move |&x| d * x as f32)
+                })
+                .collect(),
         }
     }
 
