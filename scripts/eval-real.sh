@@ -8,8 +8,10 @@
 #
 #   bash scripts/eval-real.sh                       # full run; steps whose outputs exist are reused
 #   DELREC_EVAL_PRESET=ci bash scripts/eval-real.sh # bounded slice (CI): few users, 1 epoch, 2 steps
+#   DELREC_EVAL_PRESET=adapters bash scripts/eval-real.sh  # #20's rows, 500 users, shorter stage 2
 #
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
+# DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -40,8 +42,26 @@ case $preset in
     casc_llm=4 casc_n=20 casc_ns=20 casc_pack_n=20 casc_lat=2
     tslrec_args=(--epochs 1)
     ;;
-  *) echo "DELREC_EVAL_PRESET must be full or ci" >&2; exit 2 ;;
+  adapters)
+    # Issue #20's rows on the full 500-user protocol in one 2-core session (~100 min): the teacher
+    # under a 10-minute budget, stage 1 as in full, stage 2 cut to DELREC_STAGE2_STEPS (default 200 of
+    # full's 580) steps; then only the LLM rows: PyTorch, merged F16 / Q8_0 / Q4_1 / Q4_0, and the LoRA as a
+    # run-time adapter over the Q4_1 and Q4_0 bases. No whole catalog, cascade or TSLRec.
+    out=${DELREC_EVAL_OUT:-target/delrec-adapters}
+    users=500
+    check_args=(--max-points 1)
+    teacher_args=(--max-minutes 10)
+    stage1_args=(--users 200 --max-steps 100)
+    stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
+    rows=random,pop,sasrec
+    merged_types="f16 q8_0 q4_1 q4_0"
+    only_adapters=1
+    ;;
+  *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
 esac
+rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
+merged_types=${DELREC_EVAL_TYPES:-${merged_types:-f16 q8_0 q4_1 q4_0}}
+only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
 force=${DELREC_EVAL_FORCE:-0}
 t0=$SECONDS
@@ -64,7 +84,7 @@ shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
 if have "$out/teacher/sasrec.pth"; then step "teacher: reusing $out/teacher"; else
   step "teacher (RecBole SASRec)"; "$PY" -m delrec_train.teacher --out "$out" "${teacher_args[@]}"; fi
 # TSLRec stage 2: the base LLM's item embeddings (mean-pooled) -> a learned projection -> SASRec
-if have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
+if [ "$only_adapters" = 1 ]; then :; elif have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
   step "TSLRec stage 2 (LLM item embeddings -> SASRec)"
   "$PY" -m delrec_train.tslrec --out "$out" --threads 2 "${tslrec_args[@]}"; fi
 if have "$out/soft_prompt/adapter_config.json"; then step "stage 1: reusing $out/soft_prompt"; else
@@ -77,7 +97,6 @@ if [ "$stage2" = 1 ]; then
 fi
 
 step "PyTorch evaluation ($users users)"
-rows=random,pop,sasrec,llm_zeroshot,llm_soft
 [ "$stage2" = 1 ] && rows=$rows,llm_lora
 resume=()
 [ "${DELREC_EVAL_RESUME:-0}" = 1 ] && resume=(--resume)
@@ -110,7 +129,7 @@ pack_args=(--model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/
 $bin/delrec-convert pack "${pack_args[@]}" --model "$m/model.q4_0.gguf" --out "$m/ml100k.pack.gguf"
 
 runtime_args=()
-for q in f16 q8_0 q4_1 q4_0; do
+for q in $merged_types; do
   step "runtime $q: rank-batch on $users users"
   $bin/delrec rank-batch --model "$m/model.$q.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
     --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q.jsonl"
@@ -128,6 +147,7 @@ if [ "$stage2" = 1 ]; then
   done
 fi
 
+if [ "$only_adapters" != 1 ]; then
 step "whole catalog (runtime Q8_0, first $cat_users users)"
 "$PY" -m delrec_train.catalog_eval requests --out "$out" --users "$users" --llm-users "$cat_users"
 $bin/delrec rank-batch --model "$m/model.q8_0.gguf" --pack "$m/ml100k.pack.gguf" --threads 2 \
@@ -174,12 +194,15 @@ $bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$m/ml100k.tslrec.pack
   --include-history --n "$n_items" --requests "$out/tslrec/device-requests.jsonl" > "$out/tslrec/device-results.jsonl"
 "$PY" -m delrec_train.tslrec check --out "$out" --results "$out/tslrec/device-results.jsonl"
 
+fi
+
 step "report"
 {
   echo "## 20 candidates (target + 19 never-interacted items), $users users, H = 10"
   echo
   "$PY" -m delrec_train.report --eval-dir "$out/eval" --compare-row "$compare" "${runtime_args[@]}" \
     --json-out "$out/eval/report.json"
+  if [ "$only_adapters" != 1 ]; then
   echo
   echo "## Whole catalog (every item not interacted with before the test item), top 10"
   echo
@@ -195,6 +218,7 @@ step "report"
   echo "## TSLRec stage 2 (LLM item embeddings -> SASRec) beside the ID SASRec, whole catalog (RecBole full ranking, test)"
   echo
   "$PY" -m delrec_train.tslrec report --out "$out"
+  fi
   echo
   echo "Total time of this run: $((SECONDS - t0)) s (preset $preset)."
 } | tee "$out/report.md"
