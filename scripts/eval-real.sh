@@ -11,7 +11,7 @@
 #   DELREC_EVAL_PRESET=adapters bash scripts/eval-real.sh  # #20's rows, 500 users, shorter stage 2
 #
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
-# DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
+# DELREC_EVAL_USERS (adapters preset: users, default 500), DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -48,7 +48,7 @@ case $preset in
     # full's 580) steps; then only the LLM rows: PyTorch, merged F16 / Q8_0 / Q4_1 / Q4_0, and the LoRA as a
     # run-time adapter over the Q4_1 and Q4_0 bases. No whole catalog, cascade or TSLRec.
     out=${DELREC_EVAL_OUT:-target/delrec-adapters}
-    users=500
+    users=${DELREC_EVAL_USERS:-500}
     check_args=(--max-points 1)
     teacher_args=(--max-minutes 10)
     stage1_args=(--users 200 --max-steps 100)
