@@ -11,7 +11,8 @@
 #   DELREC_EVAL_PRESET=adapters bash scripts/eval-real.sh  # #20's rows, 500 users, shorter stage 2
 #
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
-# DELREC_EVAL_USERS (adapters preset: users, default 500), DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
+# DELREC_EVAL_USERS (adapters preset: users, default 500),
+# DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -54,7 +55,6 @@ case $preset in
     stage1_args=(--users 200 --max-steps 100)
     stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
     rows=random,pop,sasrec
-    merged_types="f16 q8_0 q4_1 q4_0"
     only_adapters=1
     ;;
   *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
