@@ -60,7 +60,7 @@ case $preset in
   *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
 esac
 rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
-merged_types=${DELREC_EVAL_TYPES:-${merged_types:-f16 q8_0 q4_1 q4_0}}
+merged_types=${DELREC_EVAL_TYPES:-f16 q8_0 q4_1 q4_0}
 only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
 force=${DELREC_EVAL_FORCE:-0}
