@@ -13,6 +13,7 @@
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
 # DELREC_EVAL_USERS (adapters preset: users, default 500),
 # DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
+# DELREC_QLORA_BASES (adapters preset: bases stage 2 is also trained over, default "q4_0"; "" for none),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -44,10 +45,11 @@ case $preset in
     tslrec_args=(--epochs 1)
     ;;
   adapters)
-    # Issue #20's rows on the full 500-user protocol in one 2-core session (~100 min): the teacher
-    # under a 10-minute budget, stage 1 as in full, stage 2 cut to DELREC_STAGE2_STEPS (default 200 of
-    # full's 580) steps; then only the LLM rows: PyTorch, merged F16 / Q8_0 / Q4_1 / Q4_0, and the LoRA as a
-    # run-time adapter over the Q4_1 and Q4_0 bases. No whole catalog, cascade or TSLRec.
+    # Issue #20's rows on the full 500-user protocol (~3 h on 2 cores): the teacher under a 10-minute
+    # budget, stage 1 as in full, stage 2 cut to DELREC_STAGE2_STEPS (default 200 of full's 580) steps;
+    # then only the LLM rows: PyTorch, merged F16 / Q8_0 / Q4_1 / Q4_0, the LoRA as a run-time adapter over
+    # the Q4_1 and Q4_0 bases, and stage 2 trained again over the Q4_0 base with its adapter row.
+    # No whole catalog, cascade or TSLRec.
     out=${DELREC_EVAL_OUT:-target/delrec-adapters}
     users=${DELREC_EVAL_USERS:-500}
     check_args=(--max-points 1)
@@ -56,13 +58,16 @@ case $preset in
     stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
     rows=random,pop,sasrec
     only_adapters=1
+    qlora_bases=${DELREC_QLORA_BASES-q4_0}
     ;;
   *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
 esac
 rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
 merged_types=${DELREC_EVAL_TYPES:-f16 q8_0 q4_1 q4_0}
+qlora_bases=${qlora_bases-}
 only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
+[ "$stage2" = 1 ] || qlora_bases=
 force=${DELREC_EVAL_FORCE:-0}
 t0=$SECONDS
 step() { echo "== [$((SECONDS - t0)) s] $*" >&2; }
@@ -145,6 +150,25 @@ if [ "$stage2" = 1 ]; then
       --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q-adapter.jsonl"
     runtime_args+=(--runtime "delrec runtime ${q^^} base + F16 adapter=$out/eval/runtime-$q-adapter.jsonl")
   done
+  # Stage 2 again, over a base the LoRA was not trained on above (QLoRA's way: train over the weights
+  # that will serve, dequantized): its own LoRA, PyTorch row, adapter, pack and runtime row, under $out/qlora-Q.
+  for q in $qlora_bases; do
+    ql=$out/qlora-$q
+    if have "$ql/lora/adapter_config.json"; then step "stage 2 over the ${q^^} base: reusing $ql/lora"; else
+      step "stage 2 (LoRA) over the ${q^^} base"
+      "$PY" -m delrec_train.stage2 --out "$out" --model "$m/base.$q.gguf" --lora-out "$ql/lora" \
+        --state-dir "$ql/stage2" "${stage2_args[@]}"; fi
+    step "PyTorch evaluation over the ${q^^} base ($users users)"
+    "$PY" -m delrec_train.evaluate --out "$out" --eval-dir "$ql/eval" --model "$m/base.$q.gguf" --lora "$ql/lora" \
+      --users "$users" --rows llm_lora --no-progress "${resume[@]}"
+    $bin/delrec-convert adapter --base "$m/base.$q.gguf" --lora "$ql/lora" --out "$m/lora-$q.f16.gguf"
+    $bin/delrec-convert pack --model "$m/base.$q.gguf" --catalog "$out/catalog.csv" --template-file "$m/template.txt" \
+      --soft-prompt "default=$out/soft_prompt" --bos none --adapter "$m/lora-$q.f16.gguf" \
+      --out "$m/ml100k.adapter-$q.pack.gguf"
+    step "runtime $q base + F16 adapter trained over it: rank-batch on $users users"
+    $bin/delrec rank-batch --model "$m/base.$q.gguf" --pack "$m/ml100k.adapter-$q.pack.gguf" --threads 2 \
+      --requests "$ql/eval/requests.jsonl" > "$ql/eval/runtime-$q-adapter.jsonl"
+  done
 fi
 
 if [ "$only_adapters" != 1 ]; then
@@ -202,6 +226,14 @@ step "report"
   echo
   "$PY" -m delrec_train.report --eval-dir "$out/eval" --compare-row "$compare" "${runtime_args[@]}" \
     --json-out "$out/eval/report.json"
+  for q in $qlora_bases; do
+    echo
+    echo "## Stage 2 trained over the ${q^^} base (PyTorch row: its weights dequantized), $users users"
+    echo
+    "$PY" -m delrec_train.report --eval-dir "$out/qlora-$q/eval" --compare-row llm_lora \
+      --runtime "delrec runtime ${q^^} base + F16 adapter=$out/qlora-$q/eval/runtime-$q-adapter.jsonl" \
+      --json-out "$out/qlora-$q/eval/report.json"
+  done
   if [ "$only_adapters" != 1 ]; then
   echo
   echo "## Whole catalog (every item not interacted with before the test item), top 10"

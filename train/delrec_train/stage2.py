@@ -8,7 +8,8 @@ trainable parameters are LoRA adapters on the linear layers of every block (DELR
 LLM with AdaLoRA; plain LoRA of a fixed rank is what ``delrec-convert`` merges). Output: a PEFT
 LoRA directory (``--lora-out``, default DIR/lora) with ``delrec_train.json`` (template, soft prompt
 used, settings, log). ``python -m delrec_train.export`` merges it into a GGUF for the runtime.
-``--max-minutes`` stops early (the adapter is saved); ``--resume`` continues from DIR/stage2/checkpoint.pt.
+``--max-minutes`` stops early (the adapter is saved); ``--resume`` continues from DIR/stage2/checkpoint.pt
+(``--state-dir``).
 ``torchrun --nproc_per_node=N -m delrec_train.stage2`` trains data-parallel (:mod:`delrec_train.dist`).
 """
 
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     ap.add_argument("--soft", default=None, help="stage-1 PEFT soft prompt dir (default DIR/soft_prompt); "
                                                  "'none' trains without a soft prompt")
     ap.add_argument("--lora-out", type=Path, default=None)
+    ap.add_argument("--state-dir", type=Path, default=None, help="checkpoint and summary (default DIR/stage2)")
     ap.add_argument("--users", type=int, default=0, help="training users (seeded sample); 0 = all")
     ap.add_argument("--per-user", type=int, default=5, help="training examples per user (last positions)")
     ap.add_argument("--max-steps", type=int, default=400)
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     out = args.out or work_dir()
-    sdir = out / "stage2"
+    sdir = args.state_dir or out / "stage2"
     lora_out = args.lora_out or out / "lora"
     targets = parse_targets(args.targets)
     mpath = args.model or model_path()
@@ -117,10 +119,11 @@ def main(argv=None) -> int:
     cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "lora_r", "lora_alpha", "targets",
                                             "history", "seed", "w_next", "w_teacher", "temperature", "lr")}
     cfg_key["soft"] = str(soft_dir) if soft_dir else None
+    cfg_key["model"] = mpath.name  # checkpoints written before this key existed resume as before
     ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
                        if args.resume and ckpt_path.is_file() else None)
     if ck is not None:
-        diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
+        diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k, v if k == "model" else None) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """Stage 2 (LoRA) end to end on a tiny random Llama: train, resume, PEFT output, evaluation row."""
 import json
+import shutil
 import stat
 import sys
 
@@ -57,6 +58,16 @@ def test_stage2_train_resume_and_evaluate(tmp_path, monkeypatch):
     assert max(abs(d3[k] - d3b[k]).max() for k in d3) < 1e-5
     with pytest.raises(SystemExit, match="settings differ"):
         stage2.main(common + ["--max-steps", "4", "--resume", "--lora-r", "4"])
+    # another base (e.g. a re-quantized one): its own state dir and LoRA; resuming over the wrong base is refused
+    shutil.copytree(tmp_path / "tiny", tmp_path / "tiny_b")
+    other = [str(tmp_path / "tiny_b") if a == str(tmp_path / "tiny") else a for a in common]
+    ckpt_before = (out / "stage2" / "checkpoint.pt").read_bytes()
+    alt = ["--state-dir", str(tmp_path / "alt"), "--lora-out", str(tmp_path / "alt_lora")]
+    assert stage2.main(other + alt + ["--max-steps", "1"]) == 0
+    assert (tmp_path / "alt" / "checkpoint.pt").is_file() and (tmp_path / "alt_lora" / "adapter_config.json").is_file()
+    assert (out / "stage2" / "checkpoint.pt").read_bytes() == ckpt_before
+    with pytest.raises(SystemExit, match="settings differ.*model"):
+        stage2.main(common + ["--max-steps", "2", "--resume"] + alt)
     # the llm_lora evaluation row uses the merged LoRA and differs from llm_soft
     ev = ["--data-dir", str(tmp_path), "--name", "syn", "--out", str(out), "--model", str(tmp_path / "tiny"),
           "--delrec-bin", str(binary), "--threads", "1", "--device", "cpu", "--no-progress", "--users", "4",
