@@ -13,7 +13,8 @@
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
 # DELREC_EVAL_USERS (adapters preset: users, default 500),
 # DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
-# DELREC_QLORA_BASES (adapters preset: bases stage 2 is also trained over, default "q4_0"; "" for none),
+# DELREC_QLORA_BASES (bases stage 2 is also trained over: q4_0 and/or q4_1; the adapters preset's default
+# "q4_0", the others' ""),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -58,13 +59,13 @@ case $preset in
     stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
     rows=random,pop,sasrec
     only_adapters=1
-    qlora_bases=${DELREC_QLORA_BASES-q4_0}
+    qlora_bases=q4_0
     ;;
   *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
 esac
 rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
 merged_types=${DELREC_EVAL_TYPES:-f16 q8_0 q4_1 q4_0}
-qlora_bases=${qlora_bases-}
+qlora_bases=${DELREC_QLORA_BASES-${qlora_bases-}}
 only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
 [ "$stage2" = 1 ] || qlora_bases=
