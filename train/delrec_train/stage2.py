@@ -119,11 +119,12 @@ def main(argv=None) -> int:
     cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "lora_r", "lora_alpha", "targets",
                                             "history", "seed", "w_next", "w_teacher", "temperature", "lr")}
     cfg_key["soft"] = str(soft_dir) if soft_dir else None
-    cfg_key["model"] = mpath.name  # checkpoints written before this key existed resume as before
+    cfg_key["model"] = mpath.name
     ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
                        if args.resume and ckpt_path.is_file() else None)
     if ck is not None:
-        diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k, v if k == "model" else None) != v}
+        ck["cfg"].setdefault("model", cfg_key["model"])  # checkpoints written before the key resume as before
+        diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
         with torch.no_grad():
