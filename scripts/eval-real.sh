@@ -9,12 +9,18 @@
 #   bash scripts/eval-real.sh                       # full run; steps whose outputs exist are reused
 #   DELREC_EVAL_PRESET=ci bash scripts/eval-real.sh # bounded slice (CI): few users, 1 epoch, 2 steps
 #   DELREC_EVAL_PRESET=adapters bash scripts/eval-real.sh  # #20's rows, 500 users, shorter stage 2
+#   DELREC_EVAL_PRESET=cascade bash scripts/eval-real.sh   # #17's cascade table, 500 users, ~2 h
+#   DELREC_EVAL_PRESET=verbalizer bash scripts/eval-real.sh  # DELRec as published (#18), 500 users
 #
 # Env: DELREC_EVAL_OUT (work dir), DELREC_STAGE2=0 (no LoRA: the soft prompt alone),
-# DELREC_EVAL_USERS (adapters preset: users, default 500),
+# DELREC_EVAL_USERS (adapters and cascade presets: users, default 500),
 # DELREC_EVAL_TYPES (the merged models ranked, default "f16 q8_0 q4_1 q4_0"; keep f16: the F16 row is the check),
 # DELREC_QLORA_BASES (bases stage 2 is also trained over: q4_0 and/or q4_1; the adapters preset's default
 # "q4_0", the others' ""),
+# DELREC_SCORING=verbalizer (any preset; the verbalizer preset's default): DELRec as published, the
+# soft tokens mid-prompt and OpenPrompt's verbalizer at a mask, in training and on the device; the whole
+# catalog ranked in one pass per user for every user; no cascade, adapter or TSLRec rows),
+# DELREC_VERBALIZER_LOSS (candidates (default) or catalog: the softmax of the loss),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -61,14 +67,57 @@ case $preset in
     only_adapters=1
     qlora_bases=q4_0
     ;;
-  *) echo "DELREC_EVAL_PRESET must be full, ci or adapters" >&2; exit 2 ;;
+  cascade)
+    # Issue #17's cascade table on the full 500-user protocol in ~2 h on 2 cores: the teacher under a
+    # 10-minute budget, stage 1 as in full, stage 2 cut to DELREC_STAGE2_STEPS (default 200); the rows
+    # PyTorch random/pop/sasrec/llm_lora and runtime F16 (the check, and the LLM of the fused 20-candidate
+    # rows), the whole catalog on 5 users, then the cascade exactly as in full. No adapter rows, no TSLRec
+    # (its own row: the full preset).
+    out=${DELREC_EVAL_OUT:-target/delrec-cascade}
+    users=${DELREC_EVAL_USERS:-500} cat_users=5
+    check_args=(--max-points 1)
+    teacher_args=(--max-minutes 10)
+    stage1_args=(--users 200 --max-steps 100)
+    stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
+    rows=random,pop,sasrec
+    default_types=f16 adapter_rows=0 tslrec=0
+    casc_llm=$users casc_n=100 casc_ns=20,50,100 casc_pack_n=50 casc_lat=50
+    ;;
+  verbalizer)
+    # DELRec as published on SmolLM2 (#18 item 7): the teacher under a 10-minute budget, stage 1 as in
+    # full and stage 2 (DELREC_STAGE2_STEPS, default 200) with the verbalizer, PyTorch and runtime F16 /
+    # Q8_0 rows, the whole catalog from one pass per user on every user.
+    out=${DELREC_EVAL_OUT:-target/delrec-verbalizer}
+    users=${DELREC_EVAL_USERS:-500}
+    check_args=(--max-points 1)
+    teacher_args=(--max-minutes 10)
+    stage1_args=(--users 200 --max-steps 100)
+    stage2_args=(--max-steps "${DELREC_STAGE2_STEPS:-200}")
+    rows=random,pop,sasrec,llm_soft
+    default_types="f16 q8_0" default_scoring=verbalizer
+    ;;
+  *) echo "DELREC_EVAL_PRESET must be full, ci, adapters, cascade or verbalizer" >&2; exit 2 ;;
 esac
 rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
-merged_types=${DELREC_EVAL_TYPES:-f16 q8_0 q4_1 q4_0}
+merged_types=${DELREC_EVAL_TYPES:-${default_types:-f16 q8_0 q4_1 q4_0}}
+adapter_rows=${adapter_rows:-1} tslrec=${tslrec:-1}
 qlora_bases=${DELREC_QLORA_BASES-${qlora_bases-}}
 only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
 [ "$stage2" = 1 ] || qlora_bases=
+scoring=${DELREC_SCORING:-${default_scoring:-sum}}
+scoring_args=()  # the pack's scoring: what stage 1 trained with
+if [ "$scoring" = verbalizer ]; then
+  vloss=${DELREC_VERBALIZER_LOSS:-candidates}
+  stage1_args+=(--scoring verbalizer --loss-over "$vloss")
+  stage2_args+=(--loss-over "$vloss")
+  scoring_args=(--scoring verbalizer --verbalizer-handler first --label-words title+no-year)
+  [ "$preset" = ci ] || cat_users=$users  # one pass per user: every user
+  adapter_rows=0 tslrec=0 qlora_bases= cascade=0
+elif [ "$scoring" != sum ]; then
+  echo "DELREC_SCORING must be sum or verbalizer" >&2; exit 2
+fi
+cascade=${cascade:-1}
 force=${DELREC_EVAL_FORCE:-0}
 t0=$SECONDS
 step() { echo "== [$((SECONDS - t0)) s] $*" >&2; }
@@ -90,7 +139,7 @@ shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
 if have "$out/teacher/sasrec.pth"; then step "teacher: reusing $out/teacher"; else
   step "teacher (RecBole SASRec)"; "$PY" -m delrec_train.teacher --out "$out" "${teacher_args[@]}"; fi
 # TSLRec stage 2: the base LLM's item embeddings (mean-pooled) -> a learned projection -> SASRec
-if [ "$only_adapters" = 1 ]; then :; elif have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
+if [ "$only_adapters" = 1 ] || [ "$tslrec" != 1 ]; then :; elif have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
   step "TSLRec stage 2 (LLM item embeddings -> SASRec)"
   "$PY" -m delrec_train.tslrec --out "$out" --threads 2 "${tslrec_args[@]}"; fi
 if have "$out/soft_prompt/adapter_config.json"; then step "stage 1: reusing $out/soft_prompt"; else
@@ -131,7 +180,8 @@ fi
 "$PY" -c "import json,sys; open(sys.argv[2], 'w').write(json.load(open(sys.argv[1]))['template'])" \
   "$out/soft_prompt/delrec_train.json" "$m/template.txt"
 pack_args=(--model "$m/model.f16.gguf" --model "$m/model.q8_0.gguf" --model "$m/model.q4_1.gguf"
-  --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none)
+  --catalog "$out/catalog.csv" --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none
+  "${scoring_args[@]}")
 $bin/delrec-convert pack "${pack_args[@]}" --model "$m/model.q4_0.gguf" --out "$m/ml100k.pack.gguf"
 
 runtime_args=()
@@ -141,7 +191,7 @@ for q in $merged_types; do
     --requests "$out/eval/requests.jsonl" > "$out/eval/runtime-$q.jsonl"
   runtime_args+=(--runtime "delrec runtime ${q^^}=$out/eval/runtime-$q.jsonl")
 done
-if [ "$stage2" = 1 ]; then
+if [ "$stage2" = 1 ] && [ "$adapter_rows" = 1 ]; then
   $bin/delrec-convert pack --model "$m/base.q4_1.gguf" --model "$m/base.q4_0.gguf" --catalog "$out/catalog.csv" \
     --template-file "$m/template.txt" --soft-prompt "default=$out/soft_prompt" --bos none \
     --adapter "$m/lora.f16.gguf" --out "$m/ml100k.adapter.pack.gguf"
@@ -182,6 +232,7 @@ $bin/delrec rank-batch --model "$m/model.q8_0.gguf" --pack "$m/ml100k.pack.gguf"
 # the H = 10 latest items it was trained with. Validation: every retrieved item with both scores
 # (--n N --retrieve N), so fit recomputes each (N' <= N, w) offline exactly as the runtime fuses; it also
 # fails (exit 1) when a device SASRec score differs from the PyTorch teacher by more than 1e-4.
+if [ "$cascade" = 1 ]; then
 cas=$out/cascade cpack=$m/ml100k.cascade.pack.gguf
 seq_args=(--seq-model "$out/teacher/sasrec.pth" --max-history 10)
 step "cascade: validation, N = $casc_n, the LLM on $casc_llm of $users users (Q8_0)"
@@ -208,7 +259,9 @@ for n in ${casc_ns//,/ }; do  # the other N, timed on the same users (their metr
     lat_args+=(--latency-results "$cas/test-n$n-q8_0.jsonl")
   fi
 done
+fi
 
+if [ "$tslrec" = 1 ]; then
 # TSLRec on the device: its SASRec (item table = proj(LLM embeddings), the projection carried so
 # items added on the device get vectors) in a pack; device scores = PyTorch (exit 1 past 1e-4)
 step "TSLRec on the device (scores against PyTorch, first 20 test users)"
@@ -218,6 +271,7 @@ n_items=$(($(wc -l < "$out/catalog.csv") - 1))  # every item scored (a header li
 $bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$m/ml100k.tslrec.pack.gguf" --threads 2 --json --llm-off \
   --include-history --n "$n_items" --requests "$out/tslrec/device-requests.jsonl" > "$out/tslrec/device-results.jsonl"
 "$PY" -m delrec_train.tslrec check --out "$out" --results "$out/tslrec/device-results.jsonl"
+fi
 
 fi
 
@@ -241,16 +295,22 @@ step "report"
   echo
   "$PY" -m delrec_train.catalog_eval score --out "$out" --users "$users" --llm-users "$cat_users" \
     --runtime "delrec runtime Q8_0=$out/catalog/runtime-q8_0.jsonl"
+  if [ "$cascade" = 1 ]; then
   echo
   echo "## Cascade (SASRec retrieval + LLM re-rank + fusion; runtime Q8_0, 2 threads)"
   echo
+  llm_check=()  # the cascade's LLM scores against rank-batch Q8_0, where that row ran
+  [ -f "$out/eval/runtime-q8_0.jsonl" ] && llm_check=(--llm-check "$out/eval/runtime-q8_0.jsonl")
   "$PY" -m delrec_train.cascade score --out "$out" --ns "$casc_ns" --test-results "$cas/test-q8_0.jsonl" \
-    --pack-results "$cas/test-pack-q8_0.jsonl" "${lat_args[@]}" --llm-check "$out/eval/runtime-q8_0.jsonl" \
+    --pack-results "$cas/test-pack-q8_0.jsonl" "${lat_args[@]}" "${llm_check[@]}" \
     --llm-alone "LLM alone over the whole catalog (rank-batch Q8_0, exact top 10)=$out/catalog/runtime-q8_0.jsonl"
+  fi
   echo
+  if [ "$tslrec" = 1 ]; then
   echo "## TSLRec stage 2 (LLM item embeddings -> SASRec) beside the ID SASRec, whole catalog (RecBole full ranking, test)"
   echo
   "$PY" -m delrec_train.tslrec report --out "$out"
+  fi
   fi
   echo
   echo "Total time of this run: $((SECONDS - t0)) s (preset $preset)."

@@ -195,9 +195,9 @@ def _llm_rows(row, users, exs, ds, args, out):
     import torch
     from tqdm import tqdm
 
-    from .llm import Scorer, load_gguf_model, pick_device
+    from .llm import load_gguf_model, make_scorer, pick_device
     from .peft_io import load_prompt
-    from .template import PromptTokens
+    from .template import DEFAULT_CANDIDATES_SEP, LABEL_RULES, PromptTokens, is_mask_template
     from .tokens import make_tokenizer
 
     set_threads(args.threads)
@@ -233,8 +233,13 @@ def _llm_rows(row, users, exs, ds, args, out):
 
             merge_into_model(_LLM[key], deltas)
     titles = {i: it.title for i, it in ds.items.items()}
-    pt = PromptTokens(template, titles, _LLM["tok"], prefix, sep, None if bos is None or bos < 0 else bos)
-    scorer = Scorer(_LLM[key], pt, args.autocast)
+    # a mask template (DELRec as published) is scored by the verbalizer the soft prompt was trained with
+    verb = meta.get("verbalizer", {})
+    rule = LABEL_RULES[verb.get("label_words", "title+no-year")]
+    pt = PromptTokens(template, titles, _LLM["tok"], prefix, sep, None if bos is None or bos < 0 else bos,
+                      meta.get("candidates_separator", DEFAULT_CANDIDATES_SEP), rule)
+    scoring = "verbalizer" if is_mask_template(template) else "sum"
+    scorer = make_scorer(_LLM[key], pt, scoring, verb.get("handler", "first"), args.autocast)
     with torch.no_grad():
         for u in tqdm(users, desc=row, disable=args.no_progress, dynamic_ncols=True):
             e = exs[u]

@@ -1,6 +1,6 @@
 """Frozen causal LM + the delrec scoring contract in PyTorch.
 
-``Scorer.score(history, candidates, soft)`` returns, for each candidate c,
+``Scorer.score(history, candidates, soft)`` (title templates) returns, for each candidate c,
 ``logprob(c) = sum_i ln p(t_i | prefix rows, t_1..t_{i-1})`` over c's ``item_prefix + title``
 tokens followed by the terminator tokens, exactly as docs/format.md defines it, with the soft
 prompt rows given as input embeddings (gradients flow into them).
@@ -12,6 +12,9 @@ position ids that restart at ``len(prefix)`` for every candidate. This is the sh
 the runtime without a KV cache copy and without padding; the last token of a candidate's scored
 run is never fed (nothing is predicted from it). The LM head runs only on the rows whose next
 token is scored.
+
+:class:`VerbalizerScorer` is the same contract for mask templates (DELRec as published): one
+forward of the prompt, the verbalizer at its last row.
 """
 
 from __future__ import annotations
@@ -73,9 +76,10 @@ class Scorer:
     def hidden_size(self) -> int:
         return self.embed.weight.shape[1]
 
-    def prefix_embeds(self, history: list[str], soft: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def prefix_embeds(self, history: list[str], soft: dict[str, torch.Tensor] | None,
+                      candidates: list[str] | None = None) -> torch.Tensor:
         rows = []
-        for seg in self.tokens.prefix(history):
+        for seg in self.tokens.prefix(history, candidates):
             if seg.kind == "tokens":
                 rows.append(self.embed(torch.tensor(seg.tokens, dtype=torch.long, device=self.device)))
             else:
@@ -91,6 +95,8 @@ class Scorer:
 
     def score(self, history: list[str], candidates: list[str], soft: dict[str, torch.Tensor] | None = None):
         """-> (logprob [C] tensor, n_tokens [C] list). Differentiable w.r.t. ``soft``."""
+        if self.tokens.is_mask:
+            raise ValueError("a mask template is scored by VerbalizerScorer")
         pre = self.prefix_embeds(history, soft)
         P = pre.shape[0]
         conts = [self.tokens.continuation(c) for c in candidates]
@@ -157,3 +163,92 @@ class Scorer:
             lp = torch.log_softmax(logits.float(), -1)
             res.append(sum(lp[P - 1 + j, tok] for j, tok in enumerate(t)))
         return torch.stack(res), [len(self.tokens.continuation(c)) for c in candidates]
+
+
+HANDLERS = ("first", "mean", "max")
+
+
+class VerbalizerScorer(Scorer):
+    """OpenPrompt's ``ManualVerbalizer`` on a causal LM, as the runtime's ``verbalizer`` mode
+    computes it (docs/format.md, "Scoring"): one forward of the prompt up to ``{mask}`` (the
+    request's candidates listed where the template has ``{candidates}``), the vocabulary logits
+    ``z`` at its last row; every label word ``w`` of every catalog item gets ``h(w) = z[w_1]``
+    (``first``), the mean or the max of ``z`` over its tokens; ``p`` = softmax over all label words
+    of the catalog; an item scores ``mean_w ln(p(w) + 1e-15)`` over its words. Scores are
+    normalized over the whole catalog, so ``score(history, every item)`` ranks the catalog in one
+    pass. ``n_tokens`` is the number of label words, as the runtime reports it."""
+
+    def __init__(self, model, tokens, handler: str = "first", autocast: str = "none"):
+        super().__init__(model, tokens, autocast)
+        if not tokens.is_mask or not tokens.label_tokens:
+            raise ValueError("VerbalizerScorer needs a mask template and label words (PromptTokens(label_words=...))")
+        if handler not in HANDLERS:
+            raise ValueError(f"verbalizer handler {handler!r}: one of {', '.join(HANDLERS)}")
+        self.handler = handler
+        self.items = list(tokens.label_tokens)
+        self.index = {i: k for k, i in enumerate(self.items)}
+        words = [(k, t) for k, i in enumerate(self.items) for t in tokens.label_tokens[i]]
+        width = max(len(t) for _, t in words)
+        dev = self.device
+        self._ids = torch.tensor([t + [0] * (width - len(t)) for _, t in words], dtype=torch.long, device=dev)
+        self._tmask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for _, t in words], device=dev)
+        self._owner = torch.tensor([k for k, _ in words], dtype=torch.long, device=dev)
+        self._n_words = torch.bincount(self._owner, minlength=len(self.items)).float()
+
+    def catalog_scores(self, history: list[str], candidates: list[str] | None,
+                       soft: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """-> [n_items] scores in catalog order (``candidates`` only fill ``{candidates}``)."""
+        pre = self.prefix_embeds(history, soft, candidates if self.tokens.lists_candidates() else None)
+        P = pre.shape[0]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast == "bf16"):
+            out = self.base(inputs_embeds=pre[None], position_ids=torch.arange(P, device=self.device)[None],
+                            use_cache=False)
+        h = out.last_hidden_state[0] if hasattr(out, "last_hidden_state") else out[0][0]
+        z = self.head(h[P - 1:P].to(self.dtype)).float()[0]
+        tok = z[self._ids]  # [n_words, width]
+        if self.handler == "first":
+            hw = tok[:, 0]
+        elif self.handler == "mean":
+            hw = (tok * self._tmask).sum(-1) / self._tmask.sum(-1)
+        else:
+            hw = tok.masked_fill(self._tmask == 0, float("-inf")).max(-1).values
+        lp = torch.log(torch.softmax(hw, 0) + 1e-15)
+        total = torch.zeros(len(self.items), dtype=lp.dtype, device=lp.device).index_add(0, self._owner, lp)
+        return total / self._n_words
+
+    def score(self, history: list[str], candidates: list[str], soft: dict[str, torch.Tensor] | None = None):
+        """-> (scores [C] tensor, label words [C] list). Differentiable w.r.t. ``soft`` (and LoRA)."""
+        try:
+            idx = [self.index[c] for c in candidates]
+        except KeyError as e:
+            raise KeyError(f"candidate {e.args[0]} is not in the catalog") from None
+        s = self.catalog_scores(history, candidates, soft)
+        n = self._n_words.long().tolist()
+        return s[torch.tensor(idx, device=s.device)], [n[k] for k in idx]
+
+    def score_naive(self, history: list[str], candidates: list[str], soft: dict[str, torch.Tensor] | None = None):
+        """The model's own forward (default positions, full logits) and the verbalizer written as
+        the formula: the reference for tests."""
+        pre = self.prefix_embeds(history, soft, candidates if self.tokens.lists_candidates() else None)
+        z = self.model(inputs_embeds=pre[None], use_cache=False).logits[0, -1].float()
+        hs, owners = [], []
+        for i in self.items:
+            for t in self.tokens.label_tokens[i]:
+                v = z[torch.tensor(t, device=z.device)]
+                hs.append(v[0] if self.handler == "first" else v.mean() if self.handler == "mean" else v.max())
+                owners.append(i)
+        p = torch.softmax(torch.stack(hs), 0)
+        per = {}
+        for i, pw in zip(owners, p):
+            per.setdefault(i, []).append(torch.log(pw + 1e-15))
+        return (torch.stack([torch.stack(per[c]).mean() for c in candidates]),
+                [len(per[c]) for c in candidates])
+
+
+def make_scorer(model, tokens, scoring: str = "sum", handler: str = "first", autocast: str = "none"):
+    """The scorer a pack's scoring mode names: ``sum`` (title log-likelihood) or ``verbalizer``."""
+    if scoring == "verbalizer":
+        return VerbalizerScorer(model, tokens, handler, autocast)
+    if scoring != "sum":
+        raise ValueError(f"scoring {scoring!r}: sum or verbalizer")
+    return Scorer(model, tokens, autocast)

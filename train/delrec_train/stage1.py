@@ -14,6 +14,13 @@ i.e. DELRec's two stage-1 tasks (predict the true next item; simulate the SR mod
 recommendation) as listwise softmax cross-entropy over the candidates. Only the soft prompt
 (N x 576, initialised from the embeddings of a real sentence) is trained, with AdamW.
 
+``--scoring verbalizer`` is DELRec as published: a mask template (default
+:data:`~delrec_train.template.DEFAULT_MASK_TEMPLATE`, the soft tokens mid-prompt), candidate
+scores from OpenPrompt's verbalizer at the mask (:class:`~delrec_train.llm.VerbalizerScorer`,
+``--verbalizer-handler``, ``--label-words``), the same loss over the candidates, or over the whole
+catalog (``--loss-over catalog``: DELRec's cross-entropy over every title, one pass per example).
+The pack then needs ``delrec-convert pack --scoring verbalizer`` with the same handler and rule.
+
 Token ids come from llama.cpp through ``delrec tokenize`` (cached), so they equal the phone's.
 Output: a PEFT prompt-tuning directory (``--peft-out``, default DIR/soft_prompt) +
 ``delrec_train.json`` (template, item prefix, separator, BOS, training settings and log).
@@ -35,7 +42,8 @@ import numpy as np
 
 from .data import PURPOSE_TRAIN, Example, load_dataset, write_catalog
 from .paths import model_path, work_dir
-from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, PromptTokens, soft_names
+from .template import (DEFAULT_CANDIDATES_SEP, DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_MASK_TEMPLATE,
+                       DEFAULT_TEMPLATE, LABEL_RULES, PromptTokens, parse_template, soft_names)
 from .util import select_users, set_threads, write_json
 
 DEFAULT_INIT_TEXT = ("Recommend the next movie for this user. Think about the order of the movies the user "
@@ -85,24 +93,28 @@ def load_training_examples(out: Path, ds, args) -> tuple[list[tuple[Example, str
     return examples, users
 
 
-def accumulate_step(ranker, examples, step: int, args, ctx) -> dict:
+def accumulate_step(ranker, examples, step: int, args, ctx, items: list[str] | None = None) -> dict:
     """One optimizer step's examples: listwise loss (both DELRec tasks) backpropagated, batch stats returned.
 
     ``ranker``: a :class:`~delrec_train.dist.Ranker` (DDP-wrapped under a launcher), ``ctx`` its
     :class:`~delrec_train.dist.Dist`. Each rank takes its slice of the step's examples; the gradient
-    and the returned stats are those of the whole batch (mean over it) on every rank."""
+    and the returned stats are those of the whole batch (mean over it) on every rank. ``items``: the
+    loss is over these (the whole catalog) instead of each example's candidates."""
     import torch
 
     F = torch.nn.functional
     stats = {"loss": 0.0, "hit_next": 0.0, "hit_teacher": 0.0}
     mine = ctx.shard(example_order(len(examples), step, args.batch_size, args.seed))
+    pos = {c: j for j, c in enumerate(items)} if items else None
     for k, i in enumerate(mine):
         ex, t1 = examples[i]
+        scored = items or ex.candidates
+        where = pos.__getitem__ if pos else scored.index
         with ctx.no_sync(ranker, sync=k == len(mine) - 1):  # the slice's last backward all-reduces
-            scores = ranker(ex.history, ex.candidates)
+            scores = ranker(ex.history, scored)
             z = (scores / args.temperature)[None]
-            a = torch.tensor([ex.candidates.index(ex.target)], device=z.device)
-            b = torch.tensor([ex.candidates.index(t1)], device=z.device)
+            a = torch.tensor([where(ex.target)], device=z.device)
+            b = torch.tensor([where(t1)], device=z.device)
             loss = (args.w_next * F.cross_entropy(z, a) + args.w_teacher * F.cross_entropy(z, b)) / args.batch_size
             # DDP averages over the ranks: x world makes that the sum over the batch / batch_size
             (loss * ctx.world if ctx.enabled else loss).backward()
@@ -111,6 +123,10 @@ def accumulate_step(ranker, examples, step: int, args, ctx) -> dict:
         stats["hit_next"] += (best == int(a)) / args.batch_size
         stats["hit_teacher"] += (best == int(b)) / args.batch_size
     return ctx.sum(stats)
+
+
+OLD_CHECKPOINT_DEFAULTS = {"scoring": "sum", "verbalizer_handler": "first", "label_words": "title+no-year",
+                           "candidates_sep": DEFAULT_CANDIDATES_SEP, "loss_over": "candidates"}
 
 
 def init_soft(embed_weight, text_ids: list[int], n: int):
@@ -144,7 +160,9 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0, help="scores are divided by this before softmax")
     ap.add_argument("--n-virtual", type=int, default=16)
     ap.add_argument("--init-text", default=DEFAULT_INIT_TEXT)
-    ap.add_argument("--template", default=DEFAULT_TEMPLATE)
+    ap.add_argument("--template", default=None, help="default: the built-in title template, or with --scoring "
+                                                    "verbalizer the built-in mask template")
+    add_scoring_args(ap)
     ap.add_argument("--item-prefix", default=DEFAULT_ITEM_PREFIX)
     ap.add_argument("--history-sep", default=DEFAULT_HISTORY_SEP)
     ap.add_argument("--bos", type=int, default=-1, help="token id put before everything, -1 for none (as the pack)")
@@ -152,6 +170,42 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     add_run_args(ap)
     return ap.parse_args(argv)
+
+
+def add_loss_over_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--loss-over", default="candidates", choices=["candidates", "catalog"],
+                    help="verbalizer: softmax over each example's candidates or over the whole catalog")
+
+
+def add_scoring_args(ap: argparse.ArgumentParser) -> None:
+    """DELRec as published: the verbalizer at a mask (stage 2 takes them from the soft prompt)."""
+    ap.add_argument("--scoring", default="sum", choices=["sum", "verbalizer"],
+                    help="title log-likelihood (sum) or OpenPrompt's verbalizer at {mask}")
+    ap.add_argument("--verbalizer-handler", default="first", choices=["first", "mean", "max"])
+    ap.add_argument("--label-words", default="title+no-year", choices=sorted(LABEL_RULES))
+    ap.add_argument("--candidates-sep", default=DEFAULT_CANDIDATES_SEP, help="between the titles {candidates} lists")
+    add_loss_over_arg(ap)
+
+
+def scoring_meta(scoring: str, handler: str, label_words: str, candidates_sep: str) -> dict:
+    """What the pack must be built with (``delrec-convert pack --scoring verbalizer ...``)."""
+    if scoring != "verbalizer":
+        return {"scoring": scoring}
+    return {"scoring": "verbalizer", "candidates_separator": candidates_sep,
+            "verbalizer": {"handler": handler, "label_words": label_words, "prefix": " "}}
+
+
+def resolve_template(template: str | None, scoring: str, loss_over: str) -> str:
+    """The template for ``scoring``, checked: a mask template exactly when scoring with the verbalizer."""
+    template = template or (DEFAULT_MASK_TEMPLATE if scoring == "verbalizer" else DEFAULT_TEMPLATE)
+    kinds = [k for k, _ in parse_template(template)]
+    mask = "mask" in kinds
+    if mask != (scoring == "verbalizer"):
+        raise SystemExit(f"--scoring {scoring} needs a {'mask' if scoring == 'verbalizer' else 'title'} template "
+                         f"(one with {{{'mask' if scoring == 'verbalizer' else 'candidate'}}}), got {template!r}")
+    if loss_over == "catalog" and (not mask or "candidates" in kinds):
+        raise SystemExit("--loss-over catalog: verbalizer scoring with a template that does not list {candidates}")
+    return template
 
 
 def add_run_args(ap: argparse.ArgumentParser) -> None:
@@ -173,7 +227,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from .dist import Dist, Ranker
-    from .llm import Scorer, load_gguf_model, pick_device
+    from .llm import load_gguf_model, make_scorer, pick_device
     from .peft_io import save_prompt
     from .tokens import make_tokenizer
 
@@ -182,6 +236,7 @@ def main(argv=None) -> int:
     out = args.out or work_dir()
     sdir = out / "stage1"
     peft_out = args.peft_out or out / "soft_prompt"
+    args.template = resolve_template(args.template, args.scoring, args.loss_over)
     names = soft_names(args.template)
     if len(set(names)) != 1:
         raise SystemExit(f"--template must use exactly one soft prompt name (has {names})")
@@ -204,12 +259,13 @@ def main(argv=None) -> int:
         tok = make_tokenizer(args.tokenizer, mpath, args.delrec_bin)
         titles = {i: it.title for i, it in ds.items.items()}
         pt = PromptTokens(args.template, titles, tok, args.item_prefix, args.history_sep,
-                          None if args.bos < 0 else args.bos)
+                          None if args.bos < 0 else args.bos, args.candidates_sep, LABEL_RULES[args.label_words])
         return pt, tok.encode_many([args.init_text])[0]
 
     pt, init_text_ids = ctx.from_main(tokenize)
     model = load_gguf_model(mpath, dev)
-    scorer = Scorer(model, pt, args.autocast)
+    scorer = make_scorer(model, pt, args.scoring, args.verbalizer_handler, args.autocast)
+    items = list(pt.item_tokens) if args.loss_over == "catalog" else None
     init, init_ids = init_soft(model.get_input_embeddings().weight, init_text_ids, args.n_virtual)
     soft = torch.nn.Parameter(init.to(dev))
     ranker = Ranker(scorer, {name: soft})
@@ -219,10 +275,13 @@ def main(argv=None) -> int:
     ckpt_path = sdir / "checkpoint.pt"
     cfg_key = {k: getattr(args, k) for k in ("users", "per_user", "batch_size", "n_virtual", "template", "item_prefix",
                                             "history_sep", "bos", "history", "seed", "w_next", "w_teacher",
-                                            "temperature", "lr")}
+                                            "temperature", "lr", "scoring", "verbalizer_handler", "label_words",
+                                            "candidates_sep", "loss_over")}
     ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
                        if args.resume and ckpt_path.is_file() else None)
     if ck is not None:
+        for k, v in OLD_CHECKPOINT_DEFAULTS.items():  # checkpoints written before these keys resume as before
+            ck["cfg"].setdefault(k, v)
         diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
@@ -251,7 +310,7 @@ def main(argv=None) -> int:
     run = {"loss": None, "hit_next": None, "hit_teacher": None}
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = accumulate_step(ddp, examples, step, args, ctx)
+        stats = accumulate_step(ddp, examples, step, args, ctx, items)
         if args.clip > 0:
             gn = float(torch.nn.utils.clip_grad_norm_([soft], args.clip))
         else:
@@ -282,7 +341,8 @@ def main(argv=None) -> int:
     }
     meta = {
         "soft_prompt_name": name, "template": args.template, "item_prefix": args.item_prefix,
-        "history_separator": args.history_sep, "bos": args.bos, "scoring": "sum",
+        "history_separator": args.history_sep, "bos": args.bos,
+        **scoring_meta(args.scoring, args.verbalizer_handler, args.label_words, args.candidates_sep),
         "init_text": args.init_text, "init_token_ids": init_ids, "tokenizer": args.tokenizer,
         "base_model": str(mpath.name), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "summary": summary, "log": log,

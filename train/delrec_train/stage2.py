@@ -5,7 +5,9 @@
 
 Same examples, candidates, scores and listwise loss as stage 1 (:mod:`delrec_train.stage1`), but the
 trainable parameters are LoRA adapters on the linear layers of every block (DELRec fine-tunes the
-LLM with AdaLoRA; plain LoRA of a fixed rank is what ``delrec-convert`` merges). Output: a PEFT
+LLM with AdaLoRA; plain LoRA of a fixed rank is what ``delrec-convert`` merges). The scoring
+(title log-likelihood or the verbalizer at a mask, DELRec as published) is the soft prompt's, as
+stage 1 trained it; ``--loss-over catalog`` takes the verbalizer's loss over the whole catalog. Output: a PEFT
 LoRA directory (``--lora-out``, default DIR/lora) with ``delrec_train.json`` (template, soft prompt
 used, settings, log). ``python -m delrec_train.export`` merges it into a GGUF for the runtime.
 ``--max-minutes`` stops early (the adapter is saved); ``--resume`` continues from DIR/stage2/checkpoint.pt
@@ -26,8 +28,10 @@ import numpy as np
 
 from .data import load_dataset
 from .paths import model_path, work_dir
-from .stage1 import accumulate_step, add_run_args, load_training_examples
-from .template import DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, PromptTokens, soft_names, without_soft
+from .stage1 import (accumulate_step, add_loss_over_arg, add_run_args, load_training_examples, resolve_template,
+                     scoring_meta)
+from .template import (DEFAULT_CANDIDATES_SEP, DEFAULT_HISTORY_SEP, DEFAULT_ITEM_PREFIX, DEFAULT_TEMPLATE, LABEL_RULES,
+                       PromptTokens, soft_names, without_soft)
 from .util import set_threads, write_json
 
 
@@ -57,6 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    add_loss_over_arg(ap)
     add_run_args(ap)
     return ap.parse_args(argv)
 
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from .dist import Dist, Ranker
-    from .llm import Scorer, load_gguf_model, pick_device
+    from .llm import load_gguf_model, make_scorer, pick_device
     from .lora import inject, lora_parameters, parse_targets, save_lora
     from .peft_io import load_prompt
     from .tokens import make_tokenizer
@@ -99,6 +104,11 @@ def main(argv=None) -> int:
     prefix = meta.get("item_prefix", DEFAULT_ITEM_PREFIX)
     sep = meta.get("history_separator", DEFAULT_HISTORY_SEP)
     bos = meta.get("bos", -1)
+    scoring = meta.get("scoring", "sum")
+    verb = meta.get("verbalizer", {})
+    handler, rule = verb.get("handler", "first"), verb.get("label_words", "title+no-year")
+    csep = meta.get("candidates_separator", DEFAULT_CANDIDATES_SEP)
+    template = resolve_template(template, scoring, args.loss_over)
 
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
     examples, users = load_training_examples(out, ds, args)
@@ -106,11 +116,13 @@ def main(argv=None) -> int:
     titles = {i: it.title for i, it in ds.items.items()}
     # tokenized on rank 0 only (one `delrec tokenize` run, one token cache writer); the others get the ids
     pt = ctx.from_main(lambda: PromptTokens(template, titles, make_tokenizer(args.tokenizer, mpath, args.delrec_bin),
-                                            prefix, sep, None if bos is None or bos < 0 else bos))
+                                            prefix, sep, None if bos is None or bos < 0 else bos, csep,
+                                            LABEL_RULES[rule]))
     model = load_gguf_model(mpath, dev)
     mods = inject(model, targets, args.lora_r, args.lora_alpha)
     params = lora_parameters(mods)
-    scorer = Scorer(model, pt, args.autocast)
+    scorer = make_scorer(model, pt, scoring, handler, args.autocast)
+    items = list(pt.item_tokens) if args.loss_over == "catalog" else None
     ranker = Ranker(scorer, soft, model)  # DDP syncs the LoRA parameters' gradients (the rest is frozen)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
@@ -120,10 +132,12 @@ def main(argv=None) -> int:
                                             "history", "seed", "w_next", "w_teacher", "temperature", "lr")}
     cfg_key["soft"] = str(soft_dir) if soft_dir else None
     cfg_key["model"] = mpath.name
+    cfg_key["loss_over"] = args.loss_over
     ck = ctx.from_main(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
                        if args.resume and ckpt_path.is_file() else None)
     if ck is not None:
-        ck["cfg"].setdefault("model", cfg_key["model"])  # checkpoints written before the key resume as before
+        ck["cfg"].setdefault("model", cfg_key["model"])  # checkpoints written before these keys resume as before
+        ck["cfg"].setdefault("loss_over", "candidates")
         diff = {k: (ck["cfg"].get(k), v) for k, v in cfg_key.items() if ck["cfg"].get(k) != v}
         if diff:
             raise SystemExit(f"--resume: settings differ from the checkpoint's: {diff}")
@@ -154,7 +168,7 @@ def main(argv=None) -> int:
     step = start
     for step in bar:
         opt.zero_grad(set_to_none=True)
-        stats = accumulate_step(ddp, examples, step, args, ctx)
+        stats = accumulate_step(ddp, examples, step, args, ctx, items)
         gn = float(torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf")))
         lr_used = opt.param_groups[0]["lr"]
         opt.step()
@@ -185,7 +199,8 @@ def main(argv=None) -> int:
         **({"world_size": ctx.world} if ctx.enabled else {}),
     }
     meta_out = {
-        "template": template, "item_prefix": prefix, "history_separator": sep, "bos": bos, "scoring": "sum",
+        "template": template, "item_prefix": prefix, "history_separator": sep, "bos": bos,
+        **scoring_meta(scoring, handler, rule, csep),
         "soft_prompt": str(soft_dir) if soft_dir else None, "base_model": str(mpath.name), "tokenizer": args.tokenizer,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "summary": summary, "log": log,

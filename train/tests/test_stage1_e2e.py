@@ -21,17 +21,28 @@ print(json.dumps({{"ids": [[ord(ch) % 62 + 2 for ch in s] for s in strings]}}))
 """
 
 
-def test_stage1_train_resume_and_peft_output(tmp_path, monkeypatch):
-    monkeypatch.setenv("DELREC_ASSETS", str(tmp_path / "assets"))  # token cache goes here
-    synth(tmp_path, n_users=6)
-    torch.manual_seed(0)
+def tiny_llama(seed: int = 0):
+    """The stages' tiny random Llama (64 tokens, width 32, 2 blocks, tied embeddings)."""
+    torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                    tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def stub_delrec(tmp_path):
+    """A `delrec` stand-in whose `tokenize` gives one id per character (ord % 62 + 2)."""
     binary = tmp_path / "delrec"
     binary.write_text(STUB.format(py=sys.executable))
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    return binary
+
+
+def test_stage1_train_resume_and_peft_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELREC_ASSETS", str(tmp_path / "assets"))  # token cache goes here
+    synth(tmp_path, n_users=6)
+    tiny_llama().save_pretrained(tmp_path / "tiny")
+    binary = stub_delrec(tmp_path)
     out = tmp_path / "w"
     ds = load_dataset(tmp_path, "syn")
     top = {}

@@ -1,8 +1,6 @@
 """Stage 2 (LoRA) end to end on a tiny random Llama: train, resume, PEFT output, evaluation row."""
 import json
 import shutil
-import stat
-import sys
 
 import pytest
 
@@ -13,20 +11,16 @@ from delrec_train import evaluate, stage1, stage2  # noqa: E402
 from delrec_train.data import load_dataset  # noqa: E402
 from delrec_train.lora import load_lora  # noqa: E402
 from test_evaluate_report import synth  # noqa: E402
-from test_stage1_e2e import STUB  # noqa: E402
+from test_stage1_e2e import stub_delrec, tiny_llama  # noqa: E402
 
 
-def test_stage2_train_resume_and_evaluate(tmp_path, monkeypatch):
+def stage_setup(tmp_path, monkeypatch):
+    """Synthetic data, the tiny Llama, the stub tokenizer and a teacher top-1 file (2 examples per
+    user) -> (work dir, the stages' common arguments)."""
     monkeypatch.setenv("DELREC_ASSETS", str(tmp_path / "assets"))
     synth(tmp_path, n_users=6)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                                   tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
-    binary = tmp_path / "delrec"
-    binary.write_text(STUB.format(py=sys.executable))
-    binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    tiny_llama().save_pretrained(tmp_path / "tiny")
+    binary = stub_delrec(tmp_path)
     out = tmp_path / "w"
     ds = load_dataset(tmp_path, "syn")
     top = {}
@@ -38,6 +32,12 @@ def test_stage2_train_resume_and_evaluate(tmp_path, monkeypatch):
     (out / "teacher" / "train_top1.json").write_text(json.dumps({"seed": 0, "history": 10, "n_neg": 19, "users": top}))
     data = ["--data-dir", str(tmp_path), "--name", "syn", "--out", str(out), "--model", str(tmp_path / "tiny"),
             "--delrec-bin", str(binary), "--threads", "1", "--device", "cpu", "--no-progress", "--autocast", "none"]
+    return out, data
+
+
+def test_stage2_train_resume_and_evaluate(tmp_path, monkeypatch):
+    out, data = stage_setup(tmp_path, monkeypatch)
+    binary = data[data.index("--delrec-bin") + 1]
     assert stage1.main(data + ["--users", "0", "--batch-size", "2", "--n-virtual", "4", "--max-steps", "1"]) == 0
     common = data + ["--users", "0", "--per-user", "2", "--batch-size", "2", "--lora-r", "2", "--lr", "0.05",
                      "--targets", "q_proj,v_proj,down_proj", "--save-every", "1"]

@@ -204,3 +204,29 @@ def test_quantized_models_keep_the_order(setup):
         taus[ty] = kendalltau([f32[i] for i in order], [got[i] for i in order]).statistic
     print("verbalizer Kendall τ vs F32: " + ", ".join(f"{k} {v:.3f}" for k, v in taus.items()))
     assert taus["q8_0"] > 0.9, taus
+
+
+@pytest.mark.parametrize("template,handler,listed", [(TEMPLATE, "first", False), (LISTED, "mean", True)])
+def test_the_recipes_scorer_equals_the_runtime(setup, template, handler, listed):
+    """What the training recipe optimizes and evaluates (:class:`delrec_train.llm.VerbalizerScorer`
+    over :class:`delrec_train.template.PromptTokens`) is what the device computes from the pack."""
+    from delrec_train.llm import VerbalizerScorer
+    from delrec_train.template import LABEL_RULES, PromptTokens
+
+    s = setup
+    pack, info = build_pack(s, template, handler, f"recipe-{handler}")
+    order = list(s["titles"])
+    history, cands = [order[3], order[8]], (order[10:30] if listed else None)
+    _, got = runtime(s, pack, history, cands)
+    tok = type("T", (), {"encode_many": lambda self, xs: [s["tok"].encode(x, add_special_tokens=False).ids
+                                                          for x in xs]})()
+    bos = info["bos"] if info["bos"] is not None and info["bos"] >= 0 else None
+    pt = PromptTokens(template, s["titles"], tok, " ", ",", bos, ", ", LABEL_RULES["title+no-year"])
+    sc = VerbalizerScorer(s["model"], pt, handler)
+    soft = {"a": s["soft_w"][1:1 + N_SOFT], "b": s["soft_w"][1 + N_SOFT:1 + 2 * N_SOFT]}
+    asked = cands or order
+    with torch.no_grad():
+        want, n = sc.score(history, asked, soft)
+    worst = max(abs(got[i] - float(w)) for i, w in zip(asked, want))
+    print(f"recipe scorer vs runtime, {handler}, {len(asked)} items: max |Δ| = {worst:.2e}")
+    assert set(got) == set(asked) and worst < TOL and n == [2] * len(asked)
