@@ -21,6 +21,7 @@
 # soft tokens mid-prompt and OpenPrompt's verbalizer at a mask, in training and on the device; the whole
 # catalog ranked in one pass per user for every user; no cascade, adapter or TSLRec rows),
 # DELREC_VERBALIZER_LOSS (candidates (default) or catalog: the softmax of the loss),
+# DELREC_TSLREC_ITEMS (TSLRec variants: "llm" in place of the ID table, "llm+id" beside it; full: both),
 # DELREC_EVAL_FORCE=1 (retrain everything), DELREC_EVAL_RESUME=1 (keep PyTorch rows already scored
 # for the same users and candidates: evaluate --resume). Output: $OUT/report.md (+ .json files beside it).
 set -euo pipefail
@@ -40,6 +41,7 @@ case $preset in
     # N = 20 timed on the first 50 users
     casc_llm=500 casc_n=100 casc_ns=20,50,100 casc_pack_n=50 casc_lat=50
     tslrec_args=(--max-minutes 12)  # TSLRec stage 2 under the teacher's kind of budget
+    tslrec_items="llm llm+id"  # the LLM embeddings in place of the ID table, and beside it
     ;;
   ci)
     out=${DELREC_EVAL_OUT:-target/delrec-ci}
@@ -100,7 +102,7 @@ case $preset in
 esac
 rows=${rows:-random,pop,sasrec,llm_zeroshot,llm_soft}
 merged_types=${DELREC_EVAL_TYPES:-${default_types:-f16 q8_0 q4_1 q4_0}}
-adapter_rows=${adapter_rows:-1} tslrec=${tslrec:-1}
+adapter_rows=${adapter_rows:-1} tslrec=${tslrec:-1} tslrec_items=${DELREC_TSLREC_ITEMS:-${tslrec_items:-llm}}
 qlora_bases=${DELREC_QLORA_BASES-${qlora_bases-}}
 only_adapters=${only_adapters:-0}
 stage2=${DELREC_STAGE2:-1}
@@ -139,9 +141,12 @@ shipped=target/assets/SmolLM2-135M-Instruct.Q4_1.gguf
 if have "$out/teacher/sasrec.pth"; then step "teacher: reusing $out/teacher"; else
   step "teacher (RecBole SASRec)"; "$PY" -m delrec_train.teacher --out "$out" "${teacher_args[@]}"; fi
 # TSLRec stage 2: the base LLM's item embeddings (mean-pooled) -> a learned projection -> SASRec
-if [ "$only_adapters" = 1 ] || [ "$tslrec" != 1 ]; then :; elif have "$out/tslrec/sasrec_llm.pth"; then step "TSLRec: reusing $out/tslrec"; else
-  step "TSLRec stage 2 (LLM item embeddings -> SASRec)"
-  "$PY" -m delrec_train.tslrec --out "$out" --threads 2 "${tslrec_args[@]}"; fi
+tsl_dir() { if [ "$1" = llm ]; then echo "$out/tslrec"; else echo "$out/tslrec-id"; fi; }
+if [ "$only_adapters" = 1 ] || [ "$tslrec" != 1 ]; then :; else for v in $tslrec_items; do
+  if have "$(tsl_dir "$v")/sasrec_llm.pth"; then step "TSLRec ($v): reusing $(tsl_dir "$v")"; else
+    step "TSLRec stage 2 (LLM item embeddings -> SASRec, --items $v)"
+    "$PY" -m delrec_train.tslrec --out "$out" --threads 2 --items "$v" "${tslrec_args[@]}"; fi
+done; fi
 if have "$out/soft_prompt/adapter_config.json"; then step "stage 1: reusing $out/soft_prompt"; else
   step "stage 1 (soft prompt)"; "$PY" -m delrec_train.stage1 --out "$out" "${stage1_args[@]}"; fi
 compare=llm_soft
@@ -264,13 +269,16 @@ fi
 if [ "$tslrec" = 1 ]; then
 # TSLRec on the device: its SASRec (item table = proj(LLM embeddings), the projection carried so
 # items added on the device get vectors) in a pack; device scores = PyTorch (exit 1 past 1e-4)
-step "TSLRec on the device (scores against PyTorch, first 20 test users)"
-$bin/delrec-convert pack "${pack_args[@]}" --seq-model "$out/tslrec/sasrec_llm.pth" --out "$m/ml100k.tslrec.pack.gguf"
-"$PY" -m delrec_train.tslrec requests --out "$out" --users 20 > "$out/tslrec/device-requests.jsonl"
 n_items=$(($(wc -l < "$out/catalog.csv") - 1))  # every item scored (a header line, then one per item)
-$bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$m/ml100k.tslrec.pack.gguf" --threads 2 --json --llm-off \
-  --include-history --n "$n_items" --requests "$out/tslrec/device-requests.jsonl" > "$out/tslrec/device-results.jsonl"
-"$PY" -m delrec_train.tslrec check --out "$out" --results "$out/tslrec/device-results.jsonl"
+for v in $tslrec_items; do
+  td=$(tsl_dir "$v") tp=$m/ml100k.$(basename "$(tsl_dir "$v")").pack.gguf
+  step "TSLRec ($v) on the device (scores against PyTorch, first 20 test users)"
+  $bin/delrec-convert pack "${pack_args[@]}" --seq-model "$td/sasrec_llm.pth" --out "$tp"
+  "$PY" -m delrec_train.tslrec requests --out "$out" --items "$v" --users 20 > "$td/device-requests.jsonl"
+  $bin/delrec recommend --model "$m/model.q8_0.gguf" --pack "$tp" --threads 2 --json --llm-off \
+    --include-history --n "$n_items" --requests "$td/device-requests.jsonl" > "$td/device-results.jsonl"
+  "$PY" -m delrec_train.tslrec check --out "$out" --items "$v" --results "$td/device-results.jsonl"
+done
 fi
 
 fi

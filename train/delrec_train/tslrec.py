@@ -6,7 +6,9 @@
 TSLRec ("A Practice-Friendly Two-Stage LLM-Enhanced Paradigm in Sequential Recommendation", no
 released code) feeds every item's text to the LLM and trains an ordinary sequential recommender on
 the resulting item embeddings; the small model is what serves. Stage 1 of the paper (a user-level
-SFT of the LLM) is not implemented: the base LLM is used as is.
+SFT of the LLM) is not implemented: the base LLM is used as is. ``--items llm`` (default) puts the
+LLM embeddings *in place of* the ID embeddings; ``--items llm+id`` puts them *beside* a learned ID
+table (item vector = proj(whiten(E)) + ID embedding), written to ``DIR/tslrec-id``.
 
 1. **LLM item embeddings.** For every catalog item (``data.write_catalog`` order) the text is
    ``item_prefix + title`` with the pack's default item prefix ``" "``, tokenized without special
@@ -40,6 +42,9 @@ SFT of the LLM) is not implemented: the base LLM is used as is.
    *raw* LLM embeddings (row 0 = proj(0), padding). Extra keys: ``item_source: "llm"``,
    ``item_pooling``, ``item_text: "item_prefix+title"``, ``item_prefix``. A new item gets
    ``item_proj(embed(" " + title))`` and is scored like any other (dot product with the user vector).
+   With ``--items llm+id`` the exported ``item_embedding.weight`` also holds the learned ID part
+   (``item_combination: "llm+id"``); an item added on the device has no ID row, so its vector is
+   the content part ``item_proj(embed(" " + title))`` alone (an ID row of zeros).
    Also ``metrics.json`` (RecBole full-ranking valid/test metrics, the 20-candidate test metrics,
    timings, embedding cost) and ``test_scores.jsonl`` in the teacher's format
    (``{"user", "target", "candidates", "scores"}``, history = every item before the test target).
@@ -187,8 +192,12 @@ def _torch_nn():
     return torch, nn
 
 
-def make_item_module(table, hidden: int, max_dims: int = 0, init_std: float = 0.02):
-    """``LLMItemEmbedding``: ids -> proj(whiten(table))[ids]; ``.weight`` = the whole projected table.
+ITEM_MODES = ("llm", "llm+id")
+
+
+def make_item_module(table, hidden: int, max_dims: int = 0, init_std: float = 0.02, beside: bool = False):
+    """``LLMItemEmbedding``: ids -> proj(whiten(table))[ids]; ``.weight`` = the whole projected table
+    (``beside``: plus a learned ID table, RecBole's init).
 
     whiten(x) = (x - mu) @ P: PCA whitening fitted on the real items (rows 1..; row 0 is [PAD]),
     P = V_k / s_k * sqrt(n) so every kept component has unit variance over the catalog; k = the
@@ -217,10 +226,19 @@ def make_item_module(table, hidden: int, max_dims: int = 0, init_std: float = 0.
             self.proj = nn.Linear(k, hidden)
             nn.init.normal_(self.proj.weight, std=init_std / k ** 0.5)
             nn.init.zeros_(self.proj.bias)
+            self.ids = None
+            if beside:
+                # RecBole's init (the [PAD] row starts at zero; like RecBole's own table it is then
+                # trained through the full-catalog loss, which reads the whole table)
+                self.ids = nn.Embedding(table.shape[0], hidden)
+                nn.init.normal_(self.ids.weight, std=init_std)
+                with torch.no_grad():
+                    self.ids.weight[0].zero_()
 
         @property
         def weight(self):
-            return self.proj(self.Z)
+            w = self.proj(self.Z)
+            return w if self.ids is None else w + self.ids.weight
 
         def forward(self, ids):
             # project the table once, then gather: n_items rows instead of B x L (same values)
@@ -251,7 +269,9 @@ def tslrec_sasrec_class():
                     raise ValueError(f"LLM table has {item_table.shape[0]} rows, the model {self.n_items} items")
                 del self.item_embedding
                 dims = int(config["tslrec_whiten_dims"] or 0)
-                self.item_embedding = make_item_module(item_table, self.hidden_size, dims, self.initializer_range)
+                beside = (config["tslrec_items"] or "llm") == "llm+id"
+                self.item_embedding = make_item_module(item_table, self.hidden_size, dims, self.initializer_range,
+                                                       beside)
 
         _CLASS = TSLRecSASRec
     return _CLASS
@@ -283,6 +303,7 @@ def train_recbole_llm(ds: Dataset, tdir: Path, args, ids: list[str], E: np.ndarr
     write_recbole_inter(ds, data_root)
     cfg = recbole_config(data_root, tdir, args)
     cfg["tslrec_whiten_dims"] = args.whiten_dims  # read by TSLRecSASRec (and kept in RecBole's checkpoint)
+    cfg["tslrec_items"] = args.items
     config = Config(model="SASRec", dataset=DATASET_NAME, config_dict=cfg)
     init_seed(config["seed"], config["reproducibility"])
     set_threads(args.threads)
@@ -325,6 +346,8 @@ def export_blob(model, item_tokens: list[str], max_len: int, config, pooling: st
         # the table through the folded map, as the device projects a new item (float64, then float32:
         # equals the trained model's own weight up to float32 rounding)
         table = emb.table.double() @ W.T + b
+        if emb.ids is not None:  # beside: the learned ID part, which a new item does not have
+            table = table + emb.ids.weight.double()
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("item_embedding.")}
     sd["item_embedding.weight"] = table.float().cpu()
     sd["item_proj.weight"] = W.float().cpu()
@@ -332,7 +355,8 @@ def export_blob(model, item_tokens: list[str], max_len: int, config, pooling: st
     small = {k: config[k] for k in SMALL_CFG_KEYS}
     small["device"] = "cpu"
     return {"state_dict": sd, "item_tokens": list(item_tokens), "max_len": max_len, "config": small,
-            "item_source": "llm", "item_pooling": pooling, "item_text": "item_prefix+title", "item_prefix": ITEM_PREFIX}
+            "item_source": "llm", "item_pooling": pooling, "item_text": "item_prefix+title", "item_prefix": ITEM_PREFIX,
+            "item_combination": "llm" if emb.ids is None else "llm+id"}
 
 
 class TSLRecScorer(TeacherScorer):
@@ -366,11 +390,18 @@ class TSLRecScorer(TeacherScorer):
         return x @ self.proj_w.T + self.proj_b
 
 
-def load_tslrec(out: Path, device="cpu") -> TSLRecScorer:
+def tslrec_dir(out: Path, items: str = "llm") -> Path:
+    """Where a variant's outputs live: DIR/tslrec (in place of the IDs) or DIR/tslrec-id (beside them)."""
+    if items not in ITEM_MODES:
+        raise ValueError(f"--items {items!r}: one of {', '.join(ITEM_MODES)}")
+    return Path(out) / ("tslrec" if items == "llm" else "tslrec-id")
+
+
+def load_tslrec(out: Path, device="cpu", items: str = "llm") -> TSLRecScorer:
     import torch
     from recbole.model.sequential_recommender import SASRec  # noqa: F401
 
-    blob = torch.load(Path(out) / "tslrec" / "sasrec_llm.pth", map_location=device, weights_only=False)
+    blob = torch.load(tslrec_dir(out, items) / "sasrec_llm.pth", map_location=device, weights_only=False)
     return TSLRecScorer(blob, device)
 
 
@@ -385,9 +416,10 @@ def check_device(argv) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--items", default="llm", choices=ITEM_MODES)
     a = ap.parse_args(argv)
     want = {}
-    with open(a.out / "tslrec" / "test_scores.jsonl", encoding="utf-8") as f:
+    with open(tslrec_dir(a.out, a.items) / "test_scores.jsonl", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             want[str(r["user"])] = dict(zip(r["candidates"], r["scores"]))
@@ -413,10 +445,11 @@ def requests_for(argv) -> int:
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--name", default="ml-100k")
+    ap.add_argument("--items", default="llm", choices=ITEM_MODES)
     a = ap.parse_args(argv)
     ds = load_dataset(a.data_dir, a.name)
     users = []
-    with open(a.out / "tslrec" / "test_scores.jsonl", encoding="utf-8") as f:
+    with open(tslrec_dir(a.out, a.items) / "test_scores.jsonl", encoding="utf-8") as f:
         for line in f:
             users.append(str(json.loads(line)["user"]))
             if len(users) == a.users:
@@ -428,7 +461,8 @@ def requests_for(argv) -> int:
 
 def report(argv) -> int:
     """``report --out DIR``: a markdown table of RecBole's full-ranking test metrics of the ID
-    SASRec (``DIR/teacher``) and TSLRec (``DIR/tslrec``), with their training budgets."""
+    SASRec (``DIR/teacher``) and TSLRec (``DIR/tslrec``; ``DIR/tslrec-id``, the LLM embeddings
+    beside the IDs, where it was trained), with their training budgets."""
     ap = argparse.ArgumentParser(prog="python -m delrec_train.tslrec report")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -437,7 +471,10 @@ def report(argv) -> int:
           + " | epochs | training s |")
     print("|---|" + "---:|" * (len(keys) + 2))
     for name, sub in [("SASRec, ID embeddings (the teacher)", "teacher"),
-                      ("TSLRec: SASRec over proj(LLM item embeddings)", "tslrec")]:
+                      ("TSLRec: SASRec over proj(LLM item embeddings)", "tslrec"),
+                      ("TSLRec beside the IDs: SASRec over proj(LLM item embeddings) + ID embeddings", "tslrec-id")]:
+        if sub == "tslrec-id" and not (a.out / sub / "metrics.json").is_file():
+            continue
         with open(a.out / sub / "metrics.json", encoding="utf-8") as f:
             m = json.load(f)
         t = m["test_full_ranking"]
@@ -465,6 +502,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-model", type=Path, default=None, help="GGUF whose tokenizer gives the ids (llama-cli)")
     ap.add_argument("--delrec-bin", type=Path, default=None)
     ap.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    ap.add_argument("--items", default="llm", choices=ITEM_MODES,
+                    help="llm: the LLM embeddings in place of the ID table; llm+id: beside it (DIR/tslrec-id)")
     ap.add_argument("--embed-batch", type=int, default=64)
     ap.add_argument("--whiten-dims", type=int, default=0, help="PCA components kept by the whitening (0 = all)")
     ap.add_argument("--history", type=int, default=10, help="H, used for the candidates' identity only")
@@ -490,13 +529,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     t_start = time.time()
     out = args.out or work_dir()
-    tdir = out / "tslrec"
+    tdir = tslrec_dir(out, args.items)
+    edir = tslrec_dir(out)  # the LLM embeddings' cache, shared by both variants
     tdir.mkdir(parents=True, exist_ok=True)
+    edir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(args.data_dir, args.name, history_len=args.history, seed=args.seed)
-    write_catalog(ds, tdir / "catalog.csv")  # the items embedded, in the order of item_llm_emb.npy
+    write_catalog(ds, edir / "catalog.csv")  # the items embedded, in the order of item_llm_emb.npy
     mpath = args.model or model_path()
     tok = make_item_tokenizer(args.tokenizer, mpath, args.tokenizer_model, args.delrec_bin)
-    ids, E, emb_info = item_embeddings(ds, mpath, tdir, args.pooling, tok, device=args.device,
+    ids, E, emb_info = item_embeddings(ds, mpath, edir, args.pooling, tok, device=args.device,
                                        batch_size=args.embed_batch)
     logging.getLogger().info("LLM item embeddings: %s", json.dumps(emb_info))
     model, item_tokens, config, _, info = train_recbole_llm(ds, tdir, args, ids, E)
@@ -517,6 +558,7 @@ def main(argv=None) -> int:
                 f.write(json.dumps({"user": u, "target": e.target, "candidates": e.candidates, "scores": s}) + "\n")
     info.update({"test_20_candidates": metrics_from_ranks(ranks), "score_seconds": time.time() - t0,
                  "embedding": emb_info, "model": str(mpath), "pooling": args.pooling, "tokenizer": args.tokenizer,
+                 "items": args.items,
                  "device": args.device, "threads": args.threads, "total_seconds": time.time() - t_start,
                  "recbole_config": {k: (v if isinstance(v, (int, float, str, bool, list, dict)) or v is None else str(v))
                                     for k, v in recbole_config(Path("."), Path("."), args).items()

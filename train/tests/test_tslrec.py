@@ -208,3 +208,79 @@ def test_end_to_end(hf, gguf, synth, tmp_path):
         worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
     print(f"max |device recommend - PyTorch| over {len(users)} users: {worst:.2e}")
     assert worst < 1e-4
+
+
+def test_beside_the_ids(hf, gguf, synth, tmp_path):
+    """``--items llm+id``: the LLM embeddings beside a learned ID table. The export folds both into
+    ``item_embedding.weight`` (= the trained model's own table), keeps ``item_proj`` for items added
+    on the device (their content part alone), shares the LLM embeddings' cache with the in-place
+    variant, and the device scores like PyTorch."""
+    pytest.importorskip("recbole")
+    d, model, tok = hf
+    out = tmp_path / "w"
+    common = ["--data-dir", str(synth), "--name", "syn", "--out", str(out), "--model", str(d / "hf"),
+              "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
+    assert tslrec.main(common) == 0
+    assert tslrec.main(common + ["--items", "llm+id"]) == 0
+    t = out / "tslrec-id"
+    m = json.loads((t / "metrics.json").read_text())
+    assert m["items"] == "llm+id" and m["embedding"]["reused"] and not (t / "item_llm_emb.npy").exists()
+    blob = torch.load(t / "sasrec_llm.pth", weights_only=False)
+    assert blob["item_combination"] == "llm+id" and blob["item_source"] == "llm"
+    sd = blob["state_dict"]
+    n = len(blob["item_tokens"])
+    E = np.load(out / "tslrec" / "item_llm_emb.npy")
+    pos = {i: k for k, i in enumerate(json.loads((out / "tslrec" / "item_llm_ids.json").read_text())["ids"])}
+    raw = torch.zeros(n, 32)
+    for r, tok_id in enumerate(blob["item_tokens"][1:], start=1):
+        raw[r] = torch.from_numpy(E[pos[tok_id]])
+    content = raw @ sd["item_proj.weight"].T + sd["item_proj.bias"]
+    ck = torch.load(t / "recbole_best.pth", weights_only=False)
+    trained = tslrec.tslrec_sasrec_class()(ck["config"], _DS(n), raw.numpy())
+    trained.load_state_dict(ck["state_dict"])
+    trained.eval()
+    id_part = trained.item_embedding.ids.weight.detach()
+    assert float(id_part[1:].abs().max()) > 0
+    assert (content + id_part - sd["item_embedding.weight"]).abs().max() < 1e-5
+    # the exported plain SASRec = the trained model's full_sort_predict
+    from delrec_train.data import load_dataset
+
+    ds = load_dataset(synth, "syn")
+    sc = tslrec.load_tslrec(out, items="llm+id")
+    prefixes = [ds.seqs[u][:-1] for u in ds.users()[:4]]
+    seq = torch.zeros(len(prefixes), 20, dtype=torch.long)
+    lens = torch.zeros(len(prefixes), dtype=torch.long)
+    for b, p in enumerate(prefixes):
+        ids = [sc.tok2id[i] for i in p[-20:]]
+        seq[b, :len(ids)] = torch.tensor(ids)
+        lens[b] = len(ids)
+    with torch.no_grad():
+        want = trained.full_sort_predict({trained.ITEM_SEQ: seq, trained.ITEM_SEQ_LEN: lens}).numpy()
+    got = sc.full_scores(prefixes)
+    assert np.abs(got - want).max() < 1e-4
+    # an added item: its content part only (a known title projects to its row minus its ID part)
+    known = ds.items[blob["item_tokens"][1]].title
+    kv, _ = tslrec.embed_texts(model, tok, [tslrec.item_text(known)])
+    assert (sc.project(kv)[0] - (sd["item_embedding.weight"][1] - id_part[1])).abs().max() < 1e-4
+    # the device: the same pack path as the in-place variant, scores = PyTorch
+    cat = tmp_path / "catalog.csv"
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id", "title"])
+        for i in blob["item_tokens"][1:]:
+            w.writerow([i, ds.items[i].title])
+    p = tmp_path / "tsl-id.pack.gguf"
+    run(convert_bin(), "pack", "--model", gguf, "--catalog", cat, "--template", "{history}{candidate}", "--out", p,
+        "--seq-model", t / "sasrec_llm.pth")
+    reqs = tmp_path / "requests.jsonl"
+    users = ds.users()[:4]
+    reqs.write_text("".join(json.dumps({"user": u, "history": h}) + "\n" for u, h in zip(users, prefixes)))
+    res = run(delrec_bin(), "recommend", "--model", gguf, "--pack", p, "--requests", reqs, "--n", n - 1,
+              "--llm-off", "--include-history", "--threads", "1", "--json")
+    worst = 0.0
+    for line, row in zip(res.stdout.splitlines(), got):
+        dev = {i["id"]: i["seq_score"] for i in json.loads(line)["items"]}
+        worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
+    assert worst < 1e-4
+    with pytest.raises(SystemExit):
+        tslrec.main(common + ["--items", "id"])
