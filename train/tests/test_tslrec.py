@@ -117,6 +117,43 @@ class _DS:
         return []
 
 
+def recbole_scores(trained, sc, prefixes):
+    """The trained RecBole model's full_sort_predict on the users' histories (the last 20 items)."""
+    seq = torch.zeros(len(prefixes), 20, dtype=torch.long)
+    lens = torch.zeros(len(prefixes), dtype=torch.long)
+    for b, p in enumerate(prefixes):
+        ids = [sc.tok2id[i] for i in p[-20:]]
+        seq[b, :len(ids)] = torch.tensor(ids)
+        lens[b] = len(ids)
+    with torch.no_grad():
+        return trained.full_sort_predict({trained.ITEM_SEQ: seq, trained.ITEM_SEQ_LEN: lens}).numpy()
+
+
+def device_max_diff(tmp_path, gguf, blob, pth, ds, users, prefixes, got):
+    """Converts ``pth`` into a pack over the model's items and returns the largest |device - PyTorch|
+    SASRec score of ``delrec recommend --llm-off`` (every item) against ``got`` (RecBole row order)."""
+    n = len(blob["item_tokens"])
+    cat = tmp_path / f"{pth.parent.name}.catalog.csv"
+    with open(cat, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id", "title"])
+        for i in blob["item_tokens"][1:]:
+            w.writerow([i, ds.items[i].title])
+    p = tmp_path / f"{pth.parent.name}.pack.gguf"
+    run(convert_bin(), "pack", "--model", gguf, "--catalog", cat, "--template", "{history}{candidate}", "--out", p,
+        "--seq-model", pth)
+    reqs = tmp_path / f"{pth.parent.name}.requests.jsonl"
+    reqs.write_text("".join(json.dumps({"user": u, "history": h}) + "\n" for u, h in zip(users, prefixes)))
+    res = run(delrec_bin(), "recommend", "--model", gguf, "--pack", p, "--requests", reqs, "--n", n - 1,
+              "--llm-off", "--include-history", "--threads", "1", "--json")
+    worst = 0.0
+    for line, row in zip(res.stdout.splitlines(), got):
+        dev = {i["id"]: i["seq_score"] for i in json.loads(line)["items"]}
+        assert len(dev) == n - 1
+        worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
+    return worst
+
+
 def test_end_to_end(hf, gguf, synth, tmp_path):
     pytest.importorskip("recbole")
     d, model, tok = hf
@@ -154,14 +191,7 @@ def test_end_to_end(hf, gguf, synth, tmp_path):
     ds = load_dataset(synth, "syn")
     users = ds.users()[:5]
     prefixes = [ds.seqs[u][:-1] for u in users]
-    seq = torch.zeros(len(users), 20, dtype=torch.long)
-    lens = torch.zeros(len(users), dtype=torch.long)
-    for b, p in enumerate(prefixes):
-        ids = [sc.tok2id[i] for i in p[-20:]]
-        seq[b, :len(ids)] = torch.tensor(ids)
-        lens[b] = len(ids)
-    with torch.no_grad():
-        ref = trained.full_sort_predict({trained.ITEM_SEQ: seq, trained.ITEM_SEQ_LEN: lens}).numpy()
+    ref = recbole_scores(trained, sc, prefixes)
     got = sc.full_scores(prefixes)
     assert np.abs(got - ref).max() < 1e-4
     # test_scores.jsonl in the teacher's format, = the exported model's scores
@@ -188,24 +218,7 @@ def test_end_to_end(hf, gguf, synth, tmp_path):
     assert json.loads((t / "metrics.json").read_text())["embedding"]["reused"]
     # the converter takes the export (item_proj included) and the device scores like PyTorch
     # (the pack's catalog: the model's items; the converter refuses catalog items the model lacks)
-    cat = tmp_path / "catalog.csv"
-    with open(cat, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["id", "title"])
-        for i in blob["item_tokens"][1:]:
-            w.writerow([i, ds.items[i].title])
-    p = tmp_path / "tsl.pack.gguf"
-    run(convert_bin(), "pack", "--model", gguf, "--catalog", cat, "--template", "{history}{candidate}", "--out", p,
-        "--seq-model", t / "sasrec_llm.pth")
-    reqs = tmp_path / "requests.jsonl"
-    reqs.write_text("".join(json.dumps({"user": u, "history": h}) + "\n" for u, h in zip(users, prefixes)))
-    res = run(delrec_bin(), "recommend", "--model", gguf, "--pack", p, "--requests", reqs, "--n", n - 1,
-              "--llm-off", "--include-history", "--threads", "1", "--json")
-    worst = 0.0
-    for line, row in zip(res.stdout.splitlines(), got):
-        dev = {i["id"]: i["seq_score"] for i in json.loads(line)["items"]}
-        assert len(dev) == n - 1
-        worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
+    worst = device_max_diff(tmp_path, gguf, blob, t / "sasrec_llm.pth", ds, users, prefixes, got)
     print(f"max |device recommend - PyTorch| over {len(users)} users: {worst:.2e}")
     assert worst < 1e-4
 
@@ -247,15 +260,9 @@ def test_beside_the_ids(hf, gguf, synth, tmp_path):
 
     ds = load_dataset(synth, "syn")
     sc = tslrec.load_tslrec(out, items="llm+id")
-    prefixes = [ds.seqs[u][:-1] for u in ds.users()[:4]]
-    seq = torch.zeros(len(prefixes), 20, dtype=torch.long)
-    lens = torch.zeros(len(prefixes), dtype=torch.long)
-    for b, p in enumerate(prefixes):
-        ids = [sc.tok2id[i] for i in p[-20:]]
-        seq[b, :len(ids)] = torch.tensor(ids)
-        lens[b] = len(ids)
-    with torch.no_grad():
-        want = trained.full_sort_predict({trained.ITEM_SEQ: seq, trained.ITEM_SEQ_LEN: lens}).numpy()
+    users = ds.users()[:4]
+    prefixes = [ds.seqs[u][:-1] for u in users]
+    want = recbole_scores(trained, sc, prefixes)
     got = sc.full_scores(prefixes)
     assert np.abs(got - want).max() < 1e-4
     # an added item: its content part only (a known title projects to its row minus its ID part)
@@ -263,24 +270,6 @@ def test_beside_the_ids(hf, gguf, synth, tmp_path):
     kv, _ = tslrec.embed_texts(model, tok, [tslrec.item_text(known)])
     assert (sc.project(kv)[0] - (sd["item_embedding.weight"][1] - id_part[1])).abs().max() < 1e-4
     # the device: the same pack path as the in-place variant, scores = PyTorch
-    cat = tmp_path / "catalog.csv"
-    with open(cat, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["id", "title"])
-        for i in blob["item_tokens"][1:]:
-            w.writerow([i, ds.items[i].title])
-    p = tmp_path / "tsl-id.pack.gguf"
-    run(convert_bin(), "pack", "--model", gguf, "--catalog", cat, "--template", "{history}{candidate}", "--out", p,
-        "--seq-model", t / "sasrec_llm.pth")
-    reqs = tmp_path / "requests.jsonl"
-    users = ds.users()[:4]
-    reqs.write_text("".join(json.dumps({"user": u, "history": h}) + "\n" for u, h in zip(users, prefixes)))
-    res = run(delrec_bin(), "recommend", "--model", gguf, "--pack", p, "--requests", reqs, "--n", n - 1,
-              "--llm-off", "--include-history", "--threads", "1", "--json")
-    worst = 0.0
-    for line, row in zip(res.stdout.splitlines(), got):
-        dev = {i["id"]: i["seq_score"] for i in json.loads(line)["items"]}
-        worst = max(worst, max(abs(dev[tk] - float(row[r])) for r, tk in enumerate(blob["item_tokens"]) if r))
-    assert worst < 1e-4
+    assert device_max_diff(tmp_path, gguf, blob, t / "sasrec_llm.pth", ds, users, prefixes, got) < 1e-4
     with pytest.raises(SystemExit):
         tslrec.main(common + ["--items", "id"])
