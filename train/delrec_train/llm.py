@@ -194,6 +194,7 @@ class VerbalizerScorer(Scorer):
         self._tmask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for _, t in words], device=dev)
         self._owner = torch.tensor([k for k, _ in words], dtype=torch.long, device=dev)
         self._n_words = torch.bincount(self._owner, minlength=len(self.items)).float()
+        self._n_words_list = self._n_words.long().tolist()
 
     def catalog_scores(self, history: list[str], candidates: list[str] | None,
                        soft: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -223,8 +224,7 @@ class VerbalizerScorer(Scorer):
         except KeyError as e:
             raise KeyError(f"candidate {e.args[0]} is not in the catalog") from None
         s = self.catalog_scores(history, candidates, soft)
-        n = self._n_words.long().tolist()
-        return s[torch.tensor(idx, device=s.device)], [n[k] for k in idx]
+        return s[torch.tensor(idx, device=s.device)], [self._n_words_list[k] for k in idx]
 
     def score_naive(self, history: list[str], candidates: list[str], soft: dict[str, torch.Tensor] | None = None):
         """The model's own forward (default positions, full logits) and the verbalizer written as
